@@ -1,0 +1,12 @@
+"""InfoPrompt on RTE (GLUE); the paper's defaults from configs/default.py."""
+
+from configs import default
+
+
+def get_config(variant: str = ""):
+  """RTE config; `variant` as in configs/default.py (e.g. "tiny")."""
+  config = default.get_config()
+  config.task = "rte"
+  if variant:
+    default.apply_variant(config, variant)
+  return config

@@ -1,0 +1,1 @@
+"""InfoPrompt soft prompt tuning in JAX/Flax."""

@@ -1,0 +1,49 @@
+"""Entry point: `python -m infoprompt_jax.main --config=configs/rte.py --workdir=DIR`.
+
+Parses flags, sets up the platform (the distributed runtime on multi-host TPU/GPU), then calls
+`train.train_and_evaluate(config, workdir)`. Rerunning the same command resumes from the latest
+checkpoint in the workdir.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from infoprompt_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Call jax.distributed.initialize() (default: when a TPU pod or a "
+    "coordinator address in the environment says the run spans several processes).")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rte.py or "
+                                 "configs/rte.py:tiny.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _is_multihost() -> bool:
+  if _MULTIHOST.value is not None:
+    return _MULTIHOST.value
+  return any(name in os.environ for name in (
+      "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _is_multihost():
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, %d local devices of %d: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].device_kind)
+  summary = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  if summary["preempted"]:
+    sys.exit(143)  # The conventional status of a SIGTERM'd process: schedulers rerun it.
+
+
+if __name__ == "__main__":
+  app.run(main)

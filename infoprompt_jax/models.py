@@ -1,0 +1,336 @@
+"""The InfoPrompt model: prompt generator, task head, the two critics, and the forward pass.
+
+`InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective of
+DESIGN.md section 1 (steps 1-6); `losses.infoprompt_objective` combines them (step 7). A method
+(InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is a `ModelConfig` plus a choice of
+trainable parameters (`partition.py`), never a different model.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from infoprompt_jax import encoder as encoder_lib
+from infoprompt_jax import losses
+
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static configuration of the InfoPrompt model.
+
+    Attributes:
+        num_classes: C, the number of labels.
+        num_prompt_tokens: n_p (1 or 4 in the paper; 0 for Adapter and Fine-tuning).
+        prompt_source: "generator" (InfoPrompt, IDPG: prompts from the unprompted <s> state),
+            "free" (WARP: n_p trainable vectors), or "none" (no prompt slots).
+        generator: "paper" (per-token W_up_i W_down_i of rank `generator_rank`) or "released"
+            (the authors' code: one shared Linear(D, rank) -> GELU -> Linear(rank, n_p * D)).
+        generator_rank: r (paper: 64; released code: 32).
+        generator_bias: adds a bias to both generator projections (off in the paper).
+        generator_activation: "none" (paper) or "gelu" between the two projections.
+        prompt_init_scale: standard deviation of the generated prompt entries at init.
+        has_mlm_transform: whether the head starts with the pretrained MLM transform.
+        representation_dim: d_z of the representation critic's Gaussian.
+        num_candidates: K, one positive and K-1 negatives in each InfoNCE term.
+        use_representation_critic: builds the representation critic (beta > 0).
+        use_head_critic: builds the head critic (gamma > 0).
+        critic: "bilinear" (paper: W1, W2) or "scaled_dot" (released: dot / sqrt(D), W2
+            replaced by a linear map of the detached prompt).
+        head_negatives: "sampled" (paper: K-1 context tokens drawn with replacement) or
+            "all_context" (released: every non-padding context token).
+        head_bottleneck_dim: 0 (paper) or the released code's variational bottleneck width (32)
+            between the head transform and the class vectors.
+    """
+
+    num_classes: int
+    num_prompt_tokens: int = 4
+    prompt_source: str = "generator"
+    generator: str = "paper"
+    generator_rank: int = 64
+    generator_bias: bool = False
+    generator_activation: str = "none"
+    prompt_init_scale: float = 0.05
+    has_mlm_transform: bool = True
+    representation_dim: int = 64
+    num_candidates: int = 32
+    use_representation_critic: bool = True
+    use_head_critic: bool = True
+    critic: str = "bilinear"
+    head_negatives: str = "sampled"
+    head_bottleneck_dim: int = 0
+
+    def __post_init__(self):
+        choices = {
+            "prompt_source": ("generator", "free", "none"),
+            "generator": ("paper", "released"),
+            "generator_activation": ("none", "gelu"),
+            "critic": ("bilinear", "scaled_dot"),
+            "head_negatives": ("sampled", "all_context"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {allowed}.")
+        if self.prompt_source == "none" and (
+                self.use_head_critic or self.use_representation_critic):
+            raise ValueError("The InfoPrompt critics need prompts: prompt_source='none' requires "
+                             "beta = gamma = 0.")
+        if self.num_candidates < 2:
+            raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
+
+
+def gather_positions(states_BxLxD: jax.Array, positions_B: jax.Array) -> jax.Array:
+    """`states[b, positions[b]]` for every row b."""
+    return jnp.take_along_axis(states_BxLxD, positions_B[:, None, None], axis=1)[:, 0]
+
+
+class PromptGenerator(nn.Module):
+    """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
+
+    config: ModelConfig
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, source_BxD: jax.Array) -> jax.Array:
+        cfg, d = self.config, self.hidden_size
+        n, r = cfg.num_prompt_tokens, cfg.generator_rank
+        # Entries of the rank-r code have unit scale for layer-normed inputs; the up projection
+        # then sets the prompt entries to `prompt_init_scale`, the scale of word embeddings.
+        down_init = nn.initializers.normal(stddev=d ** -0.5)
+        up_init = nn.initializers.normal(stddev=cfg.prompt_init_scale * r ** -0.5)
+        if cfg.generator == "released":
+            code_BxR = nn.gelu(nn.Dense(r, kernel_init=down_init, name="down")(source_BxD),
+                               approximate=False)
+            flat_BxND = nn.Dense(n * d, kernel_init=up_init, name="up")(code_BxR)
+            return flat_BxND.reshape(-1, n, d)
+        down_NxDxR = self.param("down", down_init, (n, d, r))
+        up_NxRxD = self.param("up", up_init, (n, r, d))
+        code_BxNxR = jnp.einsum("bd,ndr->bnr", source_BxD, down_NxDxR)
+        if cfg.generator_bias:
+            code_BxNxR += self.param("down_bias", nn.initializers.zeros, (n, r))
+        if cfg.generator_activation == "gelu":
+            code_BxNxR = nn.gelu(code_BxNxR, approximate=False)
+        prompts_BxNxD = jnp.einsum("bnr,nrd->bnd", code_BxNxR, up_NxRxD)
+        if cfg.generator_bias:
+            prompts_BxNxD += self.param("up_bias", nn.initializers.zeros, (n, d))
+        return prompts_BxNxD
+
+
+class TaskHead(nn.Module):
+    """`h_theta`: frozen MLM transform (if any), then class vectors Theta (DESIGN.md step 4).
+
+    The class vectors are overwritten after init with the verbalizer words' embeddings, and the
+    transform with the checkpoint's MLM head (see `train.init_params`).
+    """
+
+    config: ModelConfig
+    hidden_size: int
+    layer_norm_eps: float = 1e-5
+
+    def setup(self):
+        d = self.hidden_size
+        if self.config.has_mlm_transform:
+            self.mlm_transform = MlmTransform(d, self.layer_norm_eps)
+        if self.config.head_bottleneck_dim:
+            self.bottleneck_mu = nn.Dense(self.config.head_bottleneck_dim)
+            self.bottleneck_sigma = nn.Dense(self.config.head_bottleneck_dim)
+            self.bottleneck_out = nn.Dense(d)
+        self.class_vectors = self.param(
+            "class_vectors", nn.initializers.normal(0.02), (self.config.num_classes, d))
+        self.class_bias = self.param("class_bias", nn.initializers.zeros, (self.config.num_classes,))
+
+    def __call__(self, z_BxD: jax.Array, noise_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """Returns (logits [B, C], KL of the released variational bottleneck [B] or zeros)."""
+        h_BxD = self.mlm_transform(z_BxD) if self.config.has_mlm_transform else z_BxD
+        kl_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
+        if self.config.head_bottleneck_dim:
+            mu_BxH = self.bottleneck_mu(h_BxD)
+            sigma_BxH = nn.softplus(self.bottleneck_sigma(h_BxD))
+            kl_B = losses.gaussian_kl_to_standard_normal(mu_BxH, sigma_BxH)
+            code_BxH = mu_BxH
+            if noise_key is not None:  # sample while training, use the mean at evaluation
+                code_BxH = mu_BxH + sigma_BxH * jax.random.normal(noise_key, mu_BxH.shape)
+            h_BxD = self.bottleneck_out(code_BxH)
+        return h_BxD @ self.class_vectors.T + self.class_bias, kl_B
+
+    def pooled_class_vector(self) -> jax.Array:
+        """theta = mean_c Theta_c: label-free, as the head loss must be (DESIGN.md step 5)."""
+        return jnp.mean(self.class_vectors, axis=0)
+
+
+class MlmTransform(nn.Module):
+    """The pretrained MLM head's dense -> gelu -> layer norm."""
+
+    hidden_size: int
+    layer_norm_eps: float
+
+    @nn.compact
+    def __call__(self, x_BxD: jax.Array) -> jax.Array:
+        x_BxD = nn.gelu(nn.Dense(self.hidden_size, name="dense")(x_BxD), approximate=False)
+        return nn.LayerNorm(epsilon=self.layer_norm_eps, name="layer_norm")(x_BxD)
+
+
+class HeadCritic(nn.Module):
+    """Critic of -I(P; theta | X): scores `c^T W1 theta` of candidate vectors c (step 5)."""
+
+    config: ModelConfig
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, candidates_BxKxD: jax.Array, theta_D: jax.Array) -> jax.Array:
+        if self.config.critic == "scaled_dot":
+            return candidates_BxKxD @ theta_D / jnp.sqrt(float(self.hidden_size))
+        w1_DxD = self.param("w1", nn.initializers.lecun_normal(), (self.hidden_size,) * 2)
+        return candidates_BxKxD @ (w1_DxD @ theta_D)
+
+
+class RepresentationCritic(nn.Module):
+    """Critic of -I(P; Z | X) with a Gaussian posterior over the representation (step 6)."""
+
+    config: ModelConfig
+    hidden_size: int
+
+    def setup(self):
+        self.f_mu = nn.Dense(self.config.representation_dim)
+        self.f_sigma = nn.Dense(self.config.representation_dim)
+        if self.config.critic == "scaled_dot":
+            self.prompt_projection = nn.Dense(self.config.representation_dim)
+        else:
+            self.w2 = self.param("w2", nn.initializers.lecun_normal(),
+                                 (self.hidden_size, self.config.representation_dim))
+
+    def posterior(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean and standard deviation of the Gaussian over the representation."""
+        return self.f_mu(z_BxD), nn.softplus(self.f_sigma(z_BxD))
+
+    def __call__(self, prompt_mean_BxD: jax.Array, candidates_BxKxZ: jax.Array) -> jax.Array:
+        if self.config.critic == "scaled_dot":
+            query_BxZ = self.prompt_projection(jax.lax.stop_gradient(prompt_mean_BxD))
+            scale = jnp.sqrt(float(self.config.representation_dim))
+            return jnp.einsum("bkz,bz->bk", candidates_BxKxZ, query_BxZ) / scale
+        return jnp.einsum("bkz,bz->bk", candidates_BxKxZ, prompt_mean_BxD @ self.w2)
+
+
+class InfoPromptModel(nn.Module):
+    """Frozen encoder + prompts + head + critics; one forward pass for every method."""
+
+    config: ModelConfig
+    encoder_config: encoder_lib.EncoderConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        cfg, d = self.config, self.encoder_config.hidden_size
+        self.encoder = encoder_lib.Encoder(self.encoder_config, dtype=self.dtype)
+        if cfg.prompt_source == "generator":
+            self.prompt_generator = PromptGenerator(cfg, d)
+        elif cfg.prompt_source == "free":
+            self.prompt = self.param(
+                "prompt", nn.initializers.normal(cfg.prompt_init_scale), (cfg.num_prompt_tokens, d))
+        self.task_head = TaskHead(cfg, d, self.encoder_config.layer_norm_eps)
+        if cfg.use_head_critic:
+            self.head_critic = HeadCritic(cfg, d)
+        if cfg.use_representation_critic:
+            self.representation_critic = RepresentationCritic(cfg, d)
+
+    def _encode(self, **inputs) -> jax.Array:
+        positions = encoder_lib.position_ids_from_mask(self.encoder_config, inputs["attention_mask"])
+        return self.encoder(position_ids=positions, **inputs).astype(jnp.float32)
+
+    def unprompted_pass(self, batch: Batch) -> dict[str, jax.Array]:
+        """Step 1: P_src = H0[<s>], Z0 = H0[<mask>]; nothing is differentiated through it."""
+        h0_BxLxD = jax.lax.stop_gradient(self._encode(
+            input_ids=batch["plain_input_ids"], attention_mask=batch["plain_attention_mask"],
+            token_type_ids=batch["plain_token_type_ids"]))
+        return {"source": h0_BxLxD[:, 0], "z0": gather_positions(h0_BxLxD, batch["plain_mask_position"])}
+
+    def prompts(self, batch: Batch, source_BxD: jax.Array | None) -> jax.Array:
+        """Step 2: the n_p prompt vectors of each example, `[B, n_p, D]`."""
+        batch_size = batch["input_ids"].shape[0]
+        if self.config.prompt_source == "generator":
+            return self.prompt_generator(source_BxD)
+        if self.config.prompt_source == "free":
+            return jnp.broadcast_to(self.prompt, (batch_size,) + self.prompt.shape)
+        return jnp.zeros((batch_size, 0, self.encoder_config.hidden_size), jnp.float32)
+
+    def prompted_pass(self, batch: Batch, prompts_BxNxD: jax.Array) -> jax.Array:
+        """Step 3: Z = H[<mask>] with the prompts placed at the prompt slots."""
+        embeds_BxLxD = self.encoder.embed_words(batch["input_ids"]).astype(jnp.float32)
+        rows_Bx1 = jnp.arange(embeds_BxLxD.shape[0])[:, None]
+        embeds_BxLxD = embeds_BxLxD.at[rows_Bx1, batch["prompt_positions"]].set(prompts_BxNxD)
+        h_BxLxD = self._encode(
+            inputs_embeds=embeds_BxLxD.astype(self.dtype), attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"])
+        return gather_positions(h_BxLxD, batch["mask_position"])
+
+    def __call__(self, batch: Batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The forward pass.
+
+        Args:
+            batch: a tokenized batch (docs/architecture.md), with `label` when training.
+            rng: randomness of the critics' negatives and samples; None evaluates (logits only,
+                deterministic).
+
+        Returns:
+            `logits` [B, C], `prompts` [B, n_p, D], and when `rng` is given the per-example
+            terms `ce`, `nce_rep`, `nce_head`, `kl` [B] (zeros for the terms a config omits).
+        """
+        cfg = self.config
+        needs_plain = cfg.prompt_source == "generator" or (
+            rng is not None and cfg.use_representation_critic)
+        plain = self.unprompted_pass(batch) if needs_plain else {}
+        prompts_BxNxD = self.prompts(batch, plain.get("source"))
+        z_BxD = self.prompted_pass(batch, prompts_BxNxD)
+        keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
+        logits_BxC, kl_B = self.task_head(z_BxD, keys[0])
+        outputs = {"logits": logits_BxC, "prompts": prompts_BxNxD}
+        if rng is None:
+            return outputs
+        zeros_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
+        prompt_mean_BxD = jnp.mean(prompts_BxNxD, axis=1)
+        outputs.update(ce=losses.cross_entropy(logits_BxC, batch["label"]), kl=kl_B,
+                       nce_head=zeros_B, nce_rep=zeros_B)
+        if cfg.use_head_critic:
+            outputs["nce_head"] = self.head_nce(batch, prompt_mean_BxD, keys[1])
+        if cfg.use_representation_critic:
+            outputs["nce_rep"] = self.representation_nce(prompt_mean_BxD, z_BxD, plain["z0"], keys[2])
+        return outputs
+
+    def head_nce(self, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Array) -> jax.Array:
+        """Step 5: InfoNCE of P_bar against word embeddings of the example's context tokens."""
+        context_BxL = batch["plain_context_mask"].astype(bool)
+        # An example whose text was truncated away still has its non-padding tokens to draw from.
+        fallback_BxL = batch["plain_attention_mask"].astype(bool)
+        context_BxL = jnp.where(context_BxL.any(axis=1, keepdims=True), context_BxL, fallback_BxL)
+        theta_D = self.task_head.pooled_class_vector()
+        if self.config.head_negatives == "all_context":
+            negatives_BxLxD = self.encoder.embed_words(batch["plain_input_ids"]).astype(jnp.float32)
+            candidates = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxLxD], axis=1)
+            scores_BxK = self.head_critic(candidates, theta_D)
+            valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
+            return losses.info_nce(jnp.where(valid_BxK, scores_BxK, -1e30))
+        num_negatives = self.config.num_candidates - 1
+        choice_logits_BxL = jnp.where(context_BxL, 0.0, -jnp.inf)
+        positions_BxN = jax.random.categorical(
+            key, choice_logits_BxL[:, None, :], shape=(context_BxL.shape[0], num_negatives))
+        token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
+        negatives_BxNxD = self.encoder.embed_words(token_ids_BxN).astype(jnp.float32)
+        candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
+        return losses.info_nce(self.head_critic(candidates_BxKxD, theta_D))
+
+    def representation_nce(self, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array,
+                           key: jax.Array) -> jax.Array:
+        """Step 6: InfoNCE of a posterior sample of Z against samples built from Z0."""
+        critic = self.representation_critic
+        positive_key, negative_key = jax.random.split(key)
+        mu_BxZ, sigma_BxZ = critic.posterior(z_BxD)
+        positive_BxZ = mu_BxZ + sigma_BxZ * jax.random.normal(positive_key, mu_BxZ.shape)
+        mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
+        num_negatives = self.config.num_candidates - 1
+        noise_BxNxZ = jax.random.normal(negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1]))
+        negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
+        candidates_BxKxZ = jnp.concatenate([positive_BxZ[:, None], negatives_BxNxZ], axis=1)
+        return losses.info_nce(critic(prompt_mean_BxD, candidates_BxKxZ))

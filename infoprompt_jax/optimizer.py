@@ -1,0 +1,28 @@
+"""AdamW with linear warmup and linear decay, clipped by global norm.
+
+Warmup over 6% of the steps then linear decay to zero and weight decay 0 follow the authors'
+released code and WARP (DESIGN.md section 1, step 7); gradient-norm clip 1.0.
+"""
+
+import optax
+
+
+def learning_rate_schedule(peak_lr: float, total_steps: int, warmup_fraction: float = 0.06):
+    """Linear warmup from 0 to `peak_lr` over `warmup_fraction` of the steps, then linear to 0."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps}: the schedule needs at least one step.")
+    warmup_steps = max(1, int(round(warmup_fraction * total_steps)))
+    decay_steps = max(1, total_steps - warmup_steps)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak_lr, warmup_steps),
+         optax.linear_schedule(peak_lr, 0.0, decay_steps)],
+        boundaries=[warmup_steps])
+
+
+def make_optimizer(peak_lr: float, total_steps: int, *, warmup_fraction: float = 0.06,
+                   weight_decay: float = 0.0, clip_norm: float = 1.0) -> optax.GradientTransformation:
+    """The optimizer of the trainable parameters (the frozen ones never reach it)."""
+    schedule = learning_rate_schedule(peak_lr, total_steps, warmup_fraction)
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(schedule, weight_decay=weight_decay))

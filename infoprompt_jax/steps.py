@@ -1,0 +1,105 @@
+"""The train state and the pure, compiled train and eval steps.
+
+`train_step(state, frozen, batch) -> (state, metrics)` is the whole of one optimisation step:
+the frozen tree is an argument that is never differentiated and never reaches the optimizer.
+`compile_steps` jits both steps once over a mesh: batch sharded on (data, fsdp), trainable state
+replicated, frozen weights replicated or FSDP-sharded, the state donated.
+"""
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from infoprompt_jax import losses
+from infoprompt_jax import models
+from infoprompt_jax import partition
+from infoprompt_jax import sharding
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step changes: checkpointed whole (the frozen encoder is not in it)."""
+
+    step: jax.Array
+    trainable: Params
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def create_train_state(trainable: Params, optimizer: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+    """A state at step 0."""
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      opt_state=optimizer.init(trainable), rng=rng)
+
+
+def train_step(state: TrainState, frozen: Params, batch: Batch, *, model: models.InfoPromptModel,
+               optimizer: optax.GradientTransformation,
+               weights: losses.ObjectiveWeights) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step on the InfoPrompt objective."""
+    # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
+    step_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(trainable):
+        params = partition.merge_params(trainable, frozen)
+        terms = model.apply({"params": params}, batch, step_key)
+        return losses.infoprompt_objective(terms, weights), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                              trainable=optax.apply_updates(state.trainable, updates))
+    correct_B = jnp.argmax(terms["logits"], axis=-1) == batch["label"]
+    metrics = {
+        "loss": loss,
+        "ce": jnp.mean(terms["ce"]),
+        "nce_rep": jnp.mean(terms["nce_rep"]),
+        "nce_head": jnp.mean(terms["nce_head"]),
+        "kl": jnp.mean(terms["kl"]),
+        "accuracy": jnp.mean(correct_B.astype(jnp.float32)),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+
+def eval_step(trainable: Params, frozen: Params, batch: Batch, *,
+              model: models.InfoPromptModel) -> jax.Array:
+    """Class logits `[B, C]`, deterministic."""
+    params = partition.merge_params(trainable, frozen)
+    return model.apply({"params": params}, batch)["logits"]
+
+
+def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
+    """Trainable state (params, optimizer moments, step, rng) replicated."""
+    return jax.tree.map(lambda _: sharding.replicated(mesh), state)
+
+
+def compile_steps(model: models.InfoPromptModel, optimizer: optax.GradientTransformation,
+                  weights: losses.ObjectiveWeights, mesh: Mesh, state: TrainState,
+                  frozen: Params) -> tuple[Callable, Callable]:
+    """Jitted `train_step(state, frozen, batch)` and `eval_step(trainable, frozen, batch)`.
+
+    Args:
+        model, optimizer, weights: bound statically into the steps.
+        mesh: the device mesh.
+        state, frozen: examples (arrays or ShapeDtypeStructs) that fix the shardings.
+    """
+    state_sh = state_shardings(mesh, state)
+    frozen_sh = sharding.param_shardings(mesh, frozen)
+    batch_sh = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    train = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, weights=weights),
+        in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, replicated),
+        donate_argnums=(0,))
+    evaluate = jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(state_sh.trainable, frozen_sh, batch_sh), out_shardings=replicated)
+    return train, evaluate

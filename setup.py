@@ -1,0 +1,33 @@
+"""Packaging for infoprompt_jax."""
+
+import setuptools
+
+setuptools.setup(
+    name="infoprompt_jax",
+    version="0.1.0",
+    description="InfoPrompt (information-theoretic soft prompt tuning) in JAX/Flax for TPU and GPU.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["infoprompt_jax", "infoprompt_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml_collections>=1.0",
+        "absl-py>=2.0",
+        "transformers>=4.40",
+        "datasets>=2.18",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch is the parity reference of the tests only; ==2.13.0 is the CPU build on disk.
+        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.8"],
+        "tfds": ["tensorflow-datasets>=4.9"],
+        "analysis": ["matplotlib>=3.8"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "cuda": ["jax[cuda12]>=0.10.2"],
+    },
+)
