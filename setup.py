@@ -27,7 +27,8 @@ setuptools.setup(
         "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.8"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "analysis": ["matplotlib>=3.8"],
-        "tpu": ["jax[tpu]>=0.10.2"],
+        # gcsfs lets Orbax and etils read and write gs:// workdirs without TensorFlow.
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs"],
         "cuda": ["jax[cuda12]>=0.10.2"],
     },
 )

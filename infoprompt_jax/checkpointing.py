@@ -5,17 +5,19 @@ JSON record (data position, best dev score so far). Orbax writes each step into 
 directory and renames it when complete, so a half-written checkpoint is never taken as latest.
 """
 
-import pathlib
 from typing import Any
+
+from etils import epath
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 
-def make_manager(workdir: str | pathlib.Path, keep: int = 2) -> ocp.CheckpointManager:
+def make_manager(workdir: str | epath.Path, keep: int = 2) -> ocp.CheckpointManager:
   """A manager of `WORKDIR/checkpoints` keeping the latest `keep` steps."""
-  directory = pathlib.Path(workdir).absolute() / "checkpoints" if "://" not in str(workdir) \
-      else f"{workdir}/checkpoints"
+  directory = epath.Path(workdir) / "checkpoints"
+  if "://" not in str(directory):
+    directory = directory.absolute()  # Orbax wants absolute local paths.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.LatestN(n=keep),
       # Synchronous saves: on preemption the save has finished when `save` returns.

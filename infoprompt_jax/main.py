@@ -32,11 +32,25 @@ def _is_multihost() -> bool:
       "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
 
 
+def _distributed_args_from_env() -> dict[str, int]:
+  """Process count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID (multi-host GPU launches).
+
+  jax.distributed.initialize() reads the coordinator address from the environment but not these
+  two; on TPU VMs neither is set and JAX finds the slice layout itself.
+  """
+  args = {}
+  if "JAX_NUM_PROCESSES" in os.environ:
+    args["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+  if "JAX_PROCESS_ID" in os.environ:
+    args["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  return args
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _is_multihost():
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_distributed_args_from_env())
   logging.info("JAX process %d/%d, %d local devices of %d: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)

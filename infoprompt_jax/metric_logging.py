@@ -2,15 +2,15 @@
 progress line with examples/s on interactive runs. Only process 0 writes."""
 
 import json
-import pathlib
 import sys
 import time
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 
 
-def _tensorboard_writer(logdir: pathlib.Path):
+def _tensorboard_writer(logdir: epath.Path):
   """A SummaryWriter from tensorboardX or torch, or None when neither is installed."""
   for module in ("tensorboardX", "torch.utils.tensorboard"):
     try:
@@ -22,14 +22,21 @@ def _tensorboard_writer(logdir: pathlib.Path):
 
 
 class MetricWriter:
-  """Appends `{"step": ..., **metrics}` to `WORKDIR/metrics.jsonl` (and TensorBoard)."""
+  """Keeps `WORKDIR/metrics.jsonl`: one `{"step": ..., **metrics}` record per line.
 
-  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+  The file is rewritten whole on each write (it holds a few hundred lines) because object stores
+  such as gs:// cannot append.
+  """
+
+  def __init__(self, workdir: str | epath.Path, tensorboard: bool = True):
     self.active = jax.process_index() == 0
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self._records: list[dict[str, Any]] = []
     self._tensorboard = None
     if self.active:
       self.path.parent.mkdir(parents=True, exist_ok=True)
+      if self.path.exists():
+        self._records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
       if tensorboard:
         self._tensorboard = _tensorboard_writer(self.path.parent / "tensorboard")
 
@@ -38,8 +45,8 @@ class MetricWriter:
     if not self.active:
       return
     record = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    self._records.append(record)
+    self._flush()
     if self._tensorboard is not None:
       for name, value in record.items():
         if name != "step" and isinstance(value, (int, float)):
@@ -49,11 +56,13 @@ class MetricWriter:
   def truncate_after(self, step: int) -> None:
     """Drops records past `step`: a resumed run rewrites what the killed run wrote after its
     last checkpoint, so the file reads as if the run had never stopped."""
-    if not self.active or not self.path.exists():
+    if not self.active:
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= step]
-    self.path.write_text("".join(line + "\n" for line in kept))
+    self._records = [r for r in self._records if r["step"] <= step]
+    self._flush()
+
+  def _flush(self) -> None:
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in self._records))
 
 
 def _to_python(value: Any) -> Any:

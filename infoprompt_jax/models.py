@@ -195,7 +195,10 @@ class RepresentationCritic(nn.Module):
     hidden_size: int
 
     def setup(self):
-        self.f_mu = nn.Dense(self.config.representation_dim)
+        # No bias on f_mu: it would shift the positive and every negative by the same
+        # P_bar^T W2 b, to which InfoNCE is invariant, so its gradient is exactly zero and Adam
+        # would only random-walk it on rounding noise.
+        self.f_mu = nn.Dense(self.config.representation_dim, use_bias=False)
         self.f_sigma = nn.Dense(self.config.representation_dim)
         if self.config.critic == "scaled_dot":
             self.prompt_projection = nn.Dense(self.config.representation_dim)
@@ -236,6 +239,11 @@ class InfoPromptModel(nn.Module):
         if cfg.use_representation_critic:
             self.representation_critic = RepresentationCritic(cfg, d)
 
+    def word_embeddings(self, token_ids: jax.Array) -> jax.Array:
+        """Rows of the encoder's (frozen) word-embedding table, float32."""
+        table = self.encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        return encoder_lib.embedding_lookup(table, token_ids).astype(jnp.float32)
+
     def _encode(self, **inputs) -> jax.Array:
         positions = encoder_lib.position_ids_from_mask(self.encoder_config, inputs["attention_mask"])
         return self.encoder(position_ids=positions, **inputs).astype(jnp.float32)
@@ -258,7 +266,7 @@ class InfoPromptModel(nn.Module):
 
     def prompted_pass(self, batch: Batch, prompts_BxNxD: jax.Array) -> jax.Array:
         """Step 3: Z = H[<mask>] with the prompts placed at the prompt slots."""
-        embeds_BxLxD = self.encoder.embed_words(batch["input_ids"]).astype(jnp.float32)
+        embeds_BxLxD = self.word_embeddings(batch["input_ids"])
         rows_Bx1 = jnp.arange(embeds_BxLxD.shape[0])[:, None]
         embeds_BxLxD = embeds_BxLxD.at[rows_Bx1, batch["prompt_positions"]].set(prompts_BxNxD)
         h_BxLxD = self._encode(
@@ -279,6 +287,10 @@ class InfoPromptModel(nn.Module):
             terms `ce`, `nce_rep`, `nce_head`, `kl` [B] (zeros for the terms a config omits).
         """
         cfg = self.config
+        if self.is_initializing():
+            # Creates the encoder's params (the word-embedding table above all) on every path.
+            self._encode(input_ids=batch["plain_input_ids"], attention_mask=batch["plain_attention_mask"],
+                         token_type_ids=batch["plain_token_type_ids"])
         needs_plain = cfg.prompt_source == "generator" or (
             rng is not None and cfg.use_representation_critic)
         plain = self.unprompted_pass(batch) if needs_plain else {}
@@ -307,7 +319,7 @@ class InfoPromptModel(nn.Module):
         context_BxL = jnp.where(context_BxL.any(axis=1, keepdims=True), context_BxL, fallback_BxL)
         theta_D = self.task_head.pooled_class_vector()
         if self.config.head_negatives == "all_context":
-            negatives_BxLxD = self.encoder.embed_words(batch["plain_input_ids"]).astype(jnp.float32)
+            negatives_BxLxD = self.word_embeddings(batch["plain_input_ids"])
             candidates = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxLxD], axis=1)
             scores_BxK = self.head_critic(candidates, theta_D)
             valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
@@ -317,7 +329,7 @@ class InfoPromptModel(nn.Module):
         positions_BxN = jax.random.categorical(
             key, choice_logits_BxL[:, None, :], shape=(context_BxL.shape[0], num_negatives))
         token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
-        negatives_BxNxD = self.encoder.embed_words(token_ids_BxN).astype(jnp.float32)
+        negatives_BxNxD = self.word_embeddings(token_ids_BxN)
         candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
         return losses.info_nce(self.head_critic(candidates_BxKxD, theta_D))
 

@@ -24,7 +24,7 @@ METHOD_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
         _FROZEN_MLM_TRANSFORM, (r"^prompt_generator/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
     "idpg": (
         _FROZEN_MLM_TRANSFORM, (r"^prompt_generator/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
-    "warp": (_FROZEN_MLM_TRANSFORM, (r"^prompt/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
+    "warp": (_FROZEN_MLM_TRANSFORM, (r"^prompt$", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
     "adapter": (
         _FROZEN_MLM_TRANSFORM, (r"^encoder/.*/adapter/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
     "finetune": ((r".*", True),),

@@ -6,14 +6,13 @@ checkpoint at step s continues exactly where an unbroken run would be.
 """
 
 import json
-import pathlib
 import signal
 import time
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -113,7 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics.
   """
-  workdir_path = pathlib.Path(workdir)
+  # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
+  workdir_path = epath.Path(workdir)
   comps = components_lib.build_components(config)
   config, task = comps.config, comps.task
   train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
