@@ -76,6 +76,19 @@ def eval_step(trainable: Params, frozen: Params, batch: Batch, *,
     return model.apply({"params": params}, batch)["logits"]
 
 
+def prompt_step(trainable: Params, frozen: Params, batch: Batch, *,
+                model: models.InfoPromptModel) -> jax.Array:
+    """The prompts `[B, n_p, D]` the model places at the prompt slots for `batch`."""
+    params = partition.merge_params(trainable, frozen)
+
+    def prompts(module, batch):
+        source = module.unprompted_pass(batch)["source"] \
+            if module.config.prompt_source == "generator" else None
+        return module.prompts(batch, source)
+
+    return model.apply({"params": params}, batch, method=prompts)
+
+
 def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     """Trainable state (params, optimizer moments, step, rng) replicated."""
     return jax.tree.map(lambda _: sharding.replicated(mesh), state)

@@ -5,6 +5,7 @@ itself (epoch e's order is a permutation drawn from (seed, e)), so a run resumed
 checkpoint at step s continues exactly where an unbroken run would be.
 """
 
+import functools
 import json
 import signal
 import time
@@ -75,6 +76,31 @@ def evaluate(eval_fn, trainable, frozen, comps: components_lib.Components, array
   return {f"eval_{name}": value for name, value in scores.items()}
 
 
+class PromptTrajectory:
+  """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
+  with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
+
+  def __init__(self, workdir: epath.Path, every: int, model, batch: dict[str, jax.Array]):
+    self.path, self.every, self.batch = workdir / "prompt_trajectory.npz", every, batch
+    self._prompts_fn = jax.jit(functools.partial(steps.prompt_step, model=model))
+    self.steps, self.prompts = [], []
+    if self.path.exists():
+      with self.path.open("rb") as f:
+        saved = np.load(f)
+        self.steps, self.prompts = list(saved["steps"]), list(saved["prompts"])
+
+  def maybe_record(self, step: int, trainable, frozen) -> None:
+    """Records the prompt at `step` if it is a multiple of k (step 0 included)."""
+    if not self.every or step % self.every or jax.process_index() != 0:
+      return
+    keep = [i for i, s in enumerate(self.steps) if s < step]  # A resumed run redraws the rest.
+    self.steps = [self.steps[i] for i in keep] + [step]
+    self.prompts = [self.prompts[i] for i in keep] + [
+        np.asarray(self._prompts_fn(trainable, frozen, self.batch))[0]]
+    with self.path.open("wb") as f:
+      np.savez(f, steps=np.asarray(self.steps), prompts=np.stack(self.prompts))
+
+
 class PreemptionFlag:
   """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
 
@@ -140,6 +166,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state, record = restored
     logging.info("Resumed from step %d in %s.", record["step"], workdir_path)
+  summary_path = workdir_path / "summary.json"
+  if record["step"] >= total_steps and summary_path.exists():
+    logging.info("%s already finished at step %d; nothing to do.", workdir_path, record["step"])
+    return json.loads(summary_path.read_text())
   writer.truncate_after(record["step"])
   if jax.process_index() == 0:
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -147,6 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                           state, frozen)
   progress = metric_logging.Progress(total_steps, batch_size)
   preemption = PreemptionFlag()
+  trajectory = PromptTrajectory(workdir_path, config.log_prompt_every, comps.model,
+                                device_batch(train_arrays, np.arange(batch_size), mesh))
+  if int(record["step"]) == 0:
+    trajectory.maybe_record(0, state.trainable, frozen)
   main_metric = f"eval_{task.main_metric}"
   interval_metrics, eval_scores = [], {}
   start_step, start_time = int(record["step"]), time.perf_counter()
@@ -156,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, step_metrics = train_fn(state, frozen, device_batch(train_arrays, indices, mesh))
     interval_metrics.append(step_metrics)
     done = step + 1
+    trajectory.maybe_record(done, state.trainable, frozen)
     if done % config.train.log_every_steps == 0 or done == total_steps:
       logged = log_train_metrics(writer, progress, done, epoch, interval_metrics)
       interval_metrics = []
@@ -170,6 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if (epoch_end if every == 0 else done % every == 0) or done == total_steps or preemption.raised:
       record["step"] = done
       checkpointing.save(manager, done, state, record)
+      logging.info("Saved checkpoint at step %d.", done)
     if preemption.raised:
       logging.warning("SIGTERM: saved step %d to %s; rerun the same command to resume.", done,
                       workdir_path)
@@ -181,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              "best_step": record["best_step"], f"best_{main_metric}": record["best_score"],
              "train_seconds_this_run": time.perf_counter() - start_time}
   if jax.process_index() == 0 and not preemption.raised:
-    (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
 

@@ -1,0 +1,90 @@
+"""The model's task and representation terms for a prompt of our choosing.
+
+Training always evaluates the run's own prompts (generated or free). The analyses also need the
+same terms for a prompt given from outside, one `[n_p, D]` matrix used for every example: a
+random or hand-written prompt (the CMI figure) or a point of the loss landscape. `prompt_terms`
+is that forward pass, run through `model.apply(..., method=prompt_terms)`, so it is built from
+the model's own steps 1, 3, 4 and 6 (DESIGN.md section 1) and cannot drift from them.
+"""
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from infoprompt_jax import losses
+from infoprompt_jax import models
+
+Batch = Mapping[str, jax.Array]
+
+
+def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
+                 prompt_NxD: jax.Array | None = None,
+                 plain: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+    """Per-example task and representation terms, for the run's prompts or a fixed one.
+
+    Args:
+        module: the bound model (this is a `method=` of `InfoPromptModel.apply`).
+        batch: a tokenized batch with `label`.
+        key: randomness of the representation critic's positive and negatives, used as
+            `InfoPromptModel.representation_nce` uses its key (the third split of a training
+            step's key).
+        prompt_NxD: a prompt `[n_p, D]` placed at every example's prompt slots instead of the
+            run's own prompts (a generator's output is overridden); None keeps the run's.
+        plain: the unprompted pass's outputs when already computed (they do not depend on the
+            prompt, so a grid of prompts shares them).
+
+    Returns:
+        `ce` [B] (deterministic head), `prompts` [B, n_p, D], and `nce_rep` [B] when the model
+        has a representation critic. Its negatives come from the unprompted pass, as in training.
+    """
+    config = module.config
+    needs_plain = config.use_representation_critic or (
+        prompt_NxD is None and config.prompt_source == "generator")
+    if plain is None and needs_plain:
+        plain = module.unprompted_pass(batch)
+    batch_size = batch["input_ids"].shape[0]
+    if prompt_NxD is None:
+        prompts_BxNxD = module.prompts(batch, plain["source"] if plain else None)
+    else:
+        expected = (config.num_prompt_tokens, module.encoder_config.hidden_size)
+        if tuple(prompt_NxD.shape) != expected:
+            raise ValueError(f"A fixed prompt of shape {tuple(prompt_NxD.shape)}; this model "
+                             f"takes [n_p, D] = {list(expected)}.")
+        prompts_BxNxD = jnp.broadcast_to(prompt_NxD.astype(jnp.float32),
+                                         (batch_size,) + expected)
+    z_BxD = module.prompted_pass(batch, prompts_BxNxD)
+    logits_BxC, _ = module.task_head(z_BxD, None)
+    terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
+    if config.use_representation_critic:
+        terms["nce_rep"] = module.representation_nce(
+            jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key)
+    return terms
+
+
+def _is_representation_critic_call(module: Any, method_name: str) -> bool:
+    return isinstance(module, models.RepresentationCritic) and method_name == "__call__"
+
+
+def representation_scores(model: models.InfoPromptModel, params: Any, batch: Batch,
+                          key: jax.Array, prompt_NxD: jax.Array | None = None) -> jax.Array:
+    """The representation critic's scores `[B, K]` (positive first) in `prompt_terms`.
+
+    The scores are captured from the critic's own call, so the sampling of the positive and
+    the negatives is exactly the model's.
+    """
+    if not model.config.use_representation_critic:
+        raise ValueError("The model has no representation critic (it trained with beta = 0).")
+    _, state = model.apply({"params": params}, batch, key, prompt_NxD, method=prompt_terms,
+                           capture_intermediates=_is_representation_critic_call,
+                           mutable=["intermediates"])
+    (scores_BxK,) = state["intermediates"]["representation_critic"]["__call__"]
+    return scores_BxK
+
+
+def own_prompts(module: models.InfoPromptModel, batch: Batch) -> jax.Array:
+    """The run's own prompts `[B, n_p, D]` (generated from each example, or the free ones)."""
+    source = None
+    if module.config.prompt_source == "generator":
+        source = module.unprompted_pass(batch)["source"]
+    return module.prompts(batch, source)

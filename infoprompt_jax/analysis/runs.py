@@ -1,0 +1,126 @@
+"""Reading a training run's workdir: its config, its metrics and its trained parameters.
+
+A workdir (train.py) holds `config.json` (the resolved run config), `metrics.jsonl` (one
+`{"step": s, ...}` record a line) and `checkpoints/` (the trainable state, never the frozen
+encoder, which is rebuilt from the pretrained checkpoint named in the config).
+"""
+
+import json
+from typing import Any, Sequence
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+
+from infoprompt_jax import checkpointing
+from infoprompt_jax import components as components_lib
+from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import partition
+from infoprompt_jax import sharding
+from infoprompt_jax import train
+
+Params = dict[str, Any]
+
+
+def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
+    """The run's config, as training wrote it to `WORKDIR/config.json`."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
+                                "writes config.json when a run starts).")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def default_label(config: ml_collections.ConfigDict) -> str:
+    """A run's name in plots: its method, with beta and gamma for InfoPrompt.
+
+    Runs that differ only in seed share this label, so the curves average them.
+    """
+    label = config.method
+    if config.method == "infoprompt":
+        # Other methods train with beta = gamma = 0 whatever the config says (methods.resolve).
+        label += f" beta={config.loss.beta:g} gamma={config.loss.gamma:g}"
+    if config.get("variant", "paper") != "paper":
+        label += f" ({config.variant})"
+    return label
+
+
+def read_metrics(workdir: str | epath.Path) -> list[dict[str, Any]]:
+    """The records of `WORKDIR/metrics.jsonl`, in file order."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the run has logged no metrics yet.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def encode_examples(comps: components_lib.Components, split: str,
+                    max_examples: int = 0) -> dict[str, np.ndarray]:
+    """Tokenized arrays of the run's `split` (train: its few-shot subset; dev: capped)."""
+    examples = components_lib.load_examples(comps.config, comps.task, split)
+    if max_examples:
+        examples = examples[:max_examples]
+    if not examples:
+        raise ValueError(f"The {split} split of {comps.config.task} has no examples.")
+    return comps.encode(examples)
+
+
+def restore_run(workdir: str | epath.Path,
+                sample_arrays: dict[str, np.ndarray] | None = None
+                ) -> tuple[components_lib.Components, Params]:
+    """The run's components and its full parameter tree at the latest checkpoint.
+
+    Args:
+        workdir: the run's workdir.
+        sample_arrays: tokenized arrays with the run's shapes, to trace the model's init; the
+            first dev example when None.
+
+    Returns:
+        (components, params): params are the frozen pretrained tree with the checkpoint's
+        trainable tree merged in, on the first local device.
+    """
+    config = load_config(workdir)
+    comps = components_lib.build_components(config)
+    if sample_arrays is None:
+        sample_arrays = encode_examples(comps, "dev", max_examples=1)
+    sample = {name: value[:1] for name, value in sample_arrays.items()}
+    # The restore target must have the saved state's structure, optimizer state included. The
+    # optax state's structure does not depend on the schedule's length, so any step count will do.
+    optimizer = optimizer_lib.make_optimizer(
+        comps.method.peak_lr, 1, warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
+    # Analysis runs in one process on one device, whatever mesh the run trained on.
+    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+    state, frozen = train.build_state(comps, optimizer, mesh, sample)
+    manager = checkpointing.make_manager(workdir)
+    try:
+        restored = checkpointing.restore_latest(manager, train.abstract_like(state))
+    finally:
+        manager.close()
+    if restored is None:
+        raise FileNotFoundError(f"No checkpoint in {epath.Path(workdir) / 'checkpoints'}: the run "
+                                "must finish at least one epoch (or checkpoint_every_steps).")
+    state, record = restored
+    logging.info("Restored %s at step %d.", workdir, record["step"])
+    return comps, partition.merge_params(state.trainable, frozen)
+
+
+def word_embedding_table(params: Params) -> np.ndarray:
+    """The pretrained word-embedding matrix `[V, D]`, float32 on the host."""
+    table = params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+    return np.asarray(table, np.float32)
+
+
+def split_list(value: str | None, separator: str = ",") -> list[str]:
+    """A flag's comma- (or `separator`-) separated items, blanks dropped."""
+    return [item.strip() for item in (value or "").split(separator) if item.strip()]
+
+
+def unique_labels(labels: Sequence[str], workdirs: Sequence[str]) -> list[str]:
+    """`labels`, each one that repeats suffixed with its workdir's name so none collide."""
+    counts = {label: labels.count(label) for label in labels}
+    out = [label if counts[label] == 1 else f"{label} [{epath.Path(w).name}]"
+           for label, w in zip(labels, workdirs)]
+    # Two workdirs with the same final component: fall back to their position.
+    return [label if out.count(label) == 1 else f"{label} #{i}" for i, label in enumerate(out)]

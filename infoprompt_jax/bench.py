@@ -1,0 +1,305 @@
+"""Throughput of the compiled train step, optionally against the same step in PyTorch eager.
+
+    python -m infoprompt_jax.bench --config=configs/sst2.py --config.model.name=DIR \
+        --batch_size=8 --seq_len=128 --steps=20 [--compare_torch] [--config.x=y ...]
+
+Builds the run the config describes (`components.build_components`, state on a mesh over all
+devices), feeds it one synthetic batch of the exact training shapes, compiles the train step
+(timed: `compile_s`), runs warm-up steps and then `--steps` timed steps, blocking on each, and
+prints ONE JSON line on stdout (progress goes to stderr):
+
+- `examples_per_s` (batch size / median step time), `step_ms_median`, `step_ms_min`;
+- `compile_s`: `jax.jit(...).lower(...).compile()` of the train step;
+- `flops_per_step`: XLA's cost analysis of the compiled step, summed over devices;
+- `achieved_tflops`, and `mfu` against the chips' bf16 dense peak where the device is in
+  `PEAK_BF16_TFLOPS` (null elsewhere, e.g. on CPU);
+- `peak_device_mem_mb`: the largest `peak_bytes_in_use` of a local device (null where the
+  backend reports no memory stats, e.g. CPU);
+- with `--compare_torch`: `torch_examples_per_s`, `jax_over_torch`, and the PyTorch settings
+  (`torch_reference.py` runs the same step eagerly on the Hugging Face model).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
+
+from infoprompt_jax import components as components_lib
+from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import sharding
+from infoprompt_jax import steps as steps_lib
+from infoprompt_jax import train
+
+# bf16 dense peak TFLOP/s per chip, from the vendors' spec sheets: Google Cloud TPU system
+# architecture pages (v4 275, v5e 197, v5p 459, v6e/Trillium 918) and the NVIDIA A100, H100 and
+# H200 datasheets (A100 312, H100 SXM 989, H100 PCIe 756, H200 989; the sheets print the
+# 2:4-sparsity figure, twice these). Keys are `device_kind` as JAX reports it, lower-cased.
+PEAK_BF16_TFLOPS = {
+    "tpu v4": 275.0,
+    "tpu v5 lite": 197.0,
+    "tpu v5e": 197.0,
+    "tpu v5": 459.0,
+    "tpu v5p": 459.0,
+    "tpu v6 lite": 918.0,
+    "tpu v6e": 918.0,
+}
+# GPU kinds carry the memory size and form factor ("NVIDIA H100 80GB HBM3"), so they match by
+# substring, first match wins: the PCIe H100 must be tested before the SXM one.
+_GPU_PEAK_BF16_TFLOPS = (
+    ("h100 pcie", 756.0),
+    ("h100", 989.0),
+    ("h200", 989.0),
+    ("a100", 312.0),
+)
+
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Global batch size (config.train.batch_size).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length (config.max_len).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps run after compilation.")
+_COMPARE_TORCH = flags.DEFINE_bool(
+    "compare_torch", False, "Also time the same step in PyTorch eager (torch_reference.py).")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch.set_num_threads for --compare_torch; 0: every core available.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sst2.py.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr: stdout carries only the result."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The bf16 dense peak TFLOP/s of one chip of `device_kind`, or None when unknown."""
+    kind = device_kind.strip().lower()
+    if kind in PEAK_BF16_TFLOPS:
+        return PEAK_BF16_TFLOPS[kind]
+    if "nvidia" in kind:
+        for name, peak in _GPU_PEAK_BF16_TFLOPS:
+            if name in kind:
+                return peak
+    return None
+
+
+def flops_from_cost_analysis(cost: Any) -> float | None:
+    """The `flops` entry of `Compiled.cost_analysis()`, across its return forms.
+
+    jax < 0.4.30 returns a list with one dict per program, newer versions the dict itself, and
+    some backends None or an empty result.
+    """
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def peak_device_memory_mb(devices) -> float | None:
+    """The largest `peak_bytes_in_use` among `devices`, in MiB; None where none reports it."""
+    peaks = []
+    for device in devices:
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) / 2 ** 20 if peaks else None
+
+
+def synthetic_batch(comps: components_lib.Components, batch_size: int,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """A training batch of the run's exact shapes: random words, no padding in the prompted input.
+
+    Each row's text fields are random vocabulary tokens, decoded to text and encoded through the
+    task's template, so the prompt slots, the mask and the special tokens sit where real data puts
+    them; the text is longer than `max_len`, so truncation fills every row (full attention).
+
+    Args:
+        comps: the run's components (tokenizer, template, task).
+        batch_size: rows.
+        seed: seed of the words and labels.
+
+    Returns:
+        The tokenized batch contract (docs/architecture.md) with `label`.
+    """
+    rng = np.random.default_rng(seed)
+    tokenizer, template = comps.tokenizer, comps.template_tokenizer
+    special = set(tokenizer.all_special_ids)
+    words = np.asarray([i for i in range(tokenizer.vocab_size) if i not in special])
+    length = 2 * template.max_len  # Words re-tokenise to at least as many tokens, mostly more.
+    examples = [{field: tokenizer.decode(rng.choice(words, length).tolist())
+                 for field in template.template.fields} for _ in range(batch_size)]
+    arrays = template.encode_batch(examples)
+    arrays["label"] = rng.integers(0, comps.task.num_labels, batch_size).astype(np.int32)
+    return arrays
+
+
+def time_steps(run_step: Callable[[], Any], warmup_steps: int, num_steps: int) -> list[float]:
+    """Seconds of each of `num_steps` calls of `run_step`, after `warmup_steps` untimed calls.
+
+    `run_step` must block until its step has finished, so that each time is that step's alone.
+    """
+    for _ in range(warmup_steps):
+        run_step()
+    seconds = []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        run_step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def timing_summary(seconds: list[float], batch_size: int, prefix: str = "") -> dict[str, float]:
+    """Throughput from the median step (robust to a noisy host), and the median and best step."""
+    median = statistics.median(seconds)
+    return {f"{prefix}examples_per_s": batch_size / median,
+            f"{prefix}step_ms_median": 1e3 * median,
+            f"{prefix}step_ms_min": 1e3 * min(seconds)}
+
+
+def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
+    """The training run's optimizer, over the benchmark's steps."""
+    return optimizer_lib.make_optimizer(
+        peak_lr, total_steps, warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
+
+
+def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
+                  warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compiles and times the train step on a mesh over all devices.
+
+    Returns:
+        (results, initial trainable params on the host: the PyTorch reference starts from them).
+    """
+    config = comps.config
+    batch_size = len(arrays["label"])
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    sharding.check_batch_size(batch_size, mesh)
+    optimizer = make_optimizer(config, comps.method.peak_lr, warmup_steps + num_steps)
+    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
+    batch = train.device_batch(arrays, np.arange(batch_size), mesh)
+    train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
+                                          state, frozen)
+    progress(f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} "
+             "device(s)")
+    start = time.perf_counter()
+    compiled = train_fn.lower(state, frozen, batch).compile()
+    compile_s = time.perf_counter() - start
+    history = []  # The first step's metrics are those of the initial params.
+
+    def run_step():
+        nonlocal state
+        state, metrics = compiled(state, frozen, batch)
+        history.append(jax.block_until_ready((state, metrics))[1])
+
+    progress(f"compiled in {compile_s:.1f} s; {warmup_steps} warm-up + {num_steps} timed steps")
+    seconds = time_steps(run_step, warmup_steps, num_steps)
+    loss = float(history[-1]["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"The benchmarked step's loss is {loss}: the timing is of a "
+                                 "diverged run; lower config.optim.lr.")
+    # The cost analysis is of the per-device (SPMD-partitioned) program: scale to the whole step.
+    per_device_flops = flops_from_cost_analysis(compiled.cost_analysis())
+    results = {
+        **timing_summary(seconds, batch_size),
+        "compile_s": compile_s,
+        "flops_per_step": None if per_device_flops is None else per_device_flops * mesh.devices.size,
+        "initial_loss": float(history[0]["loss"]),
+        "initial_ce": float(history[0]["ce"]),
+        "final_loss": loss,
+    }
+    return results, initial_trainable
+
+
+def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int) -> dict[str, Any]:
+    """Achieved TFLOP/s of the median step, and MFU against the devices' bf16 peak."""
+    flops = results["flops_per_step"]
+    if flops is None:
+        return {"achieved_tflops": None, "mfu": None}
+    achieved = flops / (results["step_ms_median"] / 1e3) / 1e12
+    peak = peak_tflops(device_kind)
+    return {"achieved_tflops": achieved,
+            "mfu": None if peak is None else achieved / (peak * device_count)}
+
+
+def benchmark_torch(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
+                    initial_trainable: Mapping[str, Any], warmup_steps: int, num_steps: int,
+                    threads: int) -> dict[str, Any]:
+    """Times `torch_reference.TorchReferenceStep` on the same batch and initial parameters."""
+    import torch  # Optional dependency: only --compare_torch needs it.
+
+    from infoprompt_jax import torch_reference
+
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable)
+    batch = torch_reference.to_torch(arrays)
+    history = []
+    progress(f"PyTorch eager: {warmup_steps} warm-up + {num_steps} timed steps on "
+             f"{torch.get_num_threads()} threads")
+    seconds = time_steps(lambda: history.append(reference.step(batch)), warmup_steps, num_steps)
+    return {**timing_summary(seconds, len(arrays["label"]), prefix="torch_"),
+            "torch_initial_loss": history[0]["loss"], "torch_initial_ce": history[0]["ce"],
+            "torch_final_loss": history[-1]["loss"], "torch_threads": torch.get_num_threads(),
+            "torch_attention": reference.attention_implementation,
+            "torch_version": torch.__version__}
+
+
+def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: int,
+                  num_steps: int, warmup_steps: int = 3, compare_torch: bool = False,
+                  torch_threads: int = 0) -> dict[str, Any]:
+    """Benchmarks the config's train step; returns the result line as a dict.
+
+    Args:
+        config: the run config; its batch size and `max_len` are overridden by the arguments.
+        batch_size: global batch size.
+        seq_len: sequence length.
+        num_steps: timed steps.
+        warmup_steps: untimed steps after compilation.
+        compare_torch: also time the PyTorch eager reference (`torch_reference.py`).
+        torch_threads: PyTorch intra-op threads; 0 uses every core available.
+
+    Returns:
+        The result keys of the module docstring.
+    """
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.batch_size = batch_size
+        config.max_len = seq_len
+    comps = components_lib.build_components(config)
+    arrays = synthetic_batch(comps, batch_size, config.seed)
+    devices = jax.devices()
+    load_1m = os.getloadavg()[0]  # Before the run: other work on the host skews its timings.
+    results, initial_trainable = benchmark_jax(comps, arrays, warmup_steps, num_steps)
+    results.update(utilisation(results, devices[0].device_kind, len(devices)))
+    results.update(
+        peak_device_mem_mb=peak_device_memory_mb(jax.local_devices()),
+        device_kind=devices[0].device_kind, device_count=len(devices), batch_size=batch_size,
+        seq_len=seq_len, num_prompt_tokens=comps.method.model.num_prompt_tokens,
+        dtype=comps.config.model.dtype, method=comps.method.name, steps=num_steps,
+        jax_version=jax.__version__, host_load_1m=load_1m)
+    if compare_torch:
+        results.update(benchmark_torch(comps, arrays, initial_trainable, warmup_steps, num_steps,
+                                       torch_threads))
+        results["jax_over_torch"] = results["examples_per_s"] / results["torch_examples_per_s"]
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    results = run_benchmark(flags.FLAGS.config, _BATCH_SIZE.value, _SEQ_LEN.value, _STEPS.value,
+                            _WARMUP_STEPS.value, _COMPARE_TORCH.value, _TORCH_THREADS.value)
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,150 @@
+"""Tests of the benchmark (bench.py) and the PyTorch eager step it compares with."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import sentiment_fixture
+from infoprompt_jax import bench
+from infoprompt_jax import components
+from infoprompt_jax import partition
+from infoprompt_jax import torch_reference
+
+BATCH, SEQ_LEN = 8, 32
+RESULT_KEYS = {
+    "examples_per_s", "step_ms_median", "compile_s", "flops_per_step", "achieved_tflops", "mfu",
+    "peak_device_mem_mb", "device_kind", "device_count", "batch_size", "seq_len",
+    "num_prompt_tokens", "dtype", "method", "torch_examples_per_s", "jax_over_torch",
+    "torch_threads",
+}
+
+
+@pytest.fixture(scope="module")
+def result(tiny_roberta_dir):
+    """One benchmark run with --compare_torch on the tiny RoBERTa, 2 timed steps."""
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    return bench.run_benchmark(config, BATCH, SEQ_LEN, num_steps=2, warmup_steps=1,
+                               compare_torch=True, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def comps(tiny_roberta_dir):
+    return components.build_components(sentiment_fixture.tiny_config(tiny_roberta_dir))
+
+
+@pytest.fixture(scope="module")
+def batch(comps):
+    return bench.synthetic_batch(comps, BATCH)
+
+
+@pytest.fixture(scope="module")
+def trainable(comps, batch):
+    """Random params of the trainable tree's shapes (no compilation: the test is of torch)."""
+    shapes = jax.eval_shape(comps.init_params, batch)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
+    return partition.split_params(params, comps.method.name)[0]
+
+
+def test_result_line_has_every_key_and_cpu_has_no_peak(result):
+    assert RESULT_KEYS <= set(result), RESULT_KEYS - set(result)
+    assert result["flops_per_step"] > 0 and result["examples_per_s"] > 0
+    assert result["achieved_tflops"] > 0 and result["compile_s"] > 0
+    assert result["mfu"] is None and result["peak_device_mem_mb"] is None, "CPU: no peak, no stats"
+    assert result["device_kind"] == "cpu" and result["device_count"] == jax.device_count() == 8
+    assert (result["batch_size"], result["seq_len"], result["num_prompt_tokens"]) == (BATCH, SEQ_LEN, 2)
+    assert (result["dtype"], result["method"]) == ("float32", "infoprompt")
+    np.testing.assert_allclose(result["examples_per_s"], BATCH / (result["step_ms_median"] / 1e3))
+    assert math.isfinite(result["final_loss"]) and math.isfinite(result["torch_final_loss"])
+
+
+def test_compare_torch_gives_a_positive_ratio(result):
+    assert result["torch_examples_per_s"] > 0 and result["torch_threads"] == 1
+    np.testing.assert_allclose(result["jax_over_torch"],
+                               result["examples_per_s"] / result["torch_examples_per_s"])
+
+
+def test_flops_from_a_real_compiled_program():
+    compiled = jax.jit(lambda x: x @ x).lower(np.ones((4, 4), np.float32)).compile()
+    assert bench.flops_from_cost_analysis(compiled.cost_analysis()) == 2 * 4 ** 3
+
+
+def test_flops_per_step_counts_the_whole_step_once(comps, result):
+    # XLA analyses the per-device program; bench scales it by the device count. The step is two
+    # encoder forwards plus the prompted pass's input gradient, about 3 forwards, plus small
+    # elementwise work and the optimizer (replicated on each of the 8 devices): wrong scaling
+    # would be 8x off either way.
+    cfg = comps.model.encoder_config
+    d, i, layers, tokens = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, BATCH * SEQ_LEN
+    forward = tokens * layers * (2 * (4 * d * d + 2 * d * i) + 4 * SEQ_LEN * d)
+    assert 2.5 * forward < result["flops_per_step"] < 6 * forward, result["flops_per_step"] / forward
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v6 lite", 918.0),
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("cpu", None), ("TPU v4 lite", None),
+])
+def test_peak_tflops_by_device_kind(kind, peak):
+    assert bench.peak_tflops(kind) == peak
+
+
+@pytest.mark.parametrize("cost, flops", [
+    ({"flops": 12.0, "bytes accessed": 3.0}, 12.0), ([{"flops": 7.0}], 7.0), ([], None),
+    (None, None), ({"bytes accessed": 3.0}, None),
+])
+def test_flops_from_each_cost_analysis_form(cost, flops):
+    assert bench.flops_from_cost_analysis(cost) == flops
+
+
+def test_synthetic_batch_has_the_real_layout_and_full_attention(comps, batch):
+    unk, mask = comps.tokenizer.unk_token_id, comps.tokenizer.mask_token_id
+    rows = np.arange(BATCH)[:, None]
+    assert batch["input_ids"].shape == (BATCH, SEQ_LEN)
+    assert (batch["attention_mask"] == 1).all(), "the prompted input fills max_len"
+    assert (batch["input_ids"][rows, batch["prompt_positions"]] == unk).all()
+    assert (batch["input_ids"][rows[:, 0], batch["mask_position"]] == mask).all()
+    assert (batch["plain_input_ids"][rows[:, 0], batch["plain_mask_position"]] == mask).all()
+    assert batch["plain_context_mask"].sum(axis=1).min() > SEQ_LEN // 2
+    assert set(np.unique(batch["label"])) <= {0, 1}
+    assert len({tuple(r) for r in batch["input_ids"]}) == BATCH, "rows differ"
+
+
+def test_torch_step_at_init_matches_the_jax_step(result):
+    # Both first steps start from the same params on the same batch: the task loss is the same
+    # computation, so it agrees to float rounding (HF PyTorch vs Flax encoder).
+    np.testing.assert_allclose(result["torch_initial_ce"], result["initial_ce"], atol=2e-5)
+    # The critics draw other negatives, so the objective agrees in scale only: at init each NCE
+    # term is near ln K, the loss near CE + (beta + gamma) ln K (K = 4 in the tiny config).
+    expected = result["initial_ce"] + (0.1 + 0.05) * math.log(4)
+    for loss in (result["initial_loss"], result["torch_initial_loss"]):
+        assert math.isfinite(loss) and abs(loss - expected) < 0.05, (loss, expected)
+
+
+def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
+    step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
+    encoder_before = {k: v.clone() for k, v in step.encoder.state_dict().items()}
+    head_before = {k: v.clone() for k, v in step.mlm_transform.items()}
+    trainable_before = {k: v.detach().clone() for k, v in step.params.items()}
+    assert not any(p.requires_grad for p in step.encoder.parameters())
+    assert head_before, "the tiny RoBERTa has an MLM head, whose transform stays frozen"
+    metrics = step.step(torch_reference.to_torch(batch))
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    for name, before in encoder_before.items():
+        assert torch.equal(step.encoder.state_dict()[name], before), name
+    for name, before in head_before.items():
+        assert torch.equal(step.mlm_transform[name], before), name
+    unchanged = [k for k, v in step.params.items() if torch.equal(v.detach(), trainable_before[k])]
+    assert not unchanged, f"trainable tensors that did not move: {unchanged}"
+    assert set(trainable_before) == set(partition.flatten(trainable))
+
+
+def test_torch_reference_rejects_the_released_variant(comps):
+    import dataclasses
+
+    released = dataclasses.replace(comps.method.model, critic="scaled_dot")
+    with pytest.raises(ValueError, match="critic='scaled_dot'"):
+        torch_reference.check_supported(released, adapter_size=0)
