@@ -176,6 +176,12 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
                   warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Compiles and times the train step on a mesh over all devices.
 
+    Args:
+        comps: the run's components.
+        arrays: the host batch (`synthetic_batch`), fed to every step.
+        warmup_steps: untimed steps after compilation.
+        num_steps: timed steps.
+
     Returns:
         (results, initial trainable params on the host: the PyTorch reference starts from them).
     """

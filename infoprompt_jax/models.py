@@ -293,7 +293,10 @@ class InfoPromptModel(nn.Module):
                          token_type_ids=batch["plain_token_type_ids"])
         needs_plain = cfg.prompt_source == "generator" or (
             rng is not None and cfg.use_representation_critic)
-        plain = self.unprompted_pass(batch) if needs_plain else {}
+        if "cached_source" in batch:  # config.cache_unprompted: computed once per example.
+            plain = {"source": batch["cached_source"], "z0": batch["cached_z0"]}
+        else:
+            plain = self.unprompted_pass(batch) if needs_plain else {}
         prompts_BxNxD = self.prompts(batch, plain.get("source"))
         z_BxD = self.prompted_pass(batch, prompts_BxNxD)
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3

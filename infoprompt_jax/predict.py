@@ -339,7 +339,8 @@ def _read_glue_tsv(path: pathlib.Path, task: tasks_lib.TaskSpec) -> list[InputRo
 
 def _read_plain_text(path: pathlib.Path, text_fields: Sequence[str]) -> list[InputRow]:
     rows = []
-    for lineno, line in enumerate(data_lib._read_lines(path), start=1):  # pylint: disable=protected-access
+    lines = data_lib._read_lines(path)  # pylint: disable=protected-access
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         texts = line.split("\t")

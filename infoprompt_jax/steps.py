@@ -89,6 +89,12 @@ def prompt_step(trainable: Params, frozen: Params, batch: Batch, *,
     return model.apply({"params": params}, batch, method=prompts)
 
 
+def unprompted_step(frozen: Params, batch: Batch, *,
+                    model: models.InfoPromptModel) -> dict[str, jax.Array]:
+    """P_src and Z0 `[B, D]` of the unprompted pass, which reads only frozen weights."""
+    return model.apply({"params": frozen}, batch, method=models.InfoPromptModel.unprompted_pass)
+
+
 def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     """Trainable state (params, optimizer moments, step, rng) replicated."""
     return jax.tree.map(lambda _: sharding.replicated(mesh), state)

@@ -76,6 +76,22 @@ def evaluate(eval_fn, trainable, frozen, comps: components_lib.Components, array
   return {f"eval_{name}": value for name, value in scores.items()}
 
 
+def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh) -> Arrays:
+  """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
+
+  The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
+  computing it once saves one of the step's two encoder forwards.
+  """
+  unprompted = jax.jit(functools.partial(steps.unprompted_step, model=model),
+                       out_shardings=sharding.replicated(mesh))
+  padded, count = pad_to_multiple(arrays, batch_size)
+  outputs = [unprompted(frozen, device_batch(padded, np.arange(i, i + batch_size), mesh))
+             for i in range(0, len(padded["input_ids"]), batch_size)]
+  cached = {f"cached_{name}": np.concatenate([np.asarray(o[name]) for o in outputs])[:count]
+            for name in ("source", "z0")}
+  return {**arrays, **cached}
+
+
 class PromptTrajectory:
   """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
   with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
@@ -173,6 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.truncate_after(record["step"])
   if jax.process_index() == 0:
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if config.cache_unprompted and comps.method.model.prompt_source == "generator":
+    train_arrays = cache_unprompted_pass(comps.model, frozen, train_arrays, batch_size, mesh)
+    dev_arrays = cache_unprompted_pass(comps.model, frozen, dev_arrays,
+                                       config.train.eval_batch_size, mesh)
   train_fn, eval_fn = steps.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
                                           state, frozen)
   progress = metric_logging.Progress(total_steps, batch_size)

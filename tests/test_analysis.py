@@ -23,6 +23,8 @@ from infoprompt_jax.analysis import prompt_eval
 from infoprompt_jax.analysis import runs
 
 RTOL = 1e-5
+# Every test uses batches of this many examples, so compiled functions are shared between them.
+BATCH = 8
 
 
 def write_sst2(directory, train_count=16, dev_count=12):
@@ -109,31 +111,37 @@ def test_restore_gives_the_trained_prompts(restored_infoprompt, restored_warp, i
         assert list(steps) == [0, 1, 2]
         assert not np.allclose(prompts[0], prompts[-1]), "training moved the prompt"
         arrays = runs.encode_examples(comps, "train")
-        own = comps.model.apply({"params": params}, first_rows(arrays, 1),
-                                method=prompt_eval.own_prompts)
+        own = prompt_eval.own_prompts_fn(comps.model, params, first_rows(arrays, BATCH))
         np.testing.assert_allclose(own[0], prompts[-1], rtol=RTOL, atol=1e-7)
 
 
 def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
     comps, params = restored_infoprompt
     model, k = comps.model, comps.method.model.num_candidates
-    batch = first_rows(runs.encode_examples(comps, "dev"), 8)
+    dev = runs.encode_examples(comps, "dev")
+    count = len(dev["label"])
+    assert BATCH < count < 2 * BATCH, "two batches, the second one padded"
+    padded, _ = train.pad_to_multiple(dev, BATCH)
     rng = jax.random.PRNGKey(3)
     critic_key = jax.random.split(rng, 3)[2]  # What InfoPromptModel.__call__ gives the critic.
     fixed = jnp.linspace(-0.1, 0.1, model.encoder_config.hidden_size)[None]
+    forward = jax.jit(model.apply)
     for own_params, prompt in ((params, None), (emitting(params, fixed), fixed)):
-        nce = model.apply({"params": own_params}, batch, rng)["nce_rep"]
-        scores = np.asarray(prompt_eval.representation_scores(model, params, batch, critic_key,
-                                                              prompt))
-        by_hand = np.log(k) - nce_by_hand(scores)
-        np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL, atol=1e-6)
-        estimate = cmi.estimate_cmi(model, params, {n: np.asarray(v) for n, v in batch.items()},
-                                    critic_key, batch_size=5, prompt_NxD=prompt)
-        first = np.asarray(cmi.cmi_from_scores(prompt_eval.representation_scores(
-            model, params, {n: v[:5] for n, v in batch.items()},
-            jax.random.fold_in(critic_key, 0), prompt)))
-        assert estimate.shape == (8,)
-        np.testing.assert_allclose(estimate[:5], first, rtol=RTOL, atol=1e-6)
+        estimate = cmi.estimate_cmi(model, params, dev, critic_key, BATCH, prompt_NxD=prompt)
+        assert estimate.shape == (count,)
+        for index in range(2):
+            batch = {n: v[index * BATCH:(index + 1) * BATCH] for n, v in padded.items()}
+            nce = forward({"params": own_params}, batch, rng)["nce_rep"]
+            scores = np.asarray(cmi._scores_fn(model, params, batch, critic_key, prompt))
+            by_hand = np.log(k) - nce_by_hand(scores)
+            np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL,
+                                       atol=1e-6)
+            # The estimate's batch i draws with fold_in(key, i).
+            scores = cmi._scores_fn(model, params, batch, jax.random.fold_in(critic_key, index),
+                                    prompt)
+            np.testing.assert_allclose(estimate[index * BATCH:(index + 1) * BATCH],
+                                       (np.log(k) - nce_by_hand(scores))[:count - index * BATCH],
+                                       rtol=RTOL, atol=1e-6)
 
 
 def test_random_and_phrase_prompts(restored_infoprompt):
@@ -151,17 +159,28 @@ def test_random_and_phrase_prompts(restored_infoprompt):
                                   words[ids[:1]])
 
 
-def test_cmi_command_writes_csv_plot_and_medians(infoprompt_run, tmp_path, capsys):
-    cmi.main([f"--workdirs={infoprompt_run},{infoprompt_run}", "--labels=a,b",
-              f"--output={tmp_path}", "--num_random=2", "--phrases=it is great;the film",
-              "--max_examples=6"])
+def test_cmi_command_writes_csv_plot_and_medians(infoprompt_run, restored_infoprompt, tmp_path,
+                                                 capsys):
+    cmi.main([f"--workdirs={infoprompt_run}", "--labels=a", f"--output={tmp_path}",
+              "--num_random=2", "--phrases=it is great;the film", "--max_examples=6",
+              f"--batch_size={BATCH}"])
     table = cmi.read_csv(tmp_path / "cmi.csv")
-    assert list(table) == ["learned: a", "learned: b", "random #0", "random #1",
-                           'phrase: "it is great"', 'phrase: "the film"']
+    assert list(table) == ["learned: a", "random #0", "random #1", 'phrase: "it is great"',
+                           'phrase: "the film"']
     assert all(values.shape == (6,) for values in table.values())
     assert all(np.all(values <= np.log(4) + 1e-6) for values in table.values())
-    np.testing.assert_array_equal(table["learned: a"], table["learned: b"])  # fixed key
     assert not np.allclose(table["random #0"], table["random #1"])
+    # The key is fixed (--seed=0): the same numbers again, from the module's restored run.
+    comps, params = restored_infoprompt
+    dev = runs.encode_examples(comps, "dev", max_examples=6)
+    words = runs.word_embedding_table(params)
+    again = {"learned: a": None, "random #1": cmi.random_prompt(words, 1, seed=1),
+             'phrase: "the film"': cmi.phrase_prompt(comps.tokenizer, words, "the film", 1)}
+    for source, prompt in again.items():
+        estimate = cmi.estimate_cmi(comps.model, params, dev, jax.random.PRNGKey(0), BATCH,
+                                    prompt)
+        np.testing.assert_allclose(table[source], estimate, rtol=1e-5, atol=1e-6,
+                                   err_msg=source)
     assert (tmp_path / "cmi.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert f"learned: a: median CMI {np.median(table['learned: a']):.4f}" in printed
@@ -194,34 +213,35 @@ def test_principal_directions_are_orthonormal_and_numpys_svd_directions():
 
 def test_landscape_task_loss_at_the_warp_prompt_equals_the_models_loss(restored_warp):
     comps, params = restored_warp
-    arrays = landscape.sample_examples(comps, 8, seed=0)
+    arrays = landscape.sample_examples(comps, BATCH, seed=0)
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     learned = landscape.project(np.asarray(params["prompt"]), plane)[0]
     points = np.stack([learned, [0.0, 0.0], learned + [0.02, -0.03]])
     values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
                                        jax.random.PRNGKey(0), points_per_batch=2)
     assert set(values) == {"task_loss"}, "WARP has no representation critic"
-    batch = first_rows(arrays, 8)
+    batch = first_rows(arrays, BATCH)
+    forward = jax.jit(comps.model.apply)
     for point, value in zip(points, values["task_loss"]):
         prompt = landscape.plane_points(point[None], plane)  # [n_p = 1, D]
-        logits = comps.model.apply({"params": {**params, "prompt": jnp.asarray(prompt)}},
-                                   batch)["logits"]
+        logits = forward({"params": {**params, "prompt": jnp.asarray(prompt)}}, batch)["logits"]
         direct = np.mean(losses.cross_entropy(logits, batch["label"]))
         np.testing.assert_allclose(value, direct, rtol=RTOL)
 
 
 def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
     comps, params = restored_infoprompt
-    arrays = landscape.sample_examples(comps, 8, seed=0)
+    arrays = landscape.sample_examples(comps, BATCH, seed=0)
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     rng = jax.random.PRNGKey(5)
     points = np.array([[0.01, 0.02], [-0.03, 0.0]])
     values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
                                        jax.random.split(rng, 3)[2])
-    batch = first_rows(arrays, 8)
+    batch = first_rows(arrays, BATCH)
+    forward = jax.jit(comps.model.apply)
     for index, point in enumerate(points):
         prompt = landscape.plane_points(point[None], plane)
-        terms = comps.model.apply({"params": emitting(params, prompt)}, batch, rng)
+        terms = forward({"params": emitting(params, prompt)}, batch, rng)
         np.testing.assert_allclose(values["task_loss"][index], np.mean(terms["ce"]), rtol=RTOL)
         np.testing.assert_allclose(values["representation_loss"][index],
                                    np.mean(terms["nce_rep"]), rtol=RTOL)
@@ -229,7 +249,7 @@ def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
 
 def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys):
     result = landscape.main([f"--workdir={infoprompt_run}", f"--output={tmp_path}",
-                             "--grid_size=4", "--num_examples=8", "--points_per_batch=5"])
+                             "--grid_size=4", f"--num_examples={BATCH}"])
     for name in ("task_loss.png", "representation_loss.png", "landscape.npz"):
         assert (tmp_path / name).stat().st_size > 1000, name
     saved = dict(np.load(tmp_path / "landscape.npz"))
@@ -244,7 +264,7 @@ def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys
                                rtol=1e-5, atol=1e-7)
     # Grid values: loss[i, j] is at (a[j], b[i]).
     comps, params = restored_infoprompt
-    arrays = landscape.sample_examples(comps, 8, seed=0)
+    arrays = landscape.sample_examples(comps, BATCH, seed=0)
     points = np.array([[saved["a"][1], saved["b"][2]], [saved["a"][3], saved["b"][0]]])
     values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
                                        jax.random.PRNGKey(0))

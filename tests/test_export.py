@@ -1,4 +1,4 @@
-"""Tests of export and prediction: a trained run exported, reloaded and predicting as in training."""
+"""Tests of export and prediction: a trained run, exported and reloaded, predicts as in training."""
 
 import json
 import pathlib
@@ -73,7 +73,9 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         patch.setattr(checkpointing, "save", recording_save)
         patch.setattr(train, "predict_logits", recording_predict_logits)
         train.train_and_evaluate(config, str(workdir))
-    assert sorted(saved) == [2, 4] and len(eval_logits) == 2
+    assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
+        "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
+        "twice through train.predict_logits; update this recording if the loop changed.")
     return workdir, data_dir, saved, eval_logits[-1]
 
 

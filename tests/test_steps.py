@@ -127,3 +127,24 @@ def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
     plain = build(tiny_roberta_dir, "finetune")
     np.testing.assert_array_equal(adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
                                   plain[3](plain[0].trainable, plain[1], plain[4]))
+
+
+def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
+    state, frozen, train_fn, eval_fn, _ = build(tiny_roberta_dir)
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    comps = components.build_components(config)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    arrays = comps.encode(sentiment_fixture.examples(BATCH))
+    cached = train.cache_unprompted_pass(comps.model, frozen, arrays, 4, mesh)
+    assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
+    plain_batch = train.device_batch(arrays, np.arange(BATCH), mesh)
+    cached_batch = train.device_batch(cached, np.arange(BATCH), mesh)
+    np.testing.assert_allclose(eval_fn(state.trainable, frozen, cached_batch),
+                               eval_fn(state.trainable, frozen, plain_batch), rtol=1e-6, atol=1e-6)
+    state_copy = jax.tree.map(lambda x: x.copy(), state)
+    _, uncached_history = run(state, frozen, train_fn, plain_batch, 3)
+    _, cached_history = run(state_copy, frozen, train_fn, cached_batch, 3)
+    for plain_metrics, cached_metrics in zip(uncached_history, cached_history):
+        for name in plain_metrics:
+            np.testing.assert_allclose(cached_metrics[name], plain_metrics[name], rtol=1e-5,
+                                       atol=1e-6, err_msg=name)

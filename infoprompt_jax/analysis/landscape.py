@@ -22,7 +22,6 @@ and `DIR/landscape.npz`.
 """
 
 import argparse
-import functools
 import pathlib
 import sys
 from typing import Any, NamedTuple, Sequence
@@ -240,8 +239,7 @@ def compute(workdir: str, grid_size: int = 21, radius: float | None = None,
     comps, params = runs.restore_run(workdir)
     arrays = sample_examples(comps, num_examples, sample_seed)
     plane = principal_directions(runs.word_embedding_table(params))
-    own = jax.jit(functools.partial(comps.model.apply, method=prompt_eval.own_prompts))(
-        {"params": params}, arrays)
+    own = prompt_eval.own_prompts_fn(comps.model, params, arrays)
     # A generator prompts each example differently: mark the sample's mean prompt.
     learned_2 = project(np.asarray(own).mean(axis=0), plane)[0]
     result = {"pcs": plane.pcs_2xD, "mean": plane.mean_D, "stddevs": plane.stddevs_2,

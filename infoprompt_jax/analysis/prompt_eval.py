@@ -7,6 +7,7 @@ is that forward pass, run through `model.apply(..., method=prompt_terms)`, so it
 the model's own steps 1, 3, 4 and 6 (DESIGN.md section 1) and cannot drift from them.
 """
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -88,3 +89,9 @@ def own_prompts(module: models.InfoPromptModel, batch: Batch) -> jax.Array:
     if module.config.prompt_source == "generator":
         source = module.unprompted_pass(batch)["source"]
     return module.prompts(batch, source)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def own_prompts_fn(model: models.InfoPromptModel, params: Any, batch: Batch) -> jax.Array:
+    """`own_prompts`, compiled once per model (a hashable static argument) and batch shape."""
+    return model.apply({"params": params}, batch, method=own_prompts)

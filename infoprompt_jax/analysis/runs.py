@@ -18,8 +18,7 @@ from infoprompt_jax import checkpointing
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import partition
-from infoprompt_jax import sharding
-from infoprompt_jax import train
+from infoprompt_jax import steps
 
 Params = dict[str, Any]
 
@@ -77,25 +76,18 @@ def restore_run(workdir: str | epath.Path,
             first dev example when None.
 
     Returns:
-        (components, params): params are the frozen pretrained tree with the checkpoint's
-        trainable tree merged in, on the first local device.
+        (components, params): the frozen pretrained tree with the checkpoint's trainable tree
+        merged in, on the first local device.
     """
     config = load_config(workdir)
     comps = components_lib.build_components(config)
     if sample_arrays is None:
         sample_arrays = encode_examples(comps, "dev", max_examples=1)
     sample = {name: value[:1] for name, value in sample_arrays.items()}
-    # The restore target must have the saved state's structure, optimizer state included. The
-    # optax state's structure does not depend on the schedule's length, so any step count will do.
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr, 1, warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
-    # Analysis runs in one process on one device, whatever mesh the run trained on.
-    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
-    state, frozen = train.build_state(comps, optimizer, mesh, sample)
+    abstract_state, frozen = restore_target(comps, sample)
     manager = checkpointing.make_manager(workdir)
     try:
-        restored = checkpointing.restore_latest(manager, train.abstract_like(state))
+        restored = checkpointing.restore_latest(manager, abstract_state)
     finally:
         manager.close()
     if restored is None:
@@ -104,6 +96,42 @@ def restore_run(workdir: str | epath.Path,
     state, record = restored
     logging.info("Restored %s at step %d.", workdir, record["step"])
     return comps, partition.merge_params(state.trainable, frozen)
+
+
+def restore_target(comps: components_lib.Components,
+                   sample: dict[str, np.ndarray]) -> tuple[Any, Params]:
+    """(abstract train state, frozen params) of a run: what `checkpointing.restore_latest` needs.
+
+    The state has the structure `train.build_state` gives (the checkpoint's), but is built with
+    `jax.eval_shape`: nothing is compiled, and no random trainable tree or optimizer moments are
+    allocated only to be overwritten by the checkpoint. The frozen leaves are the pretrained
+    ones, as `components.init_params` places them.
+    """
+    abstract_params = jax.eval_shape(comps.init_params, sample)
+    abstract_trainable, abstract_frozen = partition.split_params(abstract_params, comps.method.name)
+    pretrained = partition.flatten({"encoder": comps.encoder_params,
+                                    "task_head": {"mlm_transform": comps.mlm_transform or {}}})
+    frozen = {}
+    for path, leaf in partition.flatten(abstract_frozen).items():
+        value = pretrained.get(path)
+        if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:
+            raise ValueError(f"Frozen parameter {path!r} {leaf.shape} {leaf.dtype} is not a "
+                             "pretrained leaf of the encoder checkpoint; restore_target must be "
+                             "taught where it comes from.")
+        frozen[path] = value
+    # The optax state's structure does not depend on the schedule's length: any will do.
+    optimizer = optimizer_lib.make_optimizer(
+        comps.method.peak_lr, 1, warmup_fraction=comps.config.optim.warmup_fraction,
+        weight_decay=comps.config.optim.weight_decay, clip_norm=comps.config.optim.clip_norm)
+    abstract_state = jax.eval_shape(
+        lambda trainable: steps.create_train_state(trainable, optimizer,
+                                                   jax.random.PRNGKey(0)),
+        abstract_trainable)
+    # Analysis runs in one process on one device, whatever mesh the run trained on.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
+    return abstract_state, jax.device_put(partition.unflatten(frozen), device)
 
 
 def word_embedding_table(params: Params) -> np.ndarray:
