@@ -50,6 +50,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _is_multihost():
+    # Collectives between processes on the CPU backend (tests, CPU clusters); TPU and GPU
+    # backends bring their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**_distributed_args_from_env())
   logging.info("JAX process %d/%d, %d local devices of %d: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),

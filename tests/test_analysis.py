@@ -6,6 +6,7 @@ make it emit any prompt (the model's own forward pass then computes the losses o
 and WARP.
 """
 
+import functools
 import json
 
 import jax
@@ -79,6 +80,12 @@ def nce_by_hand(scores_BxK):
     return top + np.log(np.exp(scores - top[:, None]).sum(axis=1)) - scores[:, 0]
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def forward(model, params, batch, rng=None):
+    """The model's own forward pass (`InfoPromptModel.__call__`), compiled once per model."""
+    return model.apply({"params": params}, batch, rng)
+
+
 def first_rows(arrays, count):
     return {name: jnp.asarray(value[:count]) for name, value in arrays.items()}
 
@@ -125,13 +132,12 @@ def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
     rng = jax.random.PRNGKey(3)
     critic_key = jax.random.split(rng, 3)[2]  # What InfoPromptModel.__call__ gives the critic.
     fixed = jnp.linspace(-0.1, 0.1, model.encoder_config.hidden_size)[None]
-    forward = jax.jit(model.apply)
     for own_params, prompt in ((params, None), (emitting(params, fixed), fixed)):
         estimate = cmi.estimate_cmi(model, params, dev, critic_key, BATCH, prompt_NxD=prompt)
         assert estimate.shape == (count,)
         for index in range(2):
             batch = {n: v[index * BATCH:(index + 1) * BATCH] for n, v in padded.items()}
-            nce = forward({"params": own_params}, batch, rng)["nce_rep"]
+            nce = forward(model, own_params, batch, rng)["nce_rep"]
             scores = np.asarray(cmi._scores_fn(model, params, batch, critic_key, prompt))
             by_hand = np.log(k) - nce_by_hand(scores)
             np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL,
@@ -221,10 +227,9 @@ def test_landscape_task_loss_at_the_warp_prompt_equals_the_models_loss(restored_
                                        jax.random.PRNGKey(0), points_per_batch=2)
     assert set(values) == {"task_loss"}, "WARP has no representation critic"
     batch = first_rows(arrays, BATCH)
-    forward = jax.jit(comps.model.apply)
     for point, value in zip(points, values["task_loss"]):
         prompt = landscape.plane_points(point[None], plane)  # [n_p = 1, D]
-        logits = forward({"params": {**params, "prompt": jnp.asarray(prompt)}}, batch)["logits"]
+        logits = forward(comps.model, {**params, "prompt": jnp.asarray(prompt)}, batch)["logits"]
         direct = np.mean(losses.cross_entropy(logits, batch["label"]))
         np.testing.assert_allclose(value, direct, rtol=RTOL)
 
@@ -238,10 +243,9 @@ def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
     values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
                                        jax.random.split(rng, 3)[2])
     batch = first_rows(arrays, BATCH)
-    forward = jax.jit(comps.model.apply)
     for index, point in enumerate(points):
         prompt = landscape.plane_points(point[None], plane)
-        terms = forward({"params": emitting(params, prompt)}, batch, rng)
+        terms = forward(comps.model, emitting(params, prompt), batch, rng)
         np.testing.assert_allclose(values["task_loss"][index], np.mean(terms["ce"]), rtol=RTOL)
         np.testing.assert_allclose(values["representation_loss"][index],
                                    np.mean(terms["nce_rep"]), rtol=RTOL)
