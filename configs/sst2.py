@@ -4,9 +4,9 @@ from configs import default
 
 
 def get_config(variant: str = ""):
-  """SST2 config; `variant` as in configs/default.py (e.g. "tiny")."""
-  config = default.get_config()
-  config.task = "sst2"
-  if variant:
-    default.apply_variant(config, variant)
-  return config
+    """SST2 config; `variant` as in configs/default.py (e.g. "tiny")."""
+    config = default.get_config()
+    config.task = "sst2"
+    if variant:
+        default.apply_variant(config, variant)
+    return config

@@ -14,40 +14,51 @@ from orbax.checkpoint import checkpoint_managers
 
 
 def make_manager(workdir: str | epath.Path, keep: int = 2) -> ocp.CheckpointManager:
-  """A manager of `WORKDIR/checkpoints` keeping the latest `keep` steps."""
-  directory = epath.Path(workdir) / "checkpoints"
-  if "://" not in str(directory):
-    directory = directory.absolute()  # Orbax wants absolute local paths.
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=checkpoint_managers.LatestN(n=keep),
-      # Synchronous saves: on preemption the save has finished when `save` returns.
-      enable_async_checkpointing=False,
-      # Leftover temporary directories of a crashed save are removed at start-up.
-      cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "record"))
+    """A manager of `WORKDIR/checkpoints` keeping the latest `keep` steps."""
+    directory = epath.Path(workdir) / "checkpoints"
+    if "://" not in str(directory):
+        directory = directory.absolute()  # Orbax wants absolute local paths.
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.LatestN(n=keep),
+        # Synchronous saves: on preemption the save has finished when `save` returns.
+        enable_async_checkpointing=False,
+        # Leftover temporary directories of a crashed save are removed at start-up.
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "record"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, record: dict[str, Any]) -> None:
-  """Saves `state` and the JSON `record` at `step` (a no-op when that step already exists)."""
-  if step in manager.all_steps():
-    return
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
-  manager.wait_until_finished()
+    """Saves `state` and the JSON `record` at `step` (a no-op when that step already exists)."""
+    if step in manager.all_steps():
+        return
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager,
-                   abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-  """(state, record) of the latest complete checkpoint, or None when there is none.
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: Any
+) -> tuple[Any, dict[str, Any]] | None:
+    """(state, record) of the latest complete checkpoint, or None when there is none.
 
-  Args:
-    manager: the checkpoint manager.
-    abstract_state: the state's structure with shapes, dtypes and shardings
-      (`jax.ShapeDtypeStruct`s), which the restored arrays take.
-  """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-  return restored["state"], dict(restored["record"])
+    Args:
+      manager: the checkpoint manager.
+      abstract_state: the state's structure with shapes, dtypes and shardings
+        (`jax.ShapeDtypeStruct`s), which the restored arrays take.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["record"])

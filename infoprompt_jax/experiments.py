@@ -78,276 +78,332 @@ PREEMPTED_STATUS = 143
 
 
 class GridError(ValueError):
-  """A grid file, or a cell directory, that cannot be run as asked."""
+    """A grid file, or a cell directory, that cannot be run as asked."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One training run of a grid.
+    """One training run of a grid.
 
-  Attributes:
-    index: position in the grid's expansion (what `--shard` splits on).
-    grid: the grid's name (its file stem).
-    row: the row label, e.g. "beta=gamma=0".
-    row_index: the row's position in the grid (the report's row order).
-    task: the task name.
-    task_index: the task's position in the grid (the report's column order).
-    task_config: the task's config file, as given in the grid.
-    num_tokens: n_p.
-    few_shot: k (0: the full training set).
-    setting_index: position of (few_shot, num_tokens) in the grid (the report's table order).
-    seed: the run's seed.
-    num_seeds: how many seeds the grid asks for (the report flags cells with fewer).
-    overrides: every `--config.` override of the run, merged, axes last.
-  """
+    Attributes:
+      index: position in the grid's expansion (what `--shard` splits on).
+      grid: the grid's name (its file stem).
+      row: the row label, e.g. "beta=gamma=0".
+      row_index: the row's position in the grid (the report's row order).
+      task: the task name.
+      task_index: the task's position in the grid (the report's column order).
+      task_config: the task's config file, as given in the grid.
+      num_tokens: n_p.
+      few_shot: k (0: the full training set).
+      setting_index: position of (few_shot, num_tokens) in the grid (the report's table order).
+      seed: the run's seed.
+      num_seeds: how many seeds the grid asks for (the report flags cells with fewer).
+      overrides: every `--config.` override of the run, merged, axes last.
+    """
 
-  index: int
-  grid: str
-  row: str
-  row_index: int
-  task: str
-  task_index: int
-  task_config: str
-  num_tokens: int
-  few_shot: int
-  setting_index: int
-  seed: int
-  num_seeds: int
-  overrides: dict[str, Any]
+    index: int
+    grid: str
+    row: str
+    row_index: int
+    task: str
+    task_index: int
+    task_config: str
+    num_tokens: int
+    few_shot: int
+    setting_index: int
+    seed: int
+    num_seeds: int
+    overrides: dict[str, Any]
 
-  @property
-  def name(self) -> str:
-    """The cell's directory relative to ROOT, e.g. `rte/fs256/np4/infoprompt/seed0`."""
-    data = "full" if self.few_shot == 0 else f"fs{self.few_shot}"
-    return f"{self.task}/{data}/np{self.num_tokens}/{slugify(self.row)}/seed{self.seed}"
+    @property
+    def name(self) -> str:
+        """The cell's directory relative to ROOT, e.g. `rte/fs256/np4/infoprompt/seed0`."""
+        data = "full" if self.few_shot == 0 else f"fs{self.few_shot}"
+        return f"{self.task}/{data}/np{self.num_tokens}/{slugify(self.row)}/seed{self.seed}"
 
-  def workdir(self, root: str | pathlib.Path) -> pathlib.Path:
-    """The cell's workdir under `root`."""
-    return pathlib.Path(root).absolute() / self.name
+    def workdir(self, root: str | pathlib.Path) -> pathlib.Path:
+        """The cell's workdir under `root`."""
+        return pathlib.Path(root).absolute() / self.name
 
-  def command(self, root: str | pathlib.Path) -> list[str]:
-    """The main.py command line that runs this cell."""
-    return [sys.executable, "-m", "infoprompt_jax.main", f"--config={self.task_config}",
-            f"--workdir={self.workdir(root)}"] + [
-                f"--config.{key}={format_value(value)}" for key, value in self.overrides.items()]
+    def command(self, root: str | pathlib.Path) -> list[str]:
+        """The main.py command line that runs this cell."""
+        return [
+            sys.executable,
+            "-m",
+            "infoprompt_jax.main",
+            f"--config={self.task_config}",
+            f"--workdir={self.workdir(root)}",
+        ] + [f"--config.{key}={format_value(value)}" for key, value in self.overrides.items()]
 
-  def to_json(self, root: str | pathlib.Path) -> dict[str, Any]:
-    """What `cell.json` holds."""
-    record = dataclasses.asdict(self)
-    record["name"] = self.name
-    record["command"] = self.command(root)
-    return record
+    def to_json(self, root: str | pathlib.Path) -> dict[str, Any]:
+        """What `cell.json` holds."""
+        record = dataclasses.asdict(self)
+        record["name"] = self.name
+        record["command"] = self.command(root)
+        return record
 
 
 def slugify(label: str) -> str:
-  """A directory-safe name for a row label: "beta=gamma=0" -> "beta-gamma-0"."""
-  slug = re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
-  return slug or "row"
+    """A directory-safe name for a row label: "beta=gamma=0" -> "beta-gamma-0"."""
+    slug = re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
+    return slug or "row"
 
 
 def format_value(value: Any) -> str:
-  """An override value as main.py's config flags parse it back."""
-  if isinstance(value, bool):
-    return "true" if value else "false"  # absl's boolean parser; "True" would also work.
-  if isinstance(value, float):
-    return repr(value)  # Round-trips exactly, and keeps "0.0" a float for float fields.
-  if isinstance(value, (int, str)):
-    return str(value)
-  if isinstance(value, (tuple, list)):
-    return repr(tuple(value))  # config_flags parses tuple fields with literal_eval.
-  raise GridError(f"Override value {value!r} has type {type(value).__name__}; use a bool, int, "
-                  "float, str or tuple.")
+    """An override value as main.py's config flags parse it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # absl's boolean parser; "True" would also work.
+    if isinstance(value, float):
+        return repr(value)  # Round-trips exactly, and keeps "0.0" a float for float fields.
+    if isinstance(value, (int, str)):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return repr(tuple(value))  # config_flags parses tuple fields with literal_eval.
+    raise GridError(
+        f"Override value {value!r} has type {type(value).__name__}; use a bool, int, "
+        "float, str or tuple."
+    )
 
 
 def load_grid(path: str | pathlib.Path) -> dict[str, Any]:
-  """Imports a grid file, calls its `get_grid()` and checks the result.
+    """Imports a grid file, calls its `get_grid()` and checks the result.
 
-  Returns:
-    The grid, normalized: every task as {"config": ..., "overrides": {...}}, axes as lists,
-    and "name" (the file stem) added.
+    Returns:
+      The grid, normalized: every task as {"config": ..., "overrides": {...}}, axes as lists,
+      and "name" (the file stem) added.
 
-  Raises:
-    GridError: a missing file, a missing or malformed key (the message names it).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise GridError(f"--grid={path}: no such file; give a grid file such as "
-                    "configs/grids/minilm_smoke.py.")
-  spec = importlib.util.spec_from_file_location(f"_infoprompt_grid_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_grid"):
-    raise GridError(f"{path} defines no get_grid(); see infoprompt_jax/experiments.py for the "
-                    "format.")
-  return normalize_grid(module.get_grid(), name=path.stem, where=str(path))
+    Raises:
+      GridError: a missing file, a missing or malformed key (the message names it).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise GridError(
+            f"--grid={path}: no such file; give a grid file such as "
+            "configs/grids/minilm_smoke.py."
+        )
+    spec = importlib.util.spec_from_file_location(f"_infoprompt_grid_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_grid"):
+        raise GridError(
+            f"{path} defines no get_grid(); see infoprompt_jax/experiments.py for the " "format."
+        )
+    return normalize_grid(module.get_grid(), name=path.stem, where=str(path))
 
 
 def normalize_grid(grid: Mapping[str, Any], name: str, where: str = "grid") -> dict[str, Any]:
-  """Checks a grid dict (format in the module docstring) and normalizes it."""
-  unknown = set(grid) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS) - {"name"}
-  missing = [key for key in REQUIRED_KEYS if not grid.get(key)]
-  if unknown or missing:
-    raise GridError(f"{where}: get_grid() has unknown keys {sorted(unknown)} and missing or empty "
-                    f"keys {missing}; it needs {list(REQUIRED_KEYS)} (optional: overrides).")
-  tasks = {task: _normalize_task(task, entry, where) for task, entry in grid["tasks"].items()}
-  rows = {label: dict(overrides) for label, overrides in grid["rows"].items()}
-  shared = dict(grid.get("overrides", {}))
-  for scope, overrides in [("overrides", shared)] + [
-      (f"tasks[{t!r}]", e["overrides"]) for t, e in tasks.items()] + [
-          (f"rows[{r!r}]", o) for r, o in rows.items()]:
-    _check_overrides(overrides, f"{where}: {scope}")
-  _check_unique_slugs(rows, where)
-  normalized = {"name": grid.get("name", name), "tasks": tasks, "rows": rows, "overrides": shared}
-  for axis in ("num_tokens", "few_shot", "seeds"):
-    values = list(grid[axis])
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-      raise GridError(f"{where}: {axis}={values}; give a list of ints.")
-    if len(set(values)) != len(values):
-      raise GridError(f"{where}: {axis}={values} repeats a value; list each once.")
-    normalized[axis] = values
-  return normalized
+    """Checks a grid dict (format in the module docstring) and normalizes it."""
+    unknown = set(grid) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS) - {"name"}
+    missing = [key for key in REQUIRED_KEYS if not grid.get(key)]
+    if unknown or missing:
+        raise GridError(
+            f"{where}: get_grid() has unknown keys {sorted(unknown)} and missing or empty "
+            f"keys {missing}; it needs {list(REQUIRED_KEYS)} (optional: overrides)."
+        )
+    tasks = {task: _normalize_task(task, entry, where) for task, entry in grid["tasks"].items()}
+    rows = {label: dict(overrides) for label, overrides in grid["rows"].items()}
+    shared = dict(grid.get("overrides", {}))
+    for scope, overrides in (
+        [("overrides", shared)]
+        + [(f"tasks[{t!r}]", e["overrides"]) for t, e in tasks.items()]
+        + [(f"rows[{r!r}]", o) for r, o in rows.items()]
+    ):
+        _check_overrides(overrides, f"{where}: {scope}")
+    _check_unique_slugs(rows, where)
+    normalized = {"name": grid.get("name", name), "tasks": tasks, "rows": rows, "overrides": shared}
+    for axis in ("num_tokens", "few_shot", "seeds"):
+        values = list(grid[axis])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise GridError(f"{where}: {axis}={values}; give a list of ints.")
+        if len(set(values)) != len(values):
+            raise GridError(f"{where}: {axis}={values} repeats a value; list each once.")
+        normalized[axis] = values
+    return normalized
 
 
 def _normalize_task(task: str, entry: Any, where: str) -> dict[str, Any]:
-  if isinstance(entry, str):
-    return {"config": entry, "overrides": {}}
-  if isinstance(entry, Mapping) and set(entry) <= {"config", "overrides"} and "config" in entry:
-    return {"config": str(entry["config"]), "overrides": dict(entry.get("overrides", {}))}
-  raise GridError(f"{where}: tasks[{task!r}]={entry!r}; give a config file path or "
-                  "{'config': path, 'overrides': {...}}.")
+    if isinstance(entry, str):
+        return {"config": entry, "overrides": {}}
+    if isinstance(entry, Mapping) and set(entry) <= {"config", "overrides"} and "config" in entry:
+        return {"config": str(entry["config"]), "overrides": dict(entry.get("overrides", {}))}
+    raise GridError(
+        f"{where}: tasks[{task!r}]={entry!r}; give a config file path or "
+        "{'config': path, 'overrides': {...}}."
+    )
 
 
 def _check_overrides(overrides: Mapping[str, Any], where: str) -> None:
-  for key, value in overrides.items():
-    if not isinstance(key, str) or not _OVERRIDE_KEY.match(key) or key.startswith("config."):
-      raise GridError(f"{where}: override key {key!r} is not a config path; write it as after "
-                      "`--config.`, e.g. 'loss.gamma'.")
-    if key in AXIS_KEYS:
-      raise GridError(f"{where}: override {key!r} is a grid axis; set it with the grid's "
-                      f"{AXIS_KEYS[key]!r} list instead.")
-    format_value(value)
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not _OVERRIDE_KEY.match(key) or key.startswith("config."):
+            raise GridError(
+                f"{where}: override key {key!r} is not a config path; write it as after "
+                "`--config.`, e.g. 'loss.gamma'."
+            )
+        if key in AXIS_KEYS:
+            raise GridError(
+                f"{where}: override {key!r} is a grid axis; set it with the grid's "
+                f"{AXIS_KEYS[key]!r} list instead."
+            )
+        format_value(value)
 
 
 def _check_unique_slugs(rows: Mapping[str, Any], where: str) -> None:
-  seen = {}
-  for label in rows:
-    slug = slugify(label)
-    if slug in seen:
-      raise GridError(f"{where}: rows {seen[slug]!r} and {label!r} share the directory name "
-                      f"{slug!r}; rename one.")
-    seen[slug] = label
+    seen = {}
+    for label in rows:
+        slug = slugify(label)
+        if slug in seen:
+            raise GridError(
+                f"{where}: rows {seen[slug]!r} and {label!r} share the directory name "
+                f"{slug!r}; rename one."
+            )
+        seen[slug] = label
 
 
 def expand(grid: Mapping[str, Any]) -> list[Cell]:
-  """The grid's cells in index order (seed outermost, then few_shot, num_tokens, task, row)."""
-  settings = [(k, n) for k in grid["few_shot"] for n in grid["num_tokens"]]
-  cells = []
-  for seed in grid["seeds"]:
-    for setting_index, (few_shot, num_tokens) in enumerate(settings):
-      for task_index, (task, entry) in enumerate(grid["tasks"].items()):
-        for row_index, (row, row_overrides) in enumerate(grid["rows"].items()):
-          overrides = {**grid["overrides"], **entry["overrides"], **row_overrides,
-                       "prompt.num_tokens": num_tokens, "data.few_shot": few_shot, "seed": seed}
-          cells.append(Cell(
-              index=len(cells), grid=grid["name"], row=row, row_index=row_index, task=task,
-              task_index=task_index, task_config=entry["config"], num_tokens=num_tokens,
-              few_shot=few_shot, setting_index=setting_index, seed=seed,
-              num_seeds=len(grid["seeds"]), overrides=overrides))
-  return cells
+    """The grid's cells in index order (seed outermost, then few_shot, num_tokens, task, row)."""
+    settings = [(k, n) for k in grid["few_shot"] for n in grid["num_tokens"]]
+    cells = []
+    for seed in grid["seeds"]:
+        for setting_index, (few_shot, num_tokens) in enumerate(settings):
+            for task_index, (task, entry) in enumerate(grid["tasks"].items()):
+                for row_index, (row, row_overrides) in enumerate(grid["rows"].items()):
+                    overrides = {
+                        **grid["overrides"],
+                        **entry["overrides"],
+                        **row_overrides,
+                        "prompt.num_tokens": num_tokens,
+                        "data.few_shot": few_shot,
+                        "seed": seed,
+                    }
+                    cells.append(
+                        Cell(
+                            index=len(cells),
+                            grid=grid["name"],
+                            row=row,
+                            row_index=row_index,
+                            task=task,
+                            task_index=task_index,
+                            task_config=entry["config"],
+                            num_tokens=num_tokens,
+                            few_shot=few_shot,
+                            setting_index=setting_index,
+                            seed=seed,
+                            num_seeds=len(grid["seeds"]),
+                            overrides=overrides,
+                        )
+                    )
+    return cells
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
-  """`"i/n"` -> (i, n), checked."""
-  match = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
-  if not match or not 0 <= int(match[1]) < int(match[2]):
-    raise GridError(f"--shard={shard!r}; write i/n with 0 <= i < n, e.g. --shard=0/4.")
-  return int(match[1]), int(match[2])
+    """`"i/n"` -> (i, n), checked."""
+    match = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise GridError(f"--shard={shard!r}; write i/n with 0 <= i < n, e.g. --shard=0/4.")
+    return int(match[1]), int(match[2])
 
 
 def select_shard(cells: Sequence[Cell], shard: str) -> list[Cell]:
-  """The cells of shard `i/n`: those with `index % n == i`."""
-  i, n = parse_shard(shard)
-  return [cell for cell in cells if cell.index % n == i]
+    """The cells of shard `i/n`: those with `index % n == i`."""
+    i, n = parse_shard(shard)
+    return [cell for cell in cells if cell.index % n == i]
 
 
 def is_finished(cell: Cell, root: str | pathlib.Path) -> bool:
-  """Whether the cell's run wrote its summary (main.py writes it last)."""
-  return (cell.workdir(root) / "summary.json").exists()
+    """Whether the cell's run wrote its summary (main.py writes it last)."""
+    return (cell.workdir(root) / "summary.json").exists()
 
 
 def parse_command(command: Sequence[str]):
-  """Parses a cell command's flags as main.py defines them; returns (config, workdir).
+    """Parses a cell command's flags as main.py defines them; returns (config, workdir).
 
-  Loading the config file needs its imports (`from configs import default`) to resolve, i.e. the
-  working directory must be the repository root, as for main.py itself.
-  """
-  argv = ["main.py"] + list(command[3:])
-  flag_values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
-  # config_flags defines one flag per `--config.x=` it finds in argv, so pass ours.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
-  flag_values(argv)
-  return flag_values["config"].value, flag_values["workdir"].value
+    Loading the config file needs its imports (`from configs import default`) to resolve, i.e. the
+    working directory must be the repository root, as for main.py itself.
+    """
+    argv = ["main.py"] + list(command[3:])
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+    # config_flags defines one flag per `--config.x=` it finds in argv, so pass ours.
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    return flag_values["config"].value, flag_values["workdir"].value
 
 
 def validate(cells: Sequence[Cell], root: str | pathlib.Path) -> None:
-  """Checks every cell before any runs: its flags parse, its task matches, its dir is its own.
+    """Checks every cell before any runs: its flags parse, its task matches, its dir is its own.
 
-  Raises:
-    GridError: the first bad cell, with what to fix.
-  """
-  if os.getcwd() not in sys.path and "" not in sys.path:
-    sys.path.insert(0, os.getcwd())  # Config files import `configs`, as under `python -m`.
-  for cell in cells:
-    if not pathlib.Path(cell.task_config).is_file():
-      raise GridError(f"Task {cell.task!r}: config file {cell.task_config} not found from "
-                      f"{os.getcwd()}; run from the repository root or give an absolute path.")
-    try:
-      config, _ = parse_command(cell.command(root))
-    except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
-      reason = _exception_text(e)
-      raise GridError(f"Cell {cell.name}: main.py rejects its flags ({reason}); fix the override "
-                      "in the grid.") from e
-    if _canonical_task(config.task) != _canonical_task(cell.task):
-      raise GridError(f"Cell {cell.name}: {cell.task_config} runs task {config.task!r}, not "
-                      f"{cell.task!r}; fix the grid's tasks entry (or add a 'task' override).")
-    _check_cell_dir(cell, root)
+    Raises:
+      GridError: the first bad cell, with what to fix.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # Config files import `configs`, as under `python -m`.
+    for cell in cells:
+        if not pathlib.Path(cell.task_config).is_file():
+            raise GridError(
+                f"Task {cell.task!r}: config file {cell.task_config} not found from "
+                f"{os.getcwd()}; run from the repository root or give an absolute path."
+            )
+        try:
+            config, _ = parse_command(cell.command(root))
+        except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+            reason = _exception_text(e)
+            raise GridError(
+                f"Cell {cell.name}: main.py rejects its flags ({reason}); fix the override "
+                "in the grid."
+            ) from e
+        if _canonical_task(config.task) != _canonical_task(cell.task):
+            raise GridError(
+                f"Cell {cell.name}: {cell.task_config} runs task {config.task!r}, not "
+                f"{cell.task!r}; fix the grid's tasks entry (or add a 'task' override)."
+            )
+        _check_cell_dir(cell, root)
 
 
 def _exception_text(error: BaseException) -> str:
-  """One line of text; config_flags nests a KeyError (whose str() is a repr) in its errors."""
-  while error.args and isinstance(error.args[0], BaseException):
-    error = error.args[0]
-  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-  return str(text).replace("\n", " ")
+    """One line of text; config_flags nests a KeyError (whose str() is a repr) in its errors."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return str(text).replace("\n", " ")
 
 
 def _canonical_task(name: str) -> str:
-  return name.strip().lower().replace("-", "")  # As tasks.get_task matches names.
+    return name.strip().lower().replace("-", "")  # As tasks.get_task matches names.
 
 
 def _check_cell_dir(cell: Cell, root: str | pathlib.Path) -> None:
-  """A cell dir made with other overrides would mix two experiments' checkpoints and results."""
-  path = cell.workdir(root) / "cell.json"
-  if not path.exists():
-    return
-  old = json.loads(path.read_text())
-  new = json.loads(json.dumps(cell.to_json(root)))  # Tuples read back as lists.
-  changed = {k for k in set(old["overrides"]) | set(new["overrides"])
-             if old["overrides"].get(k) != new["overrides"].get(k)}
-  if changed or old["task_config"] != new["task_config"]:
-    details = ", ".join(f"{k}: {old['overrides'].get(k)!r} -> {new['overrides'].get(k)!r}"
-                        for k in sorted(changed)) or f"task_config -> {cell.task_config}"
-    raise GridError(f"{cell.workdir(root)} was run with different settings ({details}); use a new "
-                    "--root, or delete that directory to rerun the cell.")
+    """A cell dir made with other overrides would mix two experiments' checkpoints and results."""
+    path = cell.workdir(root) / "cell.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(cell.to_json(root)))  # Tuples read back as lists.
+    changed = {
+        k
+        for k in set(old["overrides"]) | set(new["overrides"])
+        if old["overrides"].get(k) != new["overrides"].get(k)
+    }
+    if changed or old["task_config"] != new["task_config"]:
+        details = (
+            ", ".join(
+                f"{k}: {old['overrides'].get(k)!r} -> {new['overrides'].get(k)!r}"
+                for k in sorted(changed)
+            )
+            or f"task_config -> {cell.task_config}"
+        )
+        raise GridError(
+            f"{cell.workdir(root)} was run with different settings ({details}); use a new "
+            "--root, or delete that directory to rerun the cell."
+        )
 
 
 def write_cell_json(cell: Cell, root: str | pathlib.Path) -> None:
-  """Writes `cell.json`, so the report needs no grid file (rewritten: row order may change)."""
-  workdir = cell.workdir(root)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "cell.json").write_text(json.dumps(cell.to_json(root), indent=2) + "\n")
+    """Writes `cell.json`, so the report needs no grid file (rewritten: row order may change)."""
+    workdir = cell.workdir(root)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cell.json").write_text(json.dumps(cell.to_json(root), indent=2) + "\n")
 
 
 # Processes started by `run_command`, so that a SIGTERM to the grid reaches them.
@@ -357,174 +413,202 @@ _STOP = threading.Event()
 
 
 def run_command(command: Sequence[str], log_path: pathlib.Path) -> int:
-  """Runs a command with stdout and stderr appended to `log_path`; returns its exit status."""
-  with log_path.open("a") as log:
-    log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
-              f"{shlex.join(command)}\n")
-    log.flush()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    with _RUNNING_LOCK:
-      _RUNNING.add(process)
-    try:
-      return process.wait()
-    finally:
-      with _RUNNING_LOCK:
-        _RUNNING.discard(process)
+    """Runs a command with stdout and stderr appended to `log_path`; returns its exit status."""
+    with log_path.open("a") as log:
+        log.write(
+            f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
+            f"{shlex.join(command)}\n"
+        )
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
+        try:
+            return process.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
 
 
 def _forward_sigterm(signum, frame) -> None:
-  """Stops launching cells and passes SIGTERM on: main.py checkpoints and exits 143."""
-  del signum, frame
-  _STOP.set()
-  with _RUNNING_LOCK:
-    for process in _RUNNING:
-      process.terminate()
+    """Stops launching cells and passes SIGTERM on: main.py checkpoints and exits 143."""
+    del signum, frame
+    _STOP.set()
+    with _RUNNING_LOCK:
+        for process in _RUNNING:
+            process.terminate()
 
 
 @dataclasses.dataclass
 class Outcome:
-  """How a cell's run ended."""
+    """How a cell's run ended."""
 
-  cell: Cell
-  status: str  # ok | failed | preempted | stopped
-  seconds: float
-  detail: str = ""
+    cell: Cell
+    status: str  # ok | failed | preempted | stopped
+    seconds: float
+    detail: str = ""
 
 
 def run_cell(cell: Cell, root: str | pathlib.Path) -> Outcome:
-  """Runs one cell to completion (or failure); its output goes to `<cell dir>/log.txt`."""
-  if _STOP.is_set():
-    return Outcome(cell, "stopped", 0.0, "not started: the grid got SIGTERM")
-  write_cell_json(cell, root)
-  start = time.perf_counter()
-  status = run_command(cell.command(root), cell.workdir(root) / "log.txt")
-  seconds = time.perf_counter() - start
-  if is_finished(cell, root):
-    return Outcome(cell, "ok", seconds)
-  if status == PREEMPTED_STATUS:
-    return Outcome(cell, "preempted", seconds, "checkpoint saved; rerun the grid to resume")
-  detail = f"exit status {status}" if status else "exit status 0 but no summary.json"
-  return Outcome(cell, "failed", seconds, detail)
+    """Runs one cell to completion (or failure); its output goes to `<cell dir>/log.txt`."""
+    if _STOP.is_set():
+        return Outcome(cell, "stopped", 0.0, "not started: the grid got SIGTERM")
+    write_cell_json(cell, root)
+    start = time.perf_counter()
+    status = run_command(cell.command(root), cell.workdir(root) / "log.txt")
+    seconds = time.perf_counter() - start
+    if is_finished(cell, root):
+        return Outcome(cell, "ok", seconds)
+    if status == PREEMPTED_STATUS:
+        return Outcome(cell, "preempted", seconds, "checkpoint saved; rerun the grid to resume")
+    detail = f"exit status {status}" if status else "exit status 0 but no summary.json"
+    return Outcome(cell, "failed", seconds, detail)
 
 
 def format_seconds(seconds: float) -> str:
-  """`h:mm:ss`."""
-  return str(datetime.timedelta(seconds=round(seconds)))
+    """`h:mm:ss`."""
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class ProgressLog:
-  """One line per finished cell: done/total, elapsed and an ETA from the cells' durations."""
+    """One line per finished cell: done/total, elapsed and an ETA from the cells' durations."""
 
-  def __init__(self, total: int, done: int, parallel: int, out: Callable[[str], None]):
-    self.total, self.done, self.parallel, self.out = total, done, parallel, out
-    self.start = time.perf_counter()
-    self.durations = []
+    def __init__(self, total: int, done: int, parallel: int, out: Callable[[str], None]):
+        self.total, self.done, self.parallel, self.out = total, done, parallel, out
+        self.start = time.perf_counter()
+        self.durations = []
 
-  def finished(self, outcome: Outcome) -> None:
-    """Logs one outcome."""
-    self.done += 1
-    if outcome.status == "ok":
-      self.durations.append(outcome.seconds)
-    elapsed = time.perf_counter() - self.start
-    eta = "?"
-    if self.durations:
-      # Cells still to run, at the mean duration so far, `parallel` at a time.
-      mean = sum(self.durations) / len(self.durations)
-      eta = format_seconds(mean * (self.total - self.done) / self.parallel)
-    note = f" ({outcome.detail})" if outcome.detail else ""
-    self.out(f"[{self.done}/{self.total}] {outcome.status} {outcome.cell.name} in "
-             f"{format_seconds(outcome.seconds)}{note} | elapsed {format_seconds(elapsed)} | "
-             f"ETA {eta}")
+    def finished(self, outcome: Outcome) -> None:
+        """Logs one outcome."""
+        self.done += 1
+        if outcome.status == "ok":
+            self.durations.append(outcome.seconds)
+        elapsed = time.perf_counter() - self.start
+        eta = "?"
+        if self.durations:
+            # Cells still to run, at the mean duration so far, `parallel` at a time.
+            mean = sum(self.durations) / len(self.durations)
+            eta = format_seconds(mean * (self.total - self.done) / self.parallel)
+        note = f" ({outcome.detail})" if outcome.detail else ""
+        self.out(
+            f"[{self.done}/{self.total}] {outcome.status} {outcome.cell.name} in "
+            f"{format_seconds(outcome.seconds)}{note} | elapsed {format_seconds(elapsed)} | "
+            f"ETA {eta}"
+        )
 
 
-def run_cells(cells: Sequence[Cell], root: str | pathlib.Path, max_parallel: int = 1,
-              out: Callable[[str], None] = print) -> list[Outcome]:
-  """Runs the unfinished cells, `max_parallel` at a time; returns the ones that did not finish."""
-  todo = [cell for cell in cells if not is_finished(cell, root)]
-  out(f"{plural(len(cells), 'cell')}, {len(cells) - len(todo)} finished already, "
-      f"{len(todo)} to run.")
-  progress = ProgressLog(len(cells), len(cells) - len(todo), max_parallel, out)
-  unfinished = []
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
-    futures = [pool.submit(run_cell, cell, root) for cell in todo]
-    for future in concurrent.futures.as_completed(futures):
-      outcome = future.result()
-      progress.finished(outcome)
-      if outcome.status != "ok":
-        unfinished.append(outcome)
-  return sorted(unfinished, key=lambda o: o.cell.index)
+def run_cells(
+    cells: Sequence[Cell],
+    root: str | pathlib.Path,
+    max_parallel: int = 1,
+    out: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Runs the unfinished cells, `max_parallel` at a time; returns the ones that did not finish."""
+    todo = [cell for cell in cells if not is_finished(cell, root)]
+    out(
+        f"{plural(len(cells), 'cell')}, {len(cells) - len(todo)} finished already, "
+        f"{len(todo)} to run."
+    )
+    progress = ProgressLog(len(cells), len(cells) - len(todo), max_parallel, out)
+    unfinished = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
+        futures = [pool.submit(run_cell, cell, root) for cell in todo]
+        for future in concurrent.futures.as_completed(futures):
+            outcome = future.result()
+            progress.finished(outcome)
+            if outcome.status != "ok":
+                unfinished.append(outcome)
+    return sorted(unfinished, key=lambda o: o.cell.index)
 
 
 def plural(count: int, noun: str) -> str:
-  """"1 cell", "2 cells"."""
-  return f"{count} {noun}{'' if count == 1 else 's'}"
+    """ "1 cell", "2 cells"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def report_unfinished(unfinished: Sequence[Outcome], root: str | pathlib.Path,
-                      out: Callable[[str], None] = print) -> None:
-  """Lists the cells that failed or were preempted, with their logs; counts the unstarted."""
-  if not unfinished:
-    out("All cells finished.")
-    return
-  stopped = [o for o in unfinished if o.status == "stopped"]
-  ended = [o for o in unfinished if o.status != "stopped"]
-  if ended:
-    out(f"{plural(len(ended), 'cell')} did not finish:")
-  for outcome in ended:
-    out(f"  {outcome.status}: {outcome.cell.name} ({outcome.detail}); log: "
-        f"{outcome.cell.workdir(root) / 'log.txt'}")
-  if stopped:
-    out(f"{plural(len(stopped), 'cell')} not started (SIGTERM); rerun the grid to run them.")
+def report_unfinished(
+    unfinished: Sequence[Outcome], root: str | pathlib.Path, out: Callable[[str], None] = print
+) -> None:
+    """Lists the cells that failed or were preempted, with their logs; counts the unstarted."""
+    if not unfinished:
+        out("All cells finished.")
+        return
+    stopped = [o for o in unfinished if o.status == "stopped"]
+    ended = [o for o in unfinished if o.status != "stopped"]
+    if ended:
+        out(f"{plural(len(ended), 'cell')} did not finish:")
+    for outcome in ended:
+        out(
+            f"  {outcome.status}: {outcome.cell.name} ({outcome.detail}); log: "
+            f"{outcome.cell.workdir(root) / 'log.txt'}"
+        )
+    if stopped:
+        out(f"{plural(len(stopped), 'cell')} not started (SIGTERM); rerun the grid to run them.")
 
 
-def run(grid_path: str, root: str, shard: str = "0/1", dry_run: bool = False,
-        max_parallel: int = 1, out: Callable[[str], None] = print) -> int:
-  """Expands, checks and runs (or prints) a grid's shard; returns the exit status.
+def run(
+    grid_path: str,
+    root: str,
+    shard: str = "0/1",
+    dry_run: bool = False,
+    max_parallel: int = 1,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Expands, checks and runs (or prints) a grid's shard; returns the exit status.
 
-  Returns:
-    0 when every cell of the shard has its summary; 1 when any failed or was preempted.
-  """
-  if max_parallel < 1:
-    raise GridError(f"--max_parallel={max_parallel}; give 1 or more.")
-  cells = select_shard(expand(load_grid(grid_path)), shard)
-  validate(cells, root)
-  if dry_run:
-    for cell in cells:
-      if not is_finished(cell, root):
-        out(shlex.join(cell.command(root)))
-    return 0
-  if max_parallel > 1:
-    # JAX preallocates 75% of accelerator memory per process; concurrent cells must share it.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  unfinished = run_cells(cells, root, max_parallel, out)
-  report_unfinished(unfinished, root, out)
-  return 1 if unfinished else 0
+    Returns:
+      0 when every cell of the shard has its summary; 1 when any failed or was preempted.
+    """
+    if max_parallel < 1:
+        raise GridError(f"--max_parallel={max_parallel}; give 1 or more.")
+    cells = select_shard(expand(load_grid(grid_path)), shard)
+    validate(cells, root)
+    if dry_run:
+        for cell in cells:
+            if not is_finished(cell, root):
+                out(shlex.join(cell.command(root)))
+        return 0
+    if max_parallel > 1:
+        # JAX preallocates 75% of accelerator memory per process; concurrent cells must share it.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    unfinished = run_cells(cells, root, max_parallel, out)
+    report_unfinished(unfinished, root, out)
+    return 1 if unfinished else 0
 
 
 def define_flags() -> None:
-  """Defines the CLI's flags; at run time only, since report.py defines a --root of its own."""
-  flags.DEFINE_string("grid", None, "Grid file, e.g. configs/grids/minilm_smoke.py.")
-  flags.DEFINE_string("root", None, "Directory that holds one subdirectory per cell.")
-  flags.DEFINE_string("shard", "0/1", "i/n: run only the cells with index % n == i.")
-  flags.DEFINE_bool("dry_run", False, "Print the commands of unfinished cells; run none.")
-  flags.DEFINE_integer("max_parallel", 1, "Cells run at once (on one accelerator, only if they "
-                       "fit in its memory together).")
-  flags.mark_flags_as_required(["grid", "root"])
+    """Defines the CLI's flags; at run time only, since report.py defines a --root of its own."""
+    flags.DEFINE_string("grid", None, "Grid file, e.g. configs/grids/minilm_smoke.py.")
+    flags.DEFINE_string("root", None, "Directory that holds one subdirectory per cell.")
+    flags.DEFINE_string("shard", "0/1", "i/n: run only the cells with index % n == i.")
+    flags.DEFINE_bool("dry_run", False, "Print the commands of unfinished cells; run none.")
+    flags.DEFINE_integer(
+        "max_parallel",
+        1,
+        "Cells run at once (on one accelerator, only if they " "fit in its memory together).",
+    )
+    flags.mark_flags_as_required(["grid", "root"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  signal.signal(signal.SIGTERM, _forward_sigterm)
-  FLAGS = flags.FLAGS
-  try:
-    status = run(FLAGS.grid, FLAGS.root, FLAGS.shard, FLAGS.dry_run, FLAGS.max_parallel,
-                 out=lambda line: print(line, flush=True))
-  except GridError as e:
-    sys.exit(f"Error: {e}")
-  sys.exit(PREEMPTED_STATUS if _STOP.is_set() else status)
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    signal.signal(signal.SIGTERM, _forward_sigterm)
+    FLAGS = flags.FLAGS
+    try:
+        status = run(
+            FLAGS.grid,
+            FLAGS.root,
+            FLAGS.shard,
+            FLAGS.dry_run,
+            FLAGS.max_parallel,
+            out=lambda line: print(line, flush=True),
+        )
+    except GridError as e:
+        sys.exit(f"Error: {e}")
+    sys.exit(PREEMPTED_STATUS if _STOP.is_set() else status)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+    define_flags()
+    app.run(main)

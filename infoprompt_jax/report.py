@@ -29,271 +29,328 @@ from absl import flags
 
 from infoprompt_jax import tasks as tasks_lib
 
-TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA", "sst2": "SST-2",
-              "semeval": "SemEval", "ace_re": "ACE RE", "ace_ner": "ACE NER"}
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation",
-                "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
-METRIC_SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "macro_f1": "macro-F1",
-                "micro_f1": "micro-F1"}
+TASK_NAMES = {
+    "rte": "RTE",
+    "mrpc": "MRPC",
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "semeval": "SemEval",
+    "ace_re": "ACE RE",
+    "ace_ner": "ACE NER",
+}
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "f1": "F1",
+    "mcc": "Matthews correlation",
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+}
+METRIC_SHORT = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "mcc": "MCC",
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+}
 MISSING = "–"
 CSV_FIELDS = ("few_shot", "num_tokens", "row", "task", "metric", "n", "expected_n", "mean", "std")
 
 
 @dataclasses.dataclass
 class Run:
-  """One cell directory: its cell.json and the scores it reached (None: not finished)."""
+    """One cell directory: its cell.json and the scores it reached (None: not finished)."""
 
-  cell: dict[str, Any]
-  scores: dict[str, float] | None
+    cell: dict[str, Any]
+    scores: dict[str, float] | None
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
-  """The metrics a task's column shows: the main one first, then the task's others."""
-  spec = tasks_lib.get_task(task)
-  return (spec.main_metric,) + tuple(m for m in spec.metrics if m != spec.main_metric)
+    """The metrics a task's column shows: the main one first, then the task's others."""
+    spec = tasks_lib.get_task(task)
+    return (spec.main_metric,) + tuple(m for m in spec.metrics if m != spec.main_metric)
 
 
 def _read_json(path: pathlib.Path) -> Any:
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); delete it (summary.json: rerun the "
-                     "grid to redo the cell).") from e
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); delete it (summary.json: rerun the "
+            "grid to redo the cell)."
+        ) from e
 
 
 def _metrics_at_step(workdir: pathlib.Path, step: int) -> dict[str, Any]:
-  """The eval record of `step` in metrics.jsonl ({} when absent)."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return {}
-  record = {}
-  for line in path.read_text().splitlines():
-    entry = json.loads(line) if line.strip() else {}
-    if entry.get("step") == step and any(k.startswith("eval_") for k in entry):
-      record = entry
-  return record
+    """The eval record of `step` in metrics.jsonl ({} when absent)."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    record = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        if entry.get("step") == step and any(k.startswith("eval_") for k in entry):
+            record = entry
+    return record
 
 
 def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, float] | None:
-  """The run's scores in [0, 1] units by metric name; None while summary.json is absent."""
-  path = workdir / "summary.json"
-  if not path.exists():
-    return None
-  summary = _read_json(path)
-  metrics = task_metrics(task)
-  if select == "final":
-    values = {m: summary.get(f"eval_{m}") for m in metrics}
-  else:
-    at_best = _metrics_at_step(workdir, summary.get("best_step"))
-    values = {m: at_best.get(f"eval_{m}") for m in metrics[1:]}
-    values[metrics[0]] = summary.get(f"best_eval_{metrics[0]}")
-  return {m: float(v) for m, v in values.items() if v is not None}
+    """The run's scores in [0, 1] units by metric name; None while summary.json is absent."""
+    path = workdir / "summary.json"
+    if not path.exists():
+        return None
+    summary = _read_json(path)
+    metrics = task_metrics(task)
+    if select == "final":
+        values = {m: summary.get(f"eval_{m}") for m in metrics}
+    else:
+        at_best = _metrics_at_step(workdir, summary.get("best_step"))
+        values = {m: at_best.get(f"eval_{m}") for m in metrics[1:]}
+        values[metrics[0]] = summary.get(f"best_eval_{metrics[0]}")
+    return {m: float(v) for m, v in values.items() if v is not None}
 
 
 def load_runs(root: str | pathlib.Path, select: str = "final") -> list[Run]:
-  """Every cell under `root` with its scores."""
-  if select not in ("final", "best"):
-    raise ValueError(f"select={select!r}; choose 'final' or 'best'.")
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise FileNotFoundError(f"--root={root}: no such directory; give the --root of a grid run.")
-  runs = []
-  for path in sorted(root.rglob("cell.json")):
-    cell = _read_json(path)
-    runs.append(Run(cell, read_scores(path.parent, cell["task"], select)))
-  return runs
+    """Every cell under `root` with its scores."""
+    if select not in ("final", "best"):
+        raise ValueError(f"select={select!r}; choose 'final' or 'best'.")
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root={root}: no such directory; give the --root of a grid run.")
+    runs = []
+    for path in sorted(root.rglob("cell.json")):
+        cell = _read_json(path)
+        runs.append(Run(cell, read_scores(path.parent, cell["task"], select)))
+    return runs
 
 
 @dataclasses.dataclass
 class Stat:
-  """Mean and sample std (x 100) of one metric over seeds."""
+    """Mean and sample std (x 100) of one metric over seeds."""
 
-  n: int
-  mean: float | None
-  std: float | None
+    n: int
+    mean: float | None
+    std: float | None
 
 
 def summarize(values: Sequence[float]) -> Stat:
-  """Mean and sample std (ddof=1; None below 2 values) of [0, 1] scores, x 100."""
-  scaled = [100.0 * v for v in values]
-  mean = statistics.fmean(scaled) if scaled else None
-  std = statistics.stdev(scaled) if len(scaled) >= 2 else None
-  return Stat(len(scaled), mean, std)
+    """Mean and sample std (ddof=1; None below 2 values) of [0, 1] scores, x 100."""
+    scaled = [100.0 * v for v in values]
+    mean = statistics.fmean(scaled) if scaled else None
+    std = statistics.stdev(scaled) if len(scaled) >= 2 else None
+    return Stat(len(scaled), mean, std)
 
 
 @dataclasses.dataclass
 class Table:
-  """One setting's table: stats[(row, task)][metric], in grid order."""
+    """One setting's table: stats[(row, task)][metric], in grid order."""
 
-  few_shot: int
-  num_tokens: int
-  rows: list[str]
-  tasks: list[str]
-  expected_n: dict[tuple[str, str], int]
-  stats: dict[tuple[str, str], dict[str, Stat]]
+    few_shot: int
+    num_tokens: int
+    rows: list[str]
+    tasks: list[str]
+    expected_n: dict[tuple[str, str], int]
+    stats: dict[tuple[str, str], dict[str, Stat]]
 
-  @property
-  def title(self) -> str:
-    """E.g. "Full data, n_p = 4" or "Few-shot k = 256, n_p = 4"."""
-    data = "Full data" if self.few_shot == 0 else f"Few-shot k = {self.few_shot}"
-    return f"{data}, n_p = {self.num_tokens}"
+    @property
+    def title(self) -> str:
+        """E.g. "Full data, n_p = 4" or "Few-shot k = 256, n_p = 4"."""
+        data = "Full data" if self.few_shot == 0 else f"Few-shot k = {self.few_shot}"
+        return f"{data}, n_p = {self.num_tokens}"
 
-  def average(self, row: str) -> float | None:
-    """Mean over tasks of the row's main-metric means; None if a task has none."""
-    means = [self.stats[row, task][task_metrics(task)[0]].mean for task in self.tasks]
-    return None if any(m is None for m in means) else statistics.fmean(means)
+    def average(self, row: str) -> float | None:
+        """Mean over tasks of the row's main-metric means; None if a task has none."""
+        means = [self.stats[row, task][task_metrics(task)[0]].mean for task in self.tasks]
+        return None if any(m is None for m in means) else statistics.fmean(means)
 
 
 def _ordered(pairs: set[tuple[int, str]]) -> list[str]:
-  """Labels sorted by their grid position, first position wins."""
-  seen = []
-  for _, label in sorted(pairs):
-    if label not in seen:
-      seen.append(label)
-  return seen
+    """Labels sorted by their grid position, first position wins."""
+    seen = []
+    for _, label in sorted(pairs):
+        if label not in seen:
+            seen.append(label)
+    return seen
 
 
 def build_tables(runs: Sequence[Run]) -> list[Table]:
-  """Groups runs by setting, row and task and aggregates each metric over seeds."""
-  settings = {}
-  for run in runs:
-    cell = run.cell
-    key = (cell["setting_index"], cell["few_shot"], cell["num_tokens"])
-    settings.setdefault(key, []).append(run)
-  tables = []
-  for (_, few_shot, num_tokens), group in sorted(settings.items()):
-    rows = _ordered({(r.cell["row_index"], r.cell["row"]) for r in group})
-    tasks = _ordered({(r.cell["task_index"], r.cell["task"]) for r in group})
-    values, expected = {}, {}
-    for run in group:
-      key = (run.cell["row"], run.cell["task"])
-      expected[key] = max(expected.get(key, 0), run.cell["num_seeds"])
-      for metric, value in (run.scores or {}).items():
-        values.setdefault(key, {}).setdefault(metric, []).append(value)
-    stats = {(row, task): {m: summarize(values.get((row, task), {}).get(m, []))
-                           for m in task_metrics(task)}
-             for row in rows for task in tasks}
-    tables.append(Table(few_shot, num_tokens, rows, tasks, expected, stats))
-  return tables
+    """Groups runs by setting, row and task and aggregates each metric over seeds."""
+    settings = {}
+    for run in runs:
+        cell = run.cell
+        key = (cell["setting_index"], cell["few_shot"], cell["num_tokens"])
+        settings.setdefault(key, []).append(run)
+    tables = []
+    for (_, few_shot, num_tokens), group in sorted(settings.items()):
+        rows = _ordered({(r.cell["row_index"], r.cell["row"]) for r in group})
+        tasks = _ordered({(r.cell["task_index"], r.cell["task"]) for r in group})
+        values, expected = {}, {}
+        for run in group:
+            key = (run.cell["row"], run.cell["task"])
+            expected[key] = max(expected.get(key, 0), run.cell["num_seeds"])
+            for metric, value in (run.scores or {}).items():
+                values.setdefault(key, {}).setdefault(metric, []).append(value)
+        stats = {
+            (row, task): {
+                m: summarize(values.get((row, task), {}).get(m, [])) for m in task_metrics(task)
+            }
+            for row in rows
+            for task in tasks
+        }
+        tables.append(Table(few_shot, num_tokens, rows, tasks, expected, stats))
+    return tables
 
 
 def format_stat(stat: Stat) -> str:
-  """"72.0 ± 2.0", "72.0" (one seed) or "–"."""
-  if stat.mean is None:
-    return MISSING
-  return f"{stat.mean:.1f}" if stat.std is None else f"{stat.mean:.1f} ± {stat.std:.1f}"
+    """ "72.0 ± 2.0", "72.0" (one seed) or "–"."""
+    if stat.mean is None:
+        return MISSING
+    return f"{stat.mean:.1f}" if stat.std is None else f"{stat.mean:.1f} ± {stat.std:.1f}"
 
 
 def format_cell(table: Table, row: str, task: str) -> str:
-  """A table entry: every metric of the task joined by " / ", then `(n=k)` if seeds are missing."""
-  stats = table.stats[row, task]
-  metrics = task_metrics(task)
-  if all(stats[m].mean is None for m in metrics):
-    return MISSING
-  text = " / ".join(format_stat(stats[m]) for m in metrics)
-  n = stats[metrics[0]].n
-  return text + (f" (n={n})" if n < table.expected_n.get((row, task), 0) else "")
+    """A table entry: every metric of the task joined by " / ", then `(n=k)` if seeds are missing."""
+    stats = table.stats[row, task]
+    metrics = task_metrics(task)
+    if all(stats[m].mean is None for m in metrics):
+        return MISSING
+    text = " / ".join(format_stat(stats[m]) for m in metrics)
+    n = stats[metrics[0]].n
+    return text + (f" (n={n})" if n < table.expected_n.get((row, task), 0) else "")
 
 
 def column_name(task: str) -> str:
-  """"RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
-  name = TASK_NAMES.get(task, task.upper())
-  metrics = task_metrics(task)
-  return name if len(metrics) == 1 else f"{name} ({'/'.join(METRIC_SHORT[m] for m in metrics)})"
+    """ "RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
+    name = TASK_NAMES.get(task, task.upper())
+    metrics = task_metrics(task)
+    return name if len(metrics) == 1 else f"{name} ({'/'.join(METRIC_SHORT[m] for m in metrics)})"
 
 
 def table_markdown(table: Table) -> str:
-  """One setting's markdown table under its title."""
-  header = ["Method"] + [column_name(t) for t in table.tasks] + ["Average"]
-  lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for row in table.rows:
-    average = table.average(row)
-    entries = [row] + [format_cell(table, row, t) for t in table.tasks]
-    entries.append(MISSING if average is None else f"{average:.1f}")
-    lines.append("| " + " | ".join(entries) + " |")
-  return "\n".join(lines) + "\n"
+    """One setting's markdown table under its title."""
+    header = ["Method"] + [column_name(t) for t in table.tasks] + ["Average"]
+    lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        average = table.average(row)
+        entries = [row] + [format_cell(table, row, t) for t in table.tasks]
+        entries.append(MISSING if average is None else f"{average:.1f}")
+        lines.append("| " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def legend(tables: Sequence[Table], select: str, num_unfinished: int) -> str:
-  """What the numbers are, for the top of results.md."""
-  which = ("the final evaluation (`eval_<metric>` of summary.json)" if select == "final" else
-           "the best evaluation (`best_eval_<main metric>` of summary.json; other metrics at that "
-           "step)")
-  task_list = list(dict.fromkeys(t for table in tables for t in table.tasks))
-  metrics = "; ".join(
-      f"{TASK_NAMES.get(t, t.upper())} {' / '.join(METRIC_NAMES[m] for m in task_metrics(t))}"
-      for t in task_list)
-  text = (f"Dev-set scores of {which}, x 100: mean ± sample standard deviation (ddof=1) over "
-          f"seeds. `(n=k)`: only k of the grid's seeds have finished; `{MISSING}`: none has. "
-          f"Metrics: {metrics}. Average: the mean over the table's tasks of each task's main "
-          f"metric (the first one shown), when every task has a result.")
-  if num_unfinished:
-    cells = "1 cell has" if num_unfinished == 1 else f"{num_unfinished} cells have"
-    text += (f"\n\n{cells} no summary.json yet (running, failed or preempted) and "
-             f"{'is' if num_unfinished == 1 else 'are'} left out.")
-  return text + "\n"
+    """What the numbers are, for the top of results.md."""
+    which = (
+        "the final evaluation (`eval_<metric>` of summary.json)"
+        if select == "final"
+        else "the best evaluation (`best_eval_<main metric>` of summary.json; other metrics at that "
+        "step)"
+    )
+    task_list = list(dict.fromkeys(t for table in tables for t in table.tasks))
+    metrics = "; ".join(
+        f"{TASK_NAMES.get(t, t.upper())} {' / '.join(METRIC_NAMES[m] for m in task_metrics(t))}"
+        for t in task_list
+    )
+    text = (
+        f"Dev-set scores of {which}, x 100: mean ± sample standard deviation (ddof=1) over "
+        f"seeds. `(n=k)`: only k of the grid's seeds have finished; `{MISSING}`: none has. "
+        f"Metrics: {metrics}. Average: the mean over the table's tasks of each task's main "
+        f"metric (the first one shown), when every task has a result."
+    )
+    if num_unfinished:
+        cells = "1 cell has" if num_unfinished == 1 else f"{num_unfinished} cells have"
+        text += (
+            f"\n\n{cells} no summary.json yet (running, failed or preempted) and "
+            f"{'is' if num_unfinished == 1 else 'are'} left out."
+        )
+    return text + "\n"
 
 
 def to_markdown(tables: Sequence[Table], select: str, num_unfinished: int = 0) -> str:
-  """results.md: the legend, then one table per setting."""
-  parts = ["# Results\n", legend(tables, select, num_unfinished)]
-  parts += [table_markdown(table) for table in tables]
-  return "\n".join(parts)
+    """results.md: the legend, then one table per setting."""
+    parts = ["# Results\n", legend(tables, select, num_unfinished)]
+    parts += [table_markdown(table) for table in tables]
+    return "\n".join(parts)
 
 
 def _number(value: float | None) -> str:
-  return "" if value is None else f"{value:.4f}"
+    return "" if value is None else f"{value:.4f}"
 
 
 def to_csv(tables: Sequence[Table]) -> str:
-  """results.csv: one line per (setting, row, task, metric), then the row's Average."""
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(CSV_FIELDS)
-  for table in tables:
-    for row in table.rows:
-      for task in table.tasks:
-        for metric, stat in table.stats[row, task].items():
-          writer.writerow([table.few_shot, table.num_tokens, row, task, metric, stat.n,
-                           table.expected_n.get((row, task), 0), _number(stat.mean),
-                           _number(stat.std)])
-      writer.writerow([table.few_shot, table.num_tokens, row, "Average", "main", "", "",
-                       _number(table.average(row)), ""])
-  return buffer.getvalue()
+    """results.csv: one line per (setting, row, task, metric), then the row's Average."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for table in tables:
+        for row in table.rows:
+            for task in table.tasks:
+                for metric, stat in table.stats[row, task].items():
+                    writer.writerow(
+                        [
+                            table.few_shot,
+                            table.num_tokens,
+                            row,
+                            task,
+                            metric,
+                            stat.n,
+                            table.expected_n.get((row, task), 0),
+                            _number(stat.mean),
+                            _number(stat.std),
+                        ]
+                    )
+            writer.writerow(
+                [
+                    table.few_shot,
+                    table.num_tokens,
+                    row,
+                    "Average",
+                    "main",
+                    "",
+                    "",
+                    _number(table.average(row)),
+                    "",
+                ]
+            )
+    return buffer.getvalue()
 
 
 def write_report(root: str | pathlib.Path, select: str = "final") -> str:
-  """Writes ROOT/results.md and ROOT/results.csv; returns the markdown."""
-  runs = load_runs(root, select)
-  if not runs:
-    raise FileNotFoundError(f"No cell.json under {root}; run `python -m infoprompt_jax.experiments "
-                            f"--grid=... --root={root}` first.")
-  tables = build_tables(runs)
-  markdown = to_markdown(tables, select, sum(run.scores is None for run in runs))
-  root = pathlib.Path(root)
-  (root / "results.md").write_text(markdown)
-  (root / "results.csv").write_text(to_csv(tables))
-  return markdown
+    """Writes ROOT/results.md and ROOT/results.csv; returns the markdown."""
+    runs = load_runs(root, select)
+    if not runs:
+        raise FileNotFoundError(
+            f"No cell.json under {root}; run `python -m infoprompt_jax.experiments "
+            f"--grid=... --root={root}` first."
+        )
+    tables = build_tables(runs)
+    markdown = to_markdown(tables, select, sum(run.scores is None for run in runs))
+    root = pathlib.Path(root)
+    (root / "results.md").write_text(markdown)
+    (root / "results.csv").write_text(to_csv(tables))
+    return markdown
 
 
 def define_flags() -> None:
-  """Defines the CLI's flags; at run time only, since experiments.py defines a --root too."""
-  flags.DEFINE_string("root", None, "The grid's root directory (experiments.py --root).")
-  flags.DEFINE_enum("select", "final", ["final", "best"],
-                    "final: last evaluation; best: best evaluation of the main metric.")
-  flags.mark_flags_as_required(["root"])
+    """Defines the CLI's flags; at run time only, since experiments.py defines a --root too."""
+    flags.DEFINE_string("root", None, "The grid's root directory (experiments.py --root).")
+    flags.DEFINE_enum(
+        "select",
+        "final",
+        ["final", "best"],
+        "final: last evaluation; best: best evaluation of the main metric.",
+    )
+    flags.mark_flags_as_required(["root"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    print(write_report(flags.FLAGS.root, flags.FLAGS.select))
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"Error: {e}") from e
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        print(write_report(flags.FLAGS.root, flags.FLAGS.select))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"Error: {e}") from e
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+    define_flags()
+    app.run(main)

@@ -30,225 +30,270 @@ Arrays = dict[str, np.ndarray]
 
 
 def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-  """`[steps_per_epoch, batch_size]` example indices of an epoch (the remainder is dropped)."""
-  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  steps_per_epoch = num_examples // batch_size
-  return order[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+    """`[steps_per_epoch, batch_size]` example indices of an epoch (the remainder is dropped)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    steps_per_epoch = num_examples // batch_size
+    return order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
 
 
-def device_batch(arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """The global batch `arrays[indices]` as arrays sharded over the mesh.
+def device_batch(
+    arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
+    """The global batch `arrays[indices]` as arrays sharded over the mesh.
 
-  Each process contributes only its own rows, so on a pod every host reads its share.
-  """
-  per_process = len(indices) // jax.process_count()
-  local = indices[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-  batch_sharding = sharding.batch_sharding(mesh)
-  return {name: jax.make_array_from_process_local_data(batch_sharding, value[local])
-          for name, value in arrays.items()}
+    Each process contributes only its own rows, so on a pod every host reads its share.
+    """
+    per_process = len(indices) // jax.process_count()
+    local = indices[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+    batch_sharding = sharding.batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_process_local_data(batch_sharding, value[local])
+        for name, value in arrays.items()
+    }
 
 
 def pad_to_multiple(arrays: Arrays, multiple: int) -> tuple[Arrays, int]:
-  """Pads every array's rows (repeating row 0) to a multiple; returns the true row count."""
-  count = len(next(iter(arrays.values())))
-  padded = -(-count // multiple) * multiple
-  rows = np.concatenate([np.arange(count), np.zeros(padded - count, np.int64)])
-  return {name: value[rows] for name, value in arrays.items()}, count
+    """Pads every array's rows (repeating row 0) to a multiple; returns the true row count."""
+    count = len(next(iter(arrays.values())))
+    padded = -(-count // multiple) * multiple
+    rows = np.concatenate([np.arange(count), np.zeros(padded - count, np.int64)])
+    return {name: value[rows] for name, value in arrays.items()}, count
 
 
-def predict_logits(eval_fn: Callable, trainable: Any, frozen: Any, arrays: Arrays,
-                   batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
-  """Logits `[N, C]` of every row of `arrays`, in order."""
-  padded, count = pad_to_multiple(arrays, batch_size)
-  outputs = []
-  for start in range(0, len(padded["input_ids"]), batch_size):
-    batch = device_batch(padded, np.arange(start, start + batch_size), mesh)
-    outputs.append(eval_fn(trainable, frozen, batch))
-  return np.concatenate([np.asarray(x) for x in outputs])[:count]
+def predict_logits(
+    eval_fn: Callable,
+    trainable: Any,
+    frozen: Any,
+    arrays: Arrays,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+) -> np.ndarray:
+    """Logits `[N, C]` of every row of `arrays`, in order."""
+    padded, count = pad_to_multiple(arrays, batch_size)
+    outputs = []
+    for start in range(0, len(padded["input_ids"]), batch_size):
+        batch = device_batch(padded, np.arange(start, start + batch_size), mesh)
+        outputs.append(eval_fn(trainable, frozen, batch))
+    return np.concatenate([np.asarray(x) for x in outputs])[:count]
 
 
-def evaluate(eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays,
-             mesh) -> dict[str, float]:
-  """The task's dev metrics, as `eval_<name>` keys."""
-  logits = predict_logits(eval_fn, trainable, frozen, arrays, comps.config.train.eval_batch_size,
-                          mesh)
-  scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
-  return {f"eval_{name}": value for name, value in scores.items()}
+def evaluate(
+    eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays, mesh
+) -> dict[str, float]:
+    """The task's dev metrics, as `eval_<name>` keys."""
+    logits = predict_logits(
+        eval_fn, trainable, frozen, arrays, comps.config.train.eval_batch_size, mesh
+    )
+    scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
+    return {f"eval_{name}": value for name, value in scores.items()}
 
 
 def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh) -> Arrays:
-  """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
+    """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
 
-  The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
-  computing it once saves one of the step's two encoder forwards.
-  """
-  unprompted = jax.jit(functools.partial(steps.unprompted_step, model=model),
-                       out_shardings=sharding.replicated(mesh))
-  padded, count = pad_to_multiple(arrays, batch_size)
-  outputs = [unprompted(frozen, device_batch(padded, np.arange(i, i + batch_size), mesh))
-             for i in range(0, len(padded["input_ids"]), batch_size)]
-  cached = {f"cached_{name}": np.concatenate([np.asarray(o[name]) for o in outputs])[:count]
-            for name in ("source", "z0")}
-  return {**arrays, **cached}
+    The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
+    computing it once saves one of the step's two encoder forwards.
+    """
+    unprompted = jax.jit(
+        functools.partial(steps.unprompted_step, model=model),
+        out_shardings=sharding.replicated(mesh),
+    )
+    padded, count = pad_to_multiple(arrays, batch_size)
+    outputs = [
+        unprompted(frozen, device_batch(padded, np.arange(i, i + batch_size), mesh))
+        for i in range(0, len(padded["input_ids"]), batch_size)
+    ]
+    cached = {
+        f"cached_{name}": np.concatenate([np.asarray(o[name]) for o in outputs])[:count]
+        for name in ("source", "z0")
+    }
+    return {**arrays, **cached}
 
 
 class PromptTrajectory:
-  """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
-  with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
+    """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
+    with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
 
-  def __init__(self, workdir: epath.Path, every: int, model, batch: dict[str, jax.Array]):
-    self.path, self.every, self.batch = workdir / "prompt_trajectory.npz", every, batch
-    self._prompts_fn = jax.jit(functools.partial(steps.prompt_step, model=model))
-    self.steps, self.prompts = [], []
-    if self.path.exists():
-      with self.path.open("rb") as f:
-        saved = np.load(f)
-        self.steps, self.prompts = list(saved["steps"]), list(saved["prompts"])
+    def __init__(self, workdir: epath.Path, every: int, model, batch: dict[str, jax.Array]):
+        self.path, self.every, self.batch = workdir / "prompt_trajectory.npz", every, batch
+        self._prompts_fn = jax.jit(functools.partial(steps.prompt_step, model=model))
+        self.steps, self.prompts = [], []
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                saved = np.load(f)
+                self.steps, self.prompts = list(saved["steps"]), list(saved["prompts"])
 
-  def maybe_record(self, step: int, trainable, frozen) -> None:
-    """Records the prompt at `step` if it is a multiple of k (step 0 included)."""
-    if not self.every or step % self.every or jax.process_index() != 0:
-      return
-    keep = [i for i, s in enumerate(self.steps) if s < step]  # A resumed run redraws the rest.
-    self.steps = [self.steps[i] for i in keep] + [step]
-    self.prompts = [self.prompts[i] for i in keep] + [
-        np.asarray(self._prompts_fn(trainable, frozen, self.batch))[0]]
-    with self.path.open("wb") as f:
-      np.savez(f, steps=np.asarray(self.steps), prompts=np.stack(self.prompts))
+    def maybe_record(self, step: int, trainable, frozen) -> None:
+        """Records the prompt at `step` if it is a multiple of k (step 0 included)."""
+        if not self.every or step % self.every or jax.process_index() != 0:
+            return
+        keep = [i for i, s in enumerate(self.steps) if s < step]  # A resumed run redraws the rest.
+        self.steps = [self.steps[i] for i in keep] + [step]
+        self.prompts = [self.prompts[i] for i in keep] + [
+            np.asarray(self._prompts_fn(trainable, frozen, self.batch))[0]
+        ]
+        with self.path.open("wb") as f:
+            np.savez(f, steps=np.asarray(self.steps), prompts=np.stack(self.prompts))
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
+    """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
 
-  def __init__(self):
-    self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    def __init__(self):
+        self.raised = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
 
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
 
 
 def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
-  """(state, frozen) at step 0, placed on the mesh."""
-  params = comps.init_params(sample_batch)
-  trainable, frozen = partition.split_params(params, comps.method.name)
-  rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
-  state = steps.create_train_state(trainable, optimizer, rng)
-  state = jax.device_put(state, steps.state_shardings(mesh, state))
-  frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
-  return state, frozen
+    """(state, frozen) at step 0, placed on the mesh."""
+    params = comps.init_params(sample_batch)
+    trainable, frozen = partition.split_params(params, comps.method.name)
+    rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
+    state = steps.create_train_state(trainable, optimizer, rng)
+    state = jax.device_put(state, steps.state_shardings(mesh, state))
+    frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
+    return state, frozen
 
 
 def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a tree of arrays: Orbax's restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    """ShapeDtypeStructs (with shardings) of a tree of arrays: Orbax's restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates a config in `workdir`, resuming from its latest checkpoint.
+    """Trains and evaluates a config in `workdir`, resuming from its latest checkpoint.
 
-  Returns:
-    The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics.
-  """
-  # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
-  workdir_path = epath.Path(workdir)
-  comps = components_lib.build_components(config)
-  config, task = comps.config, comps.task
-  train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
-  dev_arrays = comps.encode(components_lib.load_examples(config, task, "dev"))
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  batch_size = config.train.batch_size
-  sharding.check_batch_size(batch_size, mesh)
-  sharding.check_batch_size(config.train.eval_batch_size, mesh)
-  num_train = len(train_arrays["label"])
-  steps_per_epoch = num_train // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{num_train} training examples make no batch of {batch_size}; lower "
-                     "config.train.batch_size or raise config.data.few_shot.")
-  total_steps = steps_per_epoch * config.train.num_epochs
-  optimizer = optimizer_lib.make_optimizer(
-      comps.method.peak_lr, total_steps, warmup_fraction=config.optim.warmup_fraction,
-      weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
-  sample = {k: v[:batch_size] for k, v in train_arrays.items()}
-  state, frozen = build_state(comps, optimizer, mesh, sample)
-  manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
-  record = {"step": 0, "best_step": None, "best_score": None}
-  restored = checkpointing.restore_latest(manager, abstract_like(state))
-  writer = metric_logging.MetricWriter(workdir_path)
-  if restored is not None:
-    state, record = restored
-    logging.info("Resumed from step %d in %s.", record["step"], workdir_path)
-  summary_path = workdir_path / "summary.json"
-  if record["step"] >= total_steps and summary_path.exists():
-    logging.info("%s already finished at step %d; nothing to do.", workdir_path, record["step"])
-    return json.loads(summary_path.read_text())
-  writer.truncate_after(record["step"])
-  if jax.process_index() == 0:
-    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if config.cache_unprompted and comps.method.model.prompt_source == "generator":
-    train_arrays = cache_unprompted_pass(comps.model, frozen, train_arrays, batch_size, mesh)
-    dev_arrays = cache_unprompted_pass(comps.model, frozen, dev_arrays,
-                                       config.train.eval_batch_size, mesh)
-  train_fn, eval_fn = steps.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
-                                          state, frozen)
-  progress = metric_logging.Progress(total_steps, batch_size)
-  preemption = PreemptionFlag()
-  trajectory = PromptTrajectory(workdir_path, config.log_prompt_every, comps.model,
-                                device_batch(train_arrays, np.arange(batch_size), mesh))
-  if int(record["step"]) == 0:
-    trajectory.maybe_record(0, state.trainable, frozen)
-  main_metric = f"eval_{task.main_metric}"
-  interval_metrics, eval_scores = [], {}
-  start_step, start_time = int(record["step"]), time.perf_counter()
-  for step in range(start_step, total_steps):
-    epoch, index = divmod(step, steps_per_epoch)
-    indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
-    state, step_metrics = train_fn(state, frozen, device_batch(train_arrays, indices, mesh))
-    interval_metrics.append(step_metrics)
-    done = step + 1
-    trajectory.maybe_record(done, state.trainable, frozen)
-    if done % config.train.log_every_steps == 0 or done == total_steps:
-      logged = log_train_metrics(writer, progress, done, epoch, interval_metrics)
-      interval_metrics = []
-    epoch_end = done % steps_per_epoch == 0
-    if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
-      eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
-      if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
-        record.update(best_step=done, best_score=eval_scores[main_metric])
-      writer.write(done, {"epoch": epoch + 1, **eval_scores})
-      logging.info("step %d epoch %d: %s", done, epoch + 1, eval_scores)
-    every = config.train.checkpoint_every_steps
-    if (epoch_end if every == 0 else done % every == 0) or done == total_steps or preemption.raised:
-      record["step"] = done
-      checkpointing.save(manager, done, state, record)
-      logging.info("Saved checkpoint at step %d.", done)
-    if preemption.raised:
-      logging.warning("SIGTERM: saved step %d to %s; rerun the same command to resume.", done,
-                      workdir_path)
-      break
-  progress.close()
-  preemption.restore()
-  manager.close()
-  summary = {"step": int(state.step), "preempted": preemption.raised, **eval_scores,
-             "best_step": record["best_step"], f"best_{main_metric}": record["best_score"],
-             "train_seconds_this_run": time.perf_counter() - start_time}
-  if jax.process_index() == 0 and not preemption.raised:
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-  return summary
+    Returns:
+      The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics.
+    """
+    # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
+    workdir_path = epath.Path(workdir)
+    comps = components_lib.build_components(config)
+    config, task = comps.config, comps.task
+    train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
+    dev_arrays = comps.encode(components_lib.load_examples(config, task, "dev"))
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    batch_size = config.train.batch_size
+    sharding.check_batch_size(batch_size, mesh)
+    sharding.check_batch_size(config.train.eval_batch_size, mesh)
+    num_train = len(train_arrays["label"])
+    steps_per_epoch = num_train // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{num_train} training examples make no batch of {batch_size}; lower "
+            "config.train.batch_size or raise config.data.few_shot."
+        )
+    total_steps = steps_per_epoch * config.train.num_epochs
+    optimizer = optimizer_lib.make_optimizer(
+        comps.method.peak_lr,
+        total_steps,
+        warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay,
+        clip_norm=config.optim.clip_norm,
+    )
+    sample = {k: v[:batch_size] for k, v in train_arrays.items()}
+    state, frozen = build_state(comps, optimizer, mesh, sample)
+    manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
+    record = {"step": 0, "best_step": None, "best_score": None}
+    restored = checkpointing.restore_latest(manager, abstract_like(state))
+    writer = metric_logging.MetricWriter(workdir_path)
+    if restored is not None:
+        state, record = restored
+        logging.info("Resumed from step %d in %s.", record["step"], workdir_path)
+    summary_path = workdir_path / "summary.json"
+    if record["step"] >= total_steps and summary_path.exists():
+        logging.info("%s already finished at step %d; nothing to do.", workdir_path, record["step"])
+        return json.loads(summary_path.read_text())
+    writer.truncate_after(record["step"])
+    if jax.process_index() == 0:
+        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if config.cache_unprompted and comps.method.model.prompt_source == "generator":
+        train_arrays = cache_unprompted_pass(comps.model, frozen, train_arrays, batch_size, mesh)
+        dev_arrays = cache_unprompted_pass(
+            comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh
+        )
+    train_fn, eval_fn = steps.compile_steps(
+        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+    )
+    progress = metric_logging.Progress(total_steps, batch_size)
+    preemption = PreemptionFlag()
+    trajectory = PromptTrajectory(
+        workdir_path,
+        config.log_prompt_every,
+        comps.model,
+        device_batch(train_arrays, np.arange(batch_size), mesh),
+    )
+    if int(record["step"]) == 0:
+        trajectory.maybe_record(0, state.trainable, frozen)
+    main_metric = f"eval_{task.main_metric}"
+    interval_metrics, eval_scores = [], {}
+    start_step, start_time = int(record["step"]), time.perf_counter()
+    for step in range(start_step, total_steps):
+        epoch, index = divmod(step, steps_per_epoch)
+        indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
+        state, step_metrics = train_fn(state, frozen, device_batch(train_arrays, indices, mesh))
+        interval_metrics.append(step_metrics)
+        done = step + 1
+        trajectory.maybe_record(done, state.trainable, frozen)
+        if done % config.train.log_every_steps == 0 or done == total_steps:
+            logged = log_train_metrics(writer, progress, done, epoch, interval_metrics)
+            interval_metrics = []
+        epoch_end = done % steps_per_epoch == 0
+        if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
+            eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
+            if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
+                record.update(best_step=done, best_score=eval_scores[main_metric])
+            writer.write(done, {"epoch": epoch + 1, **eval_scores})
+            logging.info("step %d epoch %d: %s", done, epoch + 1, eval_scores)
+        every = config.train.checkpoint_every_steps
+        if (
+            (epoch_end if every == 0 else done % every == 0)
+            or done == total_steps
+            or preemption.raised
+        ):
+            record["step"] = done
+            checkpointing.save(manager, done, state, record)
+            logging.info("Saved checkpoint at step %d.", done)
+        if preemption.raised:
+            logging.warning(
+                "SIGTERM: saved step %d to %s; rerun the same command to resume.",
+                done,
+                workdir_path,
+            )
+            break
+    progress.close()
+    preemption.restore()
+    manager.close()
+    summary = {
+        "step": int(state.step),
+        "preempted": preemption.raised,
+        **eval_scores,
+        "best_step": record["best_step"],
+        f"best_{main_metric}": record["best_score"],
+        "train_seconds_this_run": time.perf_counter() - start_time,
+    }
+    if jax.process_index() == 0 and not preemption.raised:
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -> dict[str, float]:
-  """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
-  fetched = jax.device_get(interval)
-  means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  if not np.isfinite(means["train_loss"]):
-    raise FloatingPointError(f"Non-finite train loss {means['train_loss']} at step {step}; "
-                             "lower config.optim.lr or check the data.")
-  writer.write(step, means)
-  line = progress.update(step, epoch, fetched[-1])
-  logging.log_every_n_seconds(logging.INFO, line, 30)
-  return means
+    """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
+    fetched = jax.device_get(interval)
+    means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    if not np.isfinite(means["train_loss"]):
+        raise FloatingPointError(
+            f"Non-finite train loss {means['train_loss']} at step {step}; "
+            "lower config.optim.lr or check the data."
+        )
+    writer.write(step, means)
+    line = progress.update(step, epoch, fetched[-1])
+    logging.log_every_n_seconds(logging.INFO, line, 30)
+    return means

@@ -138,13 +138,13 @@ def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
         for index in range(2):
             batch = {n: v[index * BATCH:(index + 1) * BATCH] for n, v in padded.items()}
             nce = forward(model, own_params, batch, rng)["nce_rep"]
-            scores = np.asarray(cmi._scores_fn(model, params, batch, critic_key, prompt))
+            scores = np.asarray(cmi.batch_scores(model, params, batch, critic_key, prompt))
             by_hand = np.log(k) - nce_by_hand(scores)
             np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL,
                                        atol=1e-6)
             # The estimate's batch i draws with fold_in(key, i).
-            scores = cmi._scores_fn(model, params, batch, jax.random.fold_in(critic_key, index),
-                                    prompt)
+            scores = cmi.batch_scores(model, params, batch, jax.random.fold_in(critic_key, index),
+                                      prompt)
             np.testing.assert_allclose(estimate[index * BATCH:(index + 1) * BATCH],
                                        (np.log(k) - nce_by_hand(scores))[:count - index * BATCH],
                                        rtol=RTOL, atol=1e-6)

