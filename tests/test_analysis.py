@@ -81,9 +81,14 @@ def nce_by_hand(scores_BxK):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
+def _forward(model, params, batch, rng):
+    return model.apply({"params": params}, batch, rng)
+
+
 def forward(model, params, batch, rng=None):
     """The model's own forward pass (`InfoPromptModel.__call__`), compiled once per model."""
-    return model.apply({"params": params}, batch, rng)
+    # Every leaf committed to one device, so edited param trees reuse the compiled program.
+    return _forward(model, jax.device_put(params, jax.local_devices()[0]), batch, rng)
 
 
 def first_rows(arrays, count):

@@ -29,7 +29,6 @@ import sys
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -86,12 +85,13 @@ def batch_scores(model: models.InfoPromptModel, params: Any, batch: dict[str, np
     """
     batch_size = len(batch["input_ids"])
     if prompt_NxD is None:
-        prompts = prompt_eval.own_prompts_fn(model, params, batch)
+        prompts = np.asarray(prompt_eval.own_prompts_fn(model, params, batch))
     else:
         prompts = np.broadcast_to(np.asarray(prompt_NxD, np.float32),
                                   (batch_size,) + np.shape(prompt_NxD))
-    # Own and fixed prompts alike enter as [B, n_p, D]: one compiled program scores both.
-    return prompt_eval.representation_scores(model, params, batch, key, jnp.asarray(prompts))
+    # Own and fixed prompts alike enter as [B, n_p, D] host arrays (alike in placement too),
+    # so one compiled program scores both.
+    return prompt_eval.representation_scores(model, params, batch, key, prompts)
 
 
 def estimate_cmi(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],

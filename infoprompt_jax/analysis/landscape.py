@@ -22,6 +22,7 @@ and `DIR/landscape.npz`.
 """
 
 import argparse
+import functools
 import pathlib
 import sys
 from typing import Any, NamedTuple, Sequence
@@ -88,28 +89,22 @@ def grid_coordinates(grid_size: int, radius: float) -> np.ndarray:
     return np.linspace(-radius, radius, grid_size, dtype=np.float32)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
 def _mean_losses(model: models.InfoPromptModel, params: Any, batch: dict[str, jax.Array],
-                 plain: dict[str, jax.Array] | None, prompts_PxNxD: jax.Array,
-                 key: jax.Array) -> dict[str, jax.Array]:
+                 prompts_PxNxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
     """Sample-mean losses `[P]` for P prompts, the examples batched inside each prompt."""
 
     def losses_at(prompt_NxD):
-        terms = model.apply({"params": params}, batch, key, prompt_NxD, plain,
+        terms = model.apply({"params": params}, batch, key, prompt_NxD,
                             method=prompt_eval.prompt_terms)
         out = {"task_loss": jnp.mean(terms["ce"])}
         if "nce_rep" in terms:
             out["representation_loss"] = jnp.mean(terms["nce_rep"])
         return out
 
-    # The unprompted pass is computed once, outside: it does not depend on the prompt.
+    # vmap batches only what depends on the prompt: the unprompted pass (and the critic's
+    # noise, drawn from the one key) is computed once per call, not once per prompt.
     return jax.vmap(losses_at)(prompts_PxNxD)
-
-
-_mean_losses_fn = jax.jit(_mean_losses, static_argnums=(0,))
-_unprompted_fn = jax.jit(
-    lambda model, params, batch: model.apply(
-        {"params": params}, batch, method=models.InfoPromptModel.unprompted_pass),
-    static_argnums=(0,))
 
 
 def evaluate_points(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],
@@ -135,13 +130,10 @@ def evaluate_points(model: models.InfoPromptModel, params: Any, arrays: dict[str
     rows = np.minimum(np.arange(padded), count - 1)
     prompts_PxNxD = plane_points(points_Px2[rows], plane)[:, None, :]
     batch = {name: jnp.asarray(value) for name, value in arrays.items()}
-    plain = None
-    if model.config.use_representation_critic:
-        plain = _unprompted_fn(model, params, batch)
     chunks = []
     for start in range(0, padded, points_per_batch):
-        chunk = jnp.asarray(prompts_PxNxD[start:start + points_per_batch])
-        chunks.append(jax.device_get(_mean_losses_fn(model, params, batch, plain, chunk, key)))
+        chunk = prompts_PxNxD[start:start + points_per_batch]
+        chunks.append(jax.device_get(_mean_losses(model, params, batch, chunk, key)))
     return {name: np.concatenate([c[name] for c in chunks])[:count] for name in chunks[0]}
 
 

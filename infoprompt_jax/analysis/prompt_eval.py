@@ -20,8 +20,7 @@ Batch = Mapping[str, jax.Array]
 
 
 def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
-                 prompts: jax.Array | None = None,
-                 plain: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+                 prompts: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-example task and representation terms, for the run's prompts or given ones.
 
     Args:
@@ -33,20 +32,18 @@ def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
         prompts: `[n_p, D]` (one prompt for every example) or `[B, n_p, D]`, placed at the
             prompt slots instead of the run's own prompts (a generator's output is
             overridden); None keeps the run's.
-        plain: the unprompted pass's outputs when already computed (they do not depend on the
-            prompt, so a grid of prompts shares them).
 
     Returns:
         `ce` [B] (deterministic head), `prompts` [B, n_p, D], and `nce_rep` [B] when the model
         has a representation critic. Its negatives come from the unprompted pass, as in training.
     """
     config = module.config
-    needs_plain = config.use_representation_critic or (
-        prompts is None and config.prompt_source == "generator")
-    if plain is None and needs_plain:
+    plain = None
+    if config.use_representation_critic or (
+            prompts is None and config.prompt_source == "generator"):
         plain = module.unprompted_pass(batch)
     if prompts is None:
-        prompts_BxNxD = module.prompts(batch, plain["source"] if plain else None)
+        prompts_BxNxD = module.prompts(batch, plain["source"] if plain is not None else None)
     else:
         shape = (batch["input_ids"].shape[0], config.num_prompt_tokens,
                  module.encoder_config.hidden_size)
