@@ -31,8 +31,9 @@ BATCH = 8
 def write_sst2(directory, train_count=16, dev_count=12):
     directory.mkdir(parents=True, exist_ok=True)
     for name, count in (("train.tsv", train_count), ("dev.tsv", dev_count)):
-        lines = [f"{ex.fields['sentence']}\t{ex.label}\n" for ex in sentiment_fixture.examples(count)]
-        (directory / name).write_text("sentence\tlabel\n" + "".join(lines))
+        examples = sentiment_fixture.examples(count)
+        rows = [f"{ex.fields['sentence']}\t{ex.label}\n" for ex in examples]
+        (directory / name).write_text("sentence\tlabel\n" + "".join(rows))
     return directory
 
 
@@ -195,6 +196,16 @@ def test_cmi_command_writes_csv_plot_and_medians(infoprompt_run, restored_infopr
     assert (tmp_path / "cmi.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert f"learned: a: median CMI {np.median(table['learned: a']):.4f}" in printed
+
+
+def test_run_labels():
+    config = sentiment_fixture.tiny_config("unused")
+    assert runs.default_label(config) == "infoprompt beta=0.1 gamma=0.05"
+    config.variant = "released"
+    assert runs.default_label(config) == "infoprompt beta=0.1 gamma=0.05 (released)"
+    assert runs.default_label(sentiment_fixture.tiny_config("unused", "warp")) == "warp"
+    assert runs.unique_labels(["a", "a", "b"], ["x/s0", "x/s1", "y"]) == ["a [s0]", "a [s1]", "b"]
+    assert runs.unique_labels(["a", "a"], ["x/s0", "y/s0"]) == ["a [s0] #0", "a [s0] #1"]
 
 
 def test_cmi_refuses_a_run_without_a_representation_critic(infoprompt_run, warp_run):

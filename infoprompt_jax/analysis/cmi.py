@@ -175,7 +175,8 @@ def read_csv(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     rows: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            rows.setdefault(row["source"], []).append((int(row["example_index"]), float(row["cmi"])))
+            pair = (int(row["example_index"]), float(row["cmi"]))
+            rows.setdefault(row["source"], []).append(pair)
     return {source: np.asarray([v for _, v in sorted(pairs)]) for source, pairs in rows.items()}
 
 

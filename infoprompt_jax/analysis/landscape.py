@@ -34,7 +34,6 @@ import ml_collections
 import numpy as np
 
 from infoprompt_jax import models
-from infoprompt_jax import train
 from infoprompt_jax.analysis import plotting
 from infoprompt_jax.analysis import prompt_eval
 from infoprompt_jax.analysis import runs

@@ -8,7 +8,8 @@ def pyplot():
     try:
         import matplotlib
     except ImportError as error:
-        raise ImportError("The analysis plots need matplotlib: pip install -e '.[analysis]'.") from error
+        raise ImportError(
+            "The analysis plots need matplotlib: pip install -e '.[analysis]'.") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -1,10 +1,11 @@
 """The model's task and representation terms for a prompt of our choosing.
 
 Training always evaluates the run's own prompts (generated or free). The analyses also need the
-same terms for a prompt given from outside, one `[n_p, D]` matrix used for every example: a
-random or hand-written prompt (the CMI figure) or a point of the loss landscape. `prompt_terms`
-is that forward pass, run through `model.apply(..., method=prompt_terms)`, so it is built from
-the model's own steps 1, 3, 4 and 6 (DESIGN.md section 1) and cannot drift from them.
+same terms for prompts given from outside: one `[n_p, D]` matrix for every example (a random or
+hand-written prompt in the CMI figure, a point of the loss landscape) or `[B, n_p, D]`.
+`prompt_terms` is that forward pass, run through `model.apply(..., method=prompt_terms)`, so it
+is built from the model's own steps 1, 3, 4 and 6 (DESIGN.md section 1) and cannot drift from
+them.
 """
 
 import functools
