@@ -19,8 +19,11 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
     """(state, frozen, compiled train step, device batch) on a mesh over `devices`."""
     config = sentiment_fixture.tiny_config(model_dir, method)
     for dotted, value in overrides.items():
-        section, field = dotted.split("__")
-        config[section][field] = value
+        if "__" in dotted:
+            section, field = dotted.split("__")
+            config[section][field] = value
+        else:
+            config[dotted] = value
     comps = components.build_components(config)
     arrays = comps.encode(sentiment_fixture.examples(BATCH))
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices or jax.devices()[:1])
@@ -148,3 +151,19 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
         for name in plain_metrics:
             np.testing.assert_allclose(cached_metrics[name], plain_metrics[name], rtol=1e-5,
                                        atol=1e-6, err_msg=name)
+
+
+def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_roberta_dir):
+    state, frozen, train_fn, _, batch = build(tiny_roberta_dir, variant="released")
+    flat = partition.flatten(state.trainable)
+    # Shared Linear(D, 32) -> GELU -> Linear(32, n_p * D) generator, rank 32.
+    assert flat["prompt_generator/down/kernel"].shape == (32, 32)
+    assert flat["prompt_generator/up/kernel"].shape == (32, 2 * 32)
+    assert "head_critic/w1" not in flat, "scaled dot-product critic: no W1"
+    assert "representation_critic/prompt_projection/kernel" in flat
+    assert "task_head/bottleneck_mu/kernel" in flat, "32-d variational head"
+    _, history = run(state, frozen, train_fn, batch, 2)
+    assert all(np.isfinite(m["loss"]) and m["kl"] > 0 for m in history)
+    # Each InfoNCE term is clamped at 2 per example before weighting (beta 0.2, gamma 0.1).
+    for m in history:
+        assert m["loss"] <= m["ce"] + 0.2 * 2 + 0.1 * 2 + 0.1 * m["kl"] + 1e-5
