@@ -64,7 +64,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, *, model: models
         "nce_head": jnp.mean(terms["nce_head"]),
         "kl": jnp.mean(terms["kl"]),
         "accuracy": jnp.mean(correct_B.astype(jnp.float32)),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics
 
