@@ -349,8 +349,7 @@ def test_batch_sharded_on_explicit_mesh(ckpts):
     # jax.make_mesh gives explicit axes by default: gathers with batch-sharded ids must name their
     # output sharding. Both the input_ids path and the prompted path (lookup + explicit positions)
     # must give the unsharded result.
-    if jax.device_count() < 2:
-        pytest.skip("needs several (fake CPU) devices")
+    assert jax.device_count() >= 2, "tests/conftest.py sets 8 fake CPU devices before jax loads"
     encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0])
     n = jax.device_count()
     ids, mask = np.resize(ROBERTA_IDS, (n, 8)), np.resize(MASK, (n, 8))
