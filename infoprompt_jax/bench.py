@@ -173,7 +173,7 @@ def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_step
 
 
 def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
-                  warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                  warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Compiles and times the train step on a mesh over all devices.
 
     Args:
@@ -183,7 +183,9 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
         num_steps: timed steps.
 
     Returns:
-        (results, initial trainable params on the host: the PyTorch reference starts from them).
+        (results, the initial trainable params on the host, the host batch the step was fed:
+        `arrays` with the cached unprompted pass when `config.cache_unprompted` asks for it).
+        The PyTorch reference starts from the same params and batch.
     """
     config = comps.config
     batch_size = len(arrays["label"])
@@ -192,6 +194,8 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
     optimizer = make_optimizer(config, comps.method.peak_lr, warmup_steps + num_steps)
     state, frozen = train.build_state(comps, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
+    if uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
+        arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
     batch = train.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
                                           state, frozen)
@@ -218,12 +222,18 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
     results = {
         **timing_summary(seconds, batch_size),
         "compile_s": compile_s,
-        "flops_per_step": None if per_device_flops is None else per_device_flops * mesh.devices.size,
+        "flops_per_step": (None if per_device_flops is None
+                           else per_device_flops * mesh.devices.size),
         "initial_loss": float(history[0]["loss"]),
         "initial_ce": float(history[0]["ce"]),
         "final_loss": loss,
     }
-    return results, initial_trainable
+    return results, initial_trainable, arrays
+
+
+def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
+    """Whether training precomputes the unprompted pass (`train.train_and_evaluate`'s rule)."""
+    return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
 
 
 def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int) -> dict[str, Any]:
@@ -284,13 +294,14 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
     arrays = synthetic_batch(comps, batch_size, config.seed)
     devices = jax.devices()
     load_1m = os.getloadavg()[0]  # Before the run: other work on the host skews its timings.
-    results, initial_trainable = benchmark_jax(comps, arrays, warmup_steps, num_steps)
+    results, initial_trainable, arrays = benchmark_jax(comps, arrays, warmup_steps, num_steps)
     results.update(utilisation(results, devices[0].device_kind, len(devices)))
     results.update(
         peak_device_mem_mb=peak_device_memory_mb(jax.local_devices()),
         device_kind=devices[0].device_kind, device_count=len(devices), batch_size=batch_size,
         seq_len=seq_len, num_prompt_tokens=comps.method.model.num_prompt_tokens,
         dtype=comps.config.model.dtype, method=comps.method.name, steps=num_steps,
+        cache_unprompted=uses_cached_unprompted_pass(comps),
         jax_version=jax.__version__, host_load_1m=load_1m)
     if compare_torch:
         results.update(benchmark_torch(comps, arrays, initial_trainable, warmup_steps, num_steps,

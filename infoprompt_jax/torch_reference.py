@@ -3,7 +3,8 @@
 It does the work of `steps.train_step` (DESIGN.md section 1) with the Hugging Face PyTorch
 encoder, frozen (`requires_grad=False`, eval mode):
 
-1. unprompted pass under `no_grad`: `P_src = H0[<s>]`, `Z0 = H0[<mask>]`;
+1. unprompted pass under `no_grad`: `P_src = H0[<s>]`, `Z0 = H0[<mask>]` (or, with
+   `config.cache_unprompted`, their values precomputed by the JAX run, as training reads them);
 2. generator: per token `p_i = W_up_i W_down_i P_src` of rank r (or WARP's free prompt);
 3. prompted pass through `inputs_embeds`, the prompts scattered into the word embeddings at the
    prompt slots, with explicit `position_ids` as the Flax model passes them;
@@ -38,8 +39,10 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A tokenized batch (numpy int32) as int64 tensors, the index type PyTorch expects."""
-    return {name: torch.from_numpy(np.asarray(value, np.int64)) for name, value in arrays.items()}
+    """A host batch as tensors: ids as int64 (PyTorch's index type), cached states as float32."""
+    return {name: torch.from_numpy(np.asarray(
+        value, np.float32 if np.issubdtype(np.asarray(value).dtype, np.floating) else np.int64))
+        for name, value in arrays.items()}
 
 
 def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None:
@@ -144,7 +147,8 @@ class TorchReferenceStep:
     def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """`encoder.position_ids_from_mask`: RoBERTa numbers real tokens from pad + 1."""
         if self.encoder_config.family == "roberta":
-            return torch.cumsum(attention_mask, dim=1) * attention_mask + self.encoder_config.pad_token_id
+            pad = self.encoder_config.pad_token_id
+            return torch.cumsum(attention_mask, dim=1) * attention_mask + pad
         return torch.arange(attention_mask.shape[1]).expand_as(attention_mask)
 
     def encode(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
@@ -155,11 +159,23 @@ class TorchReferenceStep:
                                   **inputs).last_hidden_state
         return hidden.float()
 
-    def prompts(self, source_BxD: torch.Tensor) -> torch.Tensor:
+    def unprompted_pass(self, batch: Mapping[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`P_src = H0[<s>]` and `Z0 = H0[<mask>]`, or their cache (`config.cache_unprompted`)."""
+        if "cached_source" in batch:
+            return batch["cached_source"], batch["cached_z0"]
+        with torch.no_grad():  # Nothing is differentiated through the unprompted pass.
+            h0_BxLxD = self.encode(batch["plain_attention_mask"],
+                                   input_ids=batch["plain_input_ids"],
+                                   token_type_ids=batch["plain_token_type_ids"])
+        rows_B = torch.arange(h0_BxLxD.shape[0])
+        return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["plain_mask_position"]]
+
+    def prompts(self, source_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """`[B, n_p, D]`: per token `W_up_i (W_down_i P_src)`, or the free prompt (WARP)."""
         p, cfg = self.params, self.model_config
         if cfg.prompt_source == "free":
-            return p["prompt"].expand(source_BxD.shape[0], -1, -1)
+            return p["prompt"].expand(batch_size, -1, -1)
         code_BxNxR = torch.einsum("bd,ndr->bnr", source_BxD, p["prompt_generator/down"])
         if cfg.generator_bias:
             code_BxNxR = code_BxNxR + p["prompt_generator/down_bias"]
@@ -177,9 +193,11 @@ class TorchReferenceStep:
             h_BxD = F.gelu(h_BxD @ t["dense/kernel"] + t["dense/bias"])
             h_BxD = F.layer_norm(h_BxD, h_BxD.shape[-1:], t["layer_norm/scale"],
                                  t["layer_norm/bias"], eps=self.encoder_config.layer_norm_eps)
-        return h_BxD @ self.params["task_head/class_vectors"].T + self.params["task_head/class_bias"]
+        theta_CxD = self.params["task_head/class_vectors"]
+        return h_BxD @ theta_CxD.T + self.params["task_head/class_bias"]
 
-    def head_nce(self, batch: Mapping[str, torch.Tensor], prompt_mean_BxD: torch.Tensor) -> torch.Tensor:
+    def head_nce(self, batch: Mapping[str, torch.Tensor],
+                 prompt_mean_BxD: torch.Tensor) -> torch.Tensor:
         """InfoNCE of P_bar against K-1 sampled context-token embeddings, `c^T W1 theta`."""
         context_BxL = batch["plain_context_mask"].bool()
         fallback_BxL = batch["plain_attention_mask"].bool()
@@ -215,12 +233,10 @@ class TorchReferenceStep:
         """The per-example `ce`, `nce_rep`, `nce_head` `[B]` and `logits` (InfoPromptModel)."""
         cfg = self.model_config
         rows_B = torch.arange(batch["input_ids"].shape[0])
-        with torch.no_grad():  # Step 1: nothing is differentiated through the unprompted pass.
-            h0_BxLxD = self.encode(batch["plain_attention_mask"],
-                                   input_ids=batch["plain_input_ids"],
-                                   token_type_ids=batch["plain_token_type_ids"])
-        z0_BxD = h0_BxLxD[rows_B, batch["plain_mask_position"]]
-        prompts_BxNxD = self.prompts(h0_BxLxD[:, 0])
+        # WARP without the representation critic reads nothing from the unprompted pass.
+        needs_plain = cfg.prompt_source == "generator" or cfg.use_representation_critic
+        source_BxD, z0_BxD = self.unprompted_pass(batch) if needs_plain else (None, None)
+        prompts_BxNxD = self.prompts(source_BxD, len(rows_B))
         embeds_BxLxD = self.word_embeddings(batch["input_ids"]).index_put(
             (rows_B[:, None], batch["prompt_positions"]), prompts_BxNxD)
         h_BxLxD = self.encode(batch["attention_mask"], inputs_embeds=embeds_BxLxD,
