@@ -132,7 +132,9 @@ def _dense(features: int, dtype, name: str, init=_INIT) -> nn.Dense:
 
 
 def _gelu(x):
-    return jax.nn.gelu(x, approximate=False)
+    # Exact gelu in PyTorch's own form, x/2 (1 + erf(x/sqrt 2)). jax.nn.gelu's erfc form is the
+    # same function, but XLA:CPU evaluates erfc about three times slower than erf.
+    return 0.5 * x * (1.0 + jax.lax.erf(x * 2**-0.5))
 
 
 def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
@@ -214,6 +216,11 @@ class _Output(nn.Module):
         return _layer_norm(self.config, self.dtype)(h + residual)
 
 
+def gather_rows(h_BxLxD: jax.Array, rows_BxR: jax.Array) -> jax.Array:
+    """`h[b, rows[b, r]]` as `[B, R, D]`."""
+    return jnp.take_along_axis(h_BxLxD, rows_BxR[..., None], axis=1)
+
+
 class _SelfAttention(nn.Module):
     """Multi-head self-attention with an additive mask; scores and softmax in fp32."""
 
@@ -221,19 +228,23 @@ class _SelfAttention(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias):
+    def __call__(self, h_BxLxD, attention_bias, queries_BxQxD):
+        """Attention of the `queries` rows (all of `h`, or a few of them) over every row of h."""
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_attention_heads
 
-        def heads(name):
-            x = _dense(cfg.hidden_size, self.dtype, name)(h)
-            return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim)
+        def heads(name, x_BxTxD):
+            # [B, H, T, d]: heads-major, so both attention products are plain batched matmuls
+            # (the token-major layout made XLA:CPU transpose inside them; about 15% slower).
+            x = _dense(cfg.hidden_size, self.dtype, name)(x_BxTxD)
+            return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim).swapaxes(1, 2)
 
-        q, k, v = heads("query"), heads("key"), heads("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        q = heads("query", queries_BxQxD)
+        k, v = heads("key", h_BxLxD), heads("value", h_BxLxD)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores * head_dim**-0.5 + attention_bias, axis=-1)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-        return context.reshape(*h.shape[:-1], cfg.hidden_size)
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v).swapaxes(1, 2)
+        return context.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
 
 
 class _Attention(nn.Module):
@@ -241,9 +252,9 @@ class _Attention(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias):
-        context = _SelfAttention(self.config, self.dtype, name="self")(h, attention_bias)
-        return _Output(self.config, self.dtype, name="output")(context, h)
+    def __call__(self, h, attention_bias, queries):
+        context = _SelfAttention(self.config, self.dtype, name="self")(h, attention_bias, queries)
+        return _Output(self.config, self.dtype, name="output")(context, queries)
 
 
 class _Intermediate(nn.Module):
@@ -256,15 +267,18 @@ class _Intermediate(nn.Module):
 
 
 class _Layer(nn.Module):
-    """One post-LayerNorm transformer layer."""
+    """One post-LayerNorm transformer layer; with `output_rows`, only those rows' outputs."""
 
     config: EncoderConfig
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias):
+    def __call__(self, h, attention_bias, output_rows=None):
         cfg = self.config
-        h = _Attention(cfg, self.dtype, name="attention")(h, attention_bias)
+        # Every row is still a key and a value; only the queries, the residual and the
+        # feed-forward shrink to the rows asked for.
+        queries = h if output_rows is None else gather_rows(h, output_rows)
+        h = _Attention(cfg, self.dtype, name="attention")(h, attention_bias, queries)
         z = _Intermediate(cfg, self.dtype, name="intermediate")(h)
         return _Output(cfg, self.dtype, cfg.adapter_size, name="output")(z, h)
 
@@ -276,10 +290,12 @@ class _LayerStack(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias):
+    def __call__(self, h, attention_bias, output_rows=None):
         layer_cls = nn.remat(_Layer) if self.config.remat else _Layer
+        last = self.config.num_hidden_layers - 1
         for i in range(self.config.num_hidden_layers):
-            h = layer_cls(self.config, self.dtype, name=str(i))(h, attention_bias)
+            h = layer_cls(self.config, self.dtype, name=str(i))(
+                h, attention_bias, output_rows if i == last else None)
         return h
 
 
@@ -290,8 +306,8 @@ class _TransformerEncoder(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias):
-        return _LayerStack(self.config, self.dtype, name="layer")(h, attention_bias)
+    def __call__(self, h, attention_bias, output_rows=None):
+        return _LayerStack(self.config, self.dtype, name="layer")(h, attention_bias, output_rows)
 
 
 class Encoder(nn.Module):
@@ -307,7 +323,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None,
-                 position_ids=None, inputs_embeds=None) -> jax.Array:
+                 position_ids=None, inputs_embeds=None, output_rows=None) -> jax.Array:
         """Encodes a batch.
 
         Args:
@@ -318,9 +334,14 @@ class Encoder(nn.Module):
                 `cumsum(ids != pad) * (ids != pad) + pad`, from `inputs_embeds` `pad+1 .. pad+L`;
                 BERT `0 .. L-1`.
             inputs_embeds: `[B, L, D]` word embeddings to use instead of looking up `input_ids`.
+            output_rows: `[B, R]` positions; when given, only these rows of the last layer are
+                computed and returned (the same numbers as `h[b, output_rows[b]]` of the full
+                output). A caller that reads a few states (the mask's, the first token's) saves
+                most of the last layer: 13% of a 6-layer model's forward.
 
         Returns:
-            `[B, L, D]` last-layer hidden states in `self.dtype`.
+            `[B, L, D]` last-layer hidden states in `self.dtype`, or `[B, R, D]` with
+            `output_rows`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
@@ -336,7 +357,8 @@ class Encoder(nn.Module):
         # [B, 1, 1, L]: the fp32 minimum as Hugging Face uses, since scores are fp32.
         attention_bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0,
                                    0.0, jnp.finfo(jnp.float32).min)
-        h = _TransformerEncoder(self.config, self.dtype, name="encoder")(h, attention_bias)
+        h = _TransformerEncoder(self.config, self.dtype, name="encoder")(
+            h, attention_bias, output_rows)
         return h.astype(self.dtype)
 
     def _default_position_ids(self, input_ids, shape):

@@ -83,11 +83,6 @@ class ModelConfig:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
 
 
-def gather_positions(states_BxLxD: jax.Array, positions_B: jax.Array) -> jax.Array:
-    """`states[b, positions[b]]` for every row b."""
-    return jnp.take_along_axis(states_BxLxD, positions_B[:, None, None], axis=1)[:, 0]
-
-
 class PromptGenerator(nn.Module):
     """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
 
@@ -250,10 +245,13 @@ class InfoPromptModel(nn.Module):
 
     def unprompted_pass(self, batch: Batch) -> dict[str, jax.Array]:
         """Step 1: P_src = H0[<s>], Z0 = H0[<mask>]; nothing is differentiated through it."""
-        h0_BxLxD = jax.lax.stop_gradient(self._encode(
+        # Only the two rows read are computed in the last layer.
+        rows_Bx2 = jnp.stack([jnp.zeros_like(batch["plain_mask_position"]),
+                              batch["plain_mask_position"]], axis=1)
+        h0_Bx2xD = jax.lax.stop_gradient(self._encode(
             input_ids=batch["plain_input_ids"], attention_mask=batch["plain_attention_mask"],
-            token_type_ids=batch["plain_token_type_ids"]))
-        return {"source": h0_BxLxD[:, 0], "z0": gather_positions(h0_BxLxD, batch["plain_mask_position"])}
+            token_type_ids=batch["plain_token_type_ids"], output_rows=rows_Bx2))
+        return {"source": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
 
     def prompts(self, batch: Batch, source_BxD: jax.Array | None) -> jax.Array:
         """Step 2: the n_p prompt vectors of each example, `[B, n_p, D]`."""
@@ -269,10 +267,10 @@ class InfoPromptModel(nn.Module):
         embeds_BxLxD = self.word_embeddings(batch["input_ids"])
         rows_Bx1 = jnp.arange(embeds_BxLxD.shape[0])[:, None]
         embeds_BxLxD = embeds_BxLxD.at[rows_Bx1, batch["prompt_positions"]].set(prompts_BxNxD)
-        h_BxLxD = self._encode(
+        h_Bx1xD = self._encode(
             inputs_embeds=embeds_BxLxD.astype(self.dtype), attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"])
-        return gather_positions(h_BxLxD, batch["mask_position"])
+            token_type_ids=batch["token_type_ids"], output_rows=batch["mask_position"][:, None])
+        return h_Bx1xD[:, 0]
 
     def __call__(self, batch: Batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         """The forward pass.

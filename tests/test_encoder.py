@@ -92,6 +92,31 @@ def test_bert_parity(ckpts, inputs_embeds):
                   inputs_embeds, token_type_ids=TOKEN_TYPES)
 
 
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_output_rows_are_the_full_outputs_rows(ckpts, remat):
+    # The last layer computed for a few rows only (the mask's and <s>'s, as the model reads
+    # them) must give those rows of the full output, and the same gradients to the inputs.
+    encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0], remat=remat)
+    rows = jnp.asarray([[0, 5, 5], [3, 0, 2]])  # Row 1 includes a position next to its padding.
+    embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
+
+    def encode(embeds, output_rows=None):
+        return encoder.apply({"params": params}, inputs_embeds=embeds, attention_mask=MASK,
+                             output_rows=output_rows)
+
+    full = encode(embeds)
+    picked = encode(embeds, rows)
+    assert picked.shape == (2, 3, 32)
+    expected = np.take_along_axis(np.asarray(full), np.asarray(rows)[..., None], axis=1)
+    np.testing.assert_allclose(picked, expected, rtol=0, atol=2e-6)
+    weights = jax.random.normal(jax.random.PRNGKey(0), picked.shape)
+    grad_picked = jax.grad(lambda e: jnp.sum(encode(e, rows) * weights))(embeds)
+    grad_full = jax.grad(lambda e: jnp.sum(enc_lib.gather_rows(encode(e), rows) * weights))(embeds)
+    scale = float(jnp.abs(grad_full).max())
+    assert scale > 1.0  # The comparison is not of zeros.
+    np.testing.assert_allclose(grad_picked, grad_full, rtol=0, atol=1e-6 * scale)
+
+
 def test_explicit_position_ids_from_mask(ckpts):
     # With trailing padding, `ids != pad` is the mask, so explicit mask positions on the
     # embeddings path must reproduce the `input_ids` path (which is what the prompted pass needs).

@@ -128,8 +128,11 @@ def test_each_method_changes_only_its_parameters(tiny_roberta_dir, method):
 def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
     adapter = build(tiny_roberta_dir, "adapter")
     plain = build(tiny_roberta_dir, "finetune")
-    np.testing.assert_array_equal(adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
-                                  plain[3](plain[0].trainable, plain[1], plain[4]))
+    # Equal up to float rounding: XLA may fuse the adapter's exact zero into another kernel and
+    # reassociate the sums around it.
+    np.testing.assert_allclose(adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
+                               plain[3](plain[0].trainable, plain[1], plain[4]),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
