@@ -18,8 +18,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.variant = "paper"
     # Seed of the parameter init, the data order, the few-shot subset and the critics' sampling.
     config.seed = 0
-    # Fixed sequence length of every batch (one compilation); text is truncated to fit.
+    # Longest sequence: text is truncated to fit (never a prompt slot, the mask or a special).
     config.max_len = 128
+    # Shorter lengths a batch is cut to when its rows fit (only padding is cut): each length,
+    # and max_len, compiles the steps once. () keeps every batch at max_len.
+    config.length_buckets = (32, 64)
     # Precompute the unprompted pass once per example (the encoder is frozen and deterministic).
     config.cache_unprompted = False
     # Save the prompt of the first example every this many steps (0: never); for the landscape.
@@ -122,6 +125,7 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     if variant == "tiny":
         # Seconds on a CPU: for tests and smoke runs (the model is still whatever model.name is).
         config.max_len = 32
+        config.length_buckets = (16,)
         config.train.num_epochs = 2
         config.train.batch_size = 4
         config.train.eval_batch_size = 8

@@ -83,6 +83,21 @@ class ModelConfig:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
 
 
+def sample_positions(key: jax.Array, allowed_BxL: jax.Array, count: int) -> jax.Array:
+    """`[B, count]` positions drawn uniformly, with replacement, from each row's allowed ones.
+
+    Draw j of row b is the `floor(u * n_b)`-th allowed position of the row, `u ~ U[0, 1)` of
+    shape `[B, count]`: the random numbers do not depend on the row length L, so a batch cut to
+    a shorter length bucket (only padding removed) draws the same positions.
+    """
+    allowed_BxL = allowed_BxL.astype(jnp.int32)
+    cumulative_BxL = jnp.cumsum(allowed_BxL, axis=1)
+    uniform_BxN = jax.random.uniform(key, (allowed_BxL.shape[0], count))
+    ranks_BxN = jnp.floor(uniform_BxN * cumulative_BxL[:, -1:]).astype(jnp.int32)
+    # The rank-r allowed position is the first whose running count exceeds r.
+    return jnp.argmax(cumulative_BxL[:, None, :] > ranks_BxN[:, :, None], axis=-1)
+
+
 class PromptGenerator(nn.Module):
     """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
 
@@ -325,10 +340,7 @@ class InfoPromptModel(nn.Module):
             scores_BxK = self.head_critic(candidates, theta_D)
             valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
             return losses.info_nce(jnp.where(valid_BxK, scores_BxK, -1e30))
-        num_negatives = self.config.num_candidates - 1
-        choice_logits_BxL = jnp.where(context_BxL, 0.0, -jnp.inf)
-        positions_BxN = jax.random.categorical(
-            key, choice_logits_BxL[:, None, :], shape=(context_BxL.shape[0], num_negatives))
+        positions_BxN = sample_positions(key, context_BxL, self.config.num_candidates - 1)
         token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
         negatives_BxNxD = self.word_embeddings(token_ids_BxN)
         candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)

@@ -30,6 +30,7 @@ from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import partition
+from infoprompt_jax import sharding
 from infoprompt_jax import steps
 from infoprompt_jax import tasks as tasks_lib
 from infoprompt_jax import templates
@@ -165,6 +166,7 @@ class InfoPromptClassifier:
         self._frozen = jax.device_put(frozen)
         # The training loop's own eval step: `apply` without an rng gives the logits.
         self._logits_fn = jax.jit(functools.partial(steps.eval_step, model=components.model))
+        self._mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
 
     @classmethod
     def load(cls, export_dir: str | pathlib.Path,
@@ -226,11 +228,10 @@ class InfoPromptClassifier:
         if not fields:
             return np.zeros((0, len(self.label_names)), np.float32)
         arrays = self.components.template_tokenizer.encode_batch(fields)
-        padded, count = train.pad_to_multiple(arrays, batch_size)
-        logits = [self._logits_fn(self._trainable, self._frozen,
-                                  {k: v[start:start + batch_size] for k, v in padded.items()})
-                  for start in range(0, len(padded["input_ids"]), batch_size)]
-        return np.concatenate([np.asarray(x) for x in logits])[:count]
+        # Batched as the training loop evaluates: shortest first, cut to the run's buckets.
+        return train.predict_logits(self._logits_fn, self._trainable, self._frozen, arrays,
+                                    batch_size, self._mesh,
+                                    train.run_lengths(self.components.config))
 
     def as_fields(self, inputs: Sequence[Input]) -> list[dict[str, str]]:
         """The inputs as dicts of template fields; errors name the input at fault."""

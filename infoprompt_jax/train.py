@@ -9,7 +9,7 @@ import functools
 import json
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from etils import epath
@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from infoprompt_jax import checkpointing
+from infoprompt_jax import length_buckets
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metric_logging
 from infoprompt_jax import metrics as metrics_lib
@@ -37,18 +38,29 @@ def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np
 
 
 def device_batch(
-    arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh
+    arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh, lengths: Sequence[int] = ()
 ) -> dict[str, jax.Array]:
     """The global batch `arrays[indices]` as arrays sharded over the mesh.
 
     Each process contributes only its own rows, so on a pod every host reads its share.
+
+    Args:
+        arrays: host arrays of every example (each process holds them all).
+        indices: `[B]` rows of the global batch.
+        mesh: the device mesh.
+        lengths: the bucket lengths (`length_buckets.bucket_lengths`); the batch is cut to the
+            shortest that holds its rows, decided from the global batch so that every process
+            cuts alike. Empty: no cut.
     """
+    rows = {name: value[indices] for name, value in arrays.items()}
+    if len(lengths):
+        rows = length_buckets.cut(rows, length_buckets.batch_length(rows, lengths))
     per_process = len(indices) // jax.process_count()
-    local = indices[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+    local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     batch_sharding = sharding.batch_sharding(mesh)
     return {
         name: jax.make_array_from_process_local_data(batch_sharding, value[local])
-        for name, value in arrays.items()
+        for name, value in rows.items()
     }
 
 
@@ -60,6 +72,32 @@ def pad_to_multiple(arrays: Arrays, multiple: int) -> tuple[Arrays, int]:
     return {name: value[rows] for name, value in arrays.items()}, count
 
 
+def map_in_batches(
+    fn: Callable[[dict[str, jax.Array]], Any],
+    arrays: Arrays,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    lengths: Sequence[int] = (),
+) -> Any:
+    """`fn(batch)` over every row of `arrays`, `batch_size` rows at a time; outputs in row order.
+
+    With bucket `lengths`, rows are batched shortest first, so that most batches fit a short
+    bucket; the outputs are put back in the rows' order.
+
+    Returns:
+        `fn`'s output pytree with `[N, ...]` numpy leaves.
+    """
+    count = len(arrays["input_ids"])
+    order = length_buckets.order_by_length(arrays) if len(lengths) > 1 else np.arange(count)
+    padded, _ = pad_to_multiple({name: value[order] for name, value in arrays.items()}, batch_size)
+    outputs = [  # Dispatched all before any is fetched, so the host never waits in between.
+        fn(device_batch(padded, np.arange(start, start + batch_size), mesh, lengths))
+        for start in range(0, len(padded["input_ids"]), batch_size)
+    ]
+    in_order = np.argsort(order)
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:count][in_order], *jax.device_get(outputs))
+
+
 def predict_logits(
     eval_fn: Callable,
     trainable: Any,
@@ -67,28 +105,32 @@ def predict_logits(
     arrays: Arrays,
     batch_size: int,
     mesh: jax.sharding.Mesh,
+    lengths: Sequence[int] = (),
 ) -> np.ndarray:
     """Logits `[N, C]` of every row of `arrays`, in order."""
-    padded, count = pad_to_multiple(arrays, batch_size)
-    outputs = []
-    for start in range(0, len(padded["input_ids"]), batch_size):
-        batch = device_batch(padded, np.arange(start, start + batch_size), mesh)
-        outputs.append(eval_fn(trainable, frozen, batch))
-    return np.concatenate([np.asarray(x) for x in outputs])[:count]
+    return map_in_batches(functools.partial(eval_fn, trainable, frozen), arrays, batch_size,
+                          mesh, lengths)
+
+
+def run_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The bucket lengths of a run's batches (`config.length_buckets`, then `max_len`)."""
+    # Configs written before length buckets existed have none: every batch at max_len.
+    return length_buckets.bucket_lengths(config.max_len, config.get("length_buckets", ()))
 
 
 def evaluate(
     eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays, mesh
 ) -> dict[str, float]:
     """The task's dev metrics, as `eval_<name>` keys."""
-    logits = predict_logits(
-        eval_fn, trainable, frozen, arrays, comps.config.train.eval_batch_size, mesh
-    )
+    config = comps.config
+    logits = predict_logits(eval_fn, trainable, frozen, arrays, config.train.eval_batch_size,
+                            mesh, run_lengths(config))
     scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
-def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh) -> Arrays:
+def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh,
+                          lengths: Sequence[int] = ()) -> Arrays:
     """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
 
     The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
@@ -98,16 +140,9 @@ def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh) 
         functools.partial(steps.unprompted_step, model=model),
         out_shardings=sharding.replicated(mesh),
     )
-    padded, count = pad_to_multiple(arrays, batch_size)
-    outputs = [
-        unprompted(frozen, device_batch(padded, np.arange(i, i + batch_size), mesh))
-        for i in range(0, len(padded["input_ids"]), batch_size)
-    ]
-    cached = {
-        f"cached_{name}": np.concatenate([np.asarray(o[name]) for o in outputs])[:count]
-        for name in ("source", "z0")
-    }
-    return {**arrays, **cached}
+    outputs = map_in_batches(functools.partial(unprompted, frozen), arrays, batch_size, mesh,
+                             lengths)
+    return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
 
 
 class PromptTrajectory:
@@ -214,10 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.truncate_after(record["step"])
     if jax.process_index() == 0:
         (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+    lengths = run_lengths(config)
     if config.cache_unprompted and comps.method.model.prompt_source == "generator":
-        train_arrays = cache_unprompted_pass(comps.model, frozen, train_arrays, batch_size, mesh)
+        train_arrays = cache_unprompted_pass(
+            comps.model, frozen, train_arrays, batch_size, mesh, lengths
+        )
         dev_arrays = cache_unprompted_pass(
-            comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh
+            comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
     train_fn, eval_fn = steps.compile_steps(
         comps.model, optimizer, comps.method.weights, mesh, state, frozen
@@ -238,7 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, steps_per_epoch)
         indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
-        state, step_metrics = train_fn(state, frozen, device_batch(train_arrays, indices, mesh))
+        batch = device_batch(train_arrays, indices, mesh, lengths)
+        state, step_metrics = train_fn(state, frozen, batch)
         interval_metrics.append(step_metrics)
         done = step + 1
         trajectory.maybe_record(done, state.trainable, frozen)
