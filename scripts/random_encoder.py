@@ -1,0 +1,66 @@
+"""Writes a randomly initialised Hugging Face encoder checkpoint of a published shape.
+
+For benchmarks where the real weights cannot be downloaded (speed and memory depend on the shape
+only):
+
+    python scripts/random_encoder.py --shape=roberta-large --output=/tmp/roberta_large_random
+    python -m infoprompt_jax.bench --config=configs/sst2.py \
+        --config.model.name=/tmp/roberta_large_random --batch_size=32 --seq_len=128
+
+The checkpoint is a `RobertaForMaskedLM` (so the head keeps its MLM transform, as roberta-large's
+does) saved as `model.safetensors`, with the tokenizer files copied from `--tokenizer_dir`
+(default: the real RoBERTa tokenizer in `../shared/data/roberta_tokenizer`). Needs torch and
+transformers (`pip install -e ".[test]"`).
+"""
+
+import argparse
+import pathlib
+import shutil
+
+# The published configs' shapes (config.json of the Hugging Face hub repositories).
+SHAPES = {
+    "roberta-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072),
+    "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096),
+}
+ROBERTA_COMMON = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                      pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+DEFAULT_TOKENIZER = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
+
+
+def write_checkpoint(shape: str, output: pathlib.Path, tokenizer_dir: pathlib.Path,
+                     seed: int = 0) -> None:
+    """Saves a random `shape` RobertaForMaskedLM and its tokenizer files to `output`."""
+    import torch
+    import transformers
+
+    if shape not in SHAPES:
+        raise ValueError(f"--shape={shape!r}; known shapes: {sorted(SHAPES)}.")
+    if not (tokenizer_dir / "vocab.json").is_file():
+        raise FileNotFoundError(f"{tokenizer_dir} has no vocab.json: pass --tokenizer_dir=DIR "
+                                "with a RoBERTa tokenizer (vocab.json, merges.txt).")
+    torch.manual_seed(seed)
+    config = transformers.RobertaConfig(**ROBERTA_COMMON, **SHAPES[shape])
+    model = transformers.RobertaForMaskedLM(config).eval()
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, output / name)
+    count = sum(p.numel() for p in model.roberta.parameters())
+    print(f"Wrote a random {shape} ({count / 1e6:.1f}M encoder parameters) to {output}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="roberta-large", choices=sorted(SHAPES))
+    parser.add_argument("--output", required=True, type=pathlib.Path)
+    parser.add_argument("--tokenizer_dir", default=DEFAULT_TOKENIZER, type=pathlib.Path)
+    parser.add_argument("--seed", default=0, type=int)
+    args = parser.parse_args()
+    write_checkpoint(args.shape, args.output, args.tokenizer_dir, args.seed)
+
+
+if __name__ == "__main__":
+    main()
