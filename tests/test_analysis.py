@@ -292,7 +292,21 @@ def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys
         np.testing.assert_allclose([saved[name][2, 1], saved[name][0, 3]], values[name],
                                    rtol=RTOL)
         np.testing.assert_array_equal(result[name], saved[name])
-    assert "landscape.npz" in capsys.readouterr().out
+        assert float(saved[f"{name}_roughness"]) == landscape.roughness(saved[name])
+    out = capsys.readouterr().out
+    assert "landscape.npz" in out and "task_loss: min" in out and "roughness" in out
+
+
+def test_roughness_by_hand():
+    a = np.arange(5.0)
+    assert landscape.roughness(a[:, None] * 2 + a[None, :]) == 0.0  # A plane.
+    bowl = a[:, None] ** 2 + a[None, :] ** 2  # Laplacian 4 everywhere, range 32.
+    assert landscape.roughness(bowl) == 4 / 32
+    # Scale-free: the same shape at 100 times the loss scale is exactly as rough.
+    assert landscape.roughness(100 * bowl + 7) == landscape.roughness(bowl)
+    checkers = np.indices((5, 5)).sum(axis=0) % 2.0  # Every interior |Laplacian| is 4, range 1.
+    assert landscape.roughness(checkers) == 4.0
+    assert landscape.roughness(np.ones((3, 3))) == 0.0
 
 
 def test_landscape_needs_one_prompt_token(tmp_path):

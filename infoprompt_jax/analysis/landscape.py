@@ -252,7 +252,24 @@ def compute(workdir: str, grid_size: int = 21, radius: float | None = None,
                            jax.random.PRNGKey(seed), points_per_batch)
     result.update(a=coords, b=coords, radius=np.float32(radius),
                   num_examples=np.int32(len(arrays["label"])), **losses)
+    for name, loss in losses.items():
+        result[f"{name}_roughness"] = np.float64(roughness(loss))
     return result
+
+
+def roughness(loss_GxG: np.ndarray) -> float:
+    """How rugged a surface is: mean |discrete Laplacian| over interior points, over its range.
+
+    Dividing by the range (max - min) makes surfaces of different scales comparable on the same
+    grid: a plane scores 0, a checkerboard that swings between its extremes from point to
+    point scores 4, the most possible. The paper's claim that the representation loss is smoother than the task
+    loss reads as a lower roughness.
+    """
+    loss_GxG = np.asarray(loss_GxG, np.float64)
+    laplacian = (loss_GxG[2:, 1:-1] + loss_GxG[:-2, 1:-1] + loss_GxG[1:-1, 2:]
+                 + loss_GxG[1:-1, :-2] - 4 * loss_GxG[1:-1, 1:-1])
+    spread = loss_GxG.max() - loss_GxG.min()
+    return float(np.abs(laplacian).mean() / spread) if spread > 0 else 0.0
 
 
 def write(result: dict[str, np.ndarray], output: pathlib.Path) -> list[pathlib.Path]:
@@ -301,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     paths = write(result, output)
     print(f"Wrote {output / 'landscape.npz'} and {', '.join(str(p) for p in paths)} "
           f"(radius {float(result['radius']):.4g}, {int(result['num_examples'])} examples).")
+    for name in LOSS_TITLES:
+        if name in result:
+            loss = result[name]
+            print(f"{name}: min {loss.min():.4f}, max {loss.max():.4f}, roughness "
+                  f"{float(result[name + '_roughness']):.4f} (mean |Laplacian| / range)")
     return result
 
 
