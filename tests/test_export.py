@@ -245,3 +245,42 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
     plain.write_text("a\tb\nno tab here\n")
     with pytest.raises(ValueError, match=r"pairs.txt line 2: found 1 tab-separated"):
         predict.read_inputs(plain, rte, fields)
+
+
+@pytest.mark.parametrize("method, trained_prefixes", [
+    ("idpg", {"prompt_generator/", "task_head/"}),
+    ("warp", {"prompt", "task_head/"}),
+    ("adapter", {"encoder/", "task_head/"}),
+    ("finetune", {"encoder/", "task_head/"}),
+])
+def test_every_method_exports_and_predicts_as_its_training_eval(
+        method, trained_prefixes, tiny_roberta_dir, tmp_path):
+    data_dir = tmp_path / "sst2"
+    data_dir.mkdir()
+    write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(16))
+    write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir, method)
+    config.data.dir = str(data_dir)
+    config.train.num_epochs = 1
+    eval_logits, predict_logits = [], train.predict_logits
+
+    def recording_predict_logits(*args):
+        eval_logits.append(predict_logits(*args))
+        return eval_logits[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "predict_logits", recording_predict_logits)
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    output = export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "export"))
+    tensors = safetensors.numpy.load_file(str(output / "params.safetensors"))
+    assert not [name for name in tensors if not name.startswith(tuple(trained_prefixes))]
+    for prefix in trained_prefixes:
+        assert any(name.startswith(prefix) for name in tensors), (prefix, sorted(tensors))
+    if method == "adapter":  # The adapters, not the frozen encoder weights around them.
+        assert all("/adapter/" in name for name in tensors if name.startswith("encoder/"))
+    classifier = predict.InfoPromptClassifier.load(output)
+    sentences, _ = zip(*dev_rows(data_dir))
+    logits = classifier.predict_logits(list(sentences), batch_size=4)
+    np.testing.assert_array_equal(logits.argmax(-1), eval_logits[-1].argmax(-1))
+    np.testing.assert_allclose(predict.softmax(logits), predict.softmax(eval_logits[-1]),
+                               rtol=1e-5)
