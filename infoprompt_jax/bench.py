@@ -194,7 +194,7 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
     optimizer = make_optimizer(config, comps.method.peak_lr, warmup_steps + num_steps)
     state, frozen = train.build_state(comps, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
-    if uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
+    if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
     batch = train.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
@@ -229,11 +229,6 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
         "final_loss": loss,
     }
     return results, initial_trainable, arrays
-
-
-def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
-    """Whether training precomputes the unprompted pass (`train.train_and_evaluate`'s rule)."""
-    return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
 
 
 def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int) -> dict[str, Any]:
@@ -301,7 +296,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
         device_kind=devices[0].device_kind, device_count=len(devices), batch_size=batch_size,
         seq_len=seq_len, num_prompt_tokens=comps.method.model.num_prompt_tokens,
         dtype=comps.config.model.dtype, method=comps.method.name, steps=num_steps,
-        cache_unprompted=uses_cached_unprompted_pass(comps),
+        cache_unprompted=train.uses_cached_unprompted_pass(comps),
         jax_version=jax.__version__, host_load_1m=load_1m)
     if compare_torch:
         results.update(benchmark_torch(comps, arrays, initial_trainable, warmup_steps, num_steps,

@@ -145,6 +145,11 @@ def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh,
     return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
 
 
+def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
+    """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
+    return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
+
+
 class PromptTrajectory:
     """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
     with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
@@ -250,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
     lengths = run_lengths(config)
-    if config.cache_unprompted and comps.method.model.prompt_source == "generator":
+    if uses_cached_unprompted_pass(comps):
         train_arrays = cache_unprompted_pass(
             comps.model, frozen, train_arrays, batch_size, mesh, lengths
         )

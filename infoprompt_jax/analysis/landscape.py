@@ -262,8 +262,8 @@ def roughness(loss_GxG: np.ndarray) -> float:
 
     Dividing by the range (max - min) makes surfaces of different scales comparable on the same
     grid: a plane scores 0, a checkerboard that swings between its extremes from point to
-    point scores 4, the most possible. The paper's claim that the representation loss is smoother than the task
-    loss reads as a lower roughness.
+    point scores 4, the most possible. The paper's claim that the representation loss is
+    smoother than the task loss reads as a lower roughness.
     """
     loss_GxG = np.asarray(loss_GxG, np.float64)
     laplacian = (loss_GxG[2:, 1:-1] + loss_GxG[:-2, 1:-1] + loss_GxG[1:-1, 2:]
