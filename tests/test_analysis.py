@@ -28,15 +28,6 @@ RTOL = 1e-5
 BATCH = 8
 
 
-def write_sst2(directory, train_count=16, dev_count=12):
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, count in (("train.tsv", train_count), ("dev.tsv", dev_count)):
-        examples = sentiment_fixture.examples(count)
-        rows = [f"{ex.fields['sentence']}\t{ex.label}\n" for ex in examples]
-        (directory / name).write_text("sentence\tlabel\n" + "".join(rows))
-    return directory
-
-
 def train_run(model_dir, data_dir, workdir, method):
     config = sentiment_fixture.tiny_config(model_dir, method)
     config.data.dir = str(data_dir)
@@ -50,7 +41,7 @@ def train_run(model_dir, data_dir, workdir, method):
 
 @pytest.fixture(scope="module")
 def sst2_dir(tmp_path_factory):
-    return write_sst2(tmp_path_factory.mktemp("sst2"))
+    return sentiment_fixture.write_sst2(tmp_path_factory.mktemp("sst2"), 16, 12)
 
 
 @pytest.fixture(scope="module")

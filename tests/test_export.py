@@ -1,7 +1,7 @@
 """Tests of export and prediction: a trained run, exported and reloaded, predicts as in training."""
 
+import contextlib
 import json
-import pathlib
 import shutil
 
 from absl import flags
@@ -35,10 +35,19 @@ def run_command_line(module, *args: str) -> None:
     module.main(flag_values([module.__name__, *args]), holders)
 
 
-def write_sst2_tsv(path: pathlib.Path, examples) -> None:
-    """A GLUE-format SST-2 file (with GLUE's space before the tab)."""
-    rows = [f"{ex.fields['sentence']} \t{ex.label}" for ex in examples]
-    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+@contextlib.contextmanager
+def recorded_eval_logits():
+    """Yields a list that collects every `train.predict_logits` result while the block runs:
+    the training loop's own dev evaluations, the reference an export must reproduce."""
+    logits, predict_logits = [], train.predict_logits
+
+    def recording_predict_logits(*args):
+        logits.append(predict_logits(*args))
+        return logits[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "predict_logits", recording_predict_logits)
+        yield logits
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +62,19 @@ def trained(tiny_roberta_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data_dir = root / "sst2"
     data_dir.mkdir()
-    write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(24))
-    write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    sentiment_fixture.write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(24))
+    sentiment_fixture.write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(data_dir)
     workdir = root / "workdir"
-    saved, eval_logits = {}, []
-    save, predict_logits = checkpointing.save, train.predict_logits
+    saved, save = {}, checkpointing.save
 
     def recording_save(manager, step, state, record):
         saved[step] = jax.tree.map(np.array, jax.device_get(state.trainable))
         save(manager, step, state, record)
 
-    def recording_predict_logits(*args):
-        eval_logits.append(predict_logits(*args))
-        return eval_logits[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
+    with recorded_eval_logits() as eval_logits, pytest.MonkeyPatch.context() as patch:
         patch.setattr(checkpointing, "save", recording_save)
-        patch.setattr(train, "predict_logits", recording_predict_logits)
         train.train_and_evaluate(config, str(workdir))
     assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
         "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
@@ -257,19 +260,12 @@ def test_every_method_exports_and_predicts_as_its_training_eval(
         method, trained_prefixes, tiny_roberta_dir, tmp_path):
     data_dir = tmp_path / "sst2"
     data_dir.mkdir()
-    write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(16))
-    write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    sentiment_fixture.write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(16))
+    sentiment_fixture.write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
     config = sentiment_fixture.tiny_config(tiny_roberta_dir, method)
     config.data.dir = str(data_dir)
     config.train.num_epochs = 1
-    eval_logits, predict_logits = [], train.predict_logits
-
-    def recording_predict_logits(*args):
-        eval_logits.append(predict_logits(*args))
-        return eval_logits[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "predict_logits", recording_predict_logits)
+    with recorded_eval_logits() as eval_logits:
         train.train_and_evaluate(config, str(tmp_path / "run"))
     output = export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "export"))
     tensors = safetensors.numpy.load_file(str(output / "params.safetensors"))

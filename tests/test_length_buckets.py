@@ -67,12 +67,7 @@ def test_map_in_batches_returns_rows_in_order_and_cuts_each_batch():
 
 @pytest.fixture(scope="module")
 def sst2_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("sst2")
-    for split, count in (("train", 24), ("dev", 12)):
-        rows = [f"{ex.fields['sentence']}\t{ex.label}"
-                for ex in sentiment_fixture.examples(count)]
-        (directory / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    return directory
+    return sentiment_fixture.write_sst2(tmp_path_factory.mktemp("sst2"), 24, 12)
 
 
 def run_metrics(model_dir, data_dir, workdir, buckets, cache_unprompted=False) -> list[dict]:

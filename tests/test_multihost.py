@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from test_train import REPO, read_jsonl, write_sst2
+import sentiment_fixture
+from test_train import REPO, read_jsonl
 
 
 def free_port() -> int:
@@ -31,7 +32,7 @@ def environment(devices: int, **extra) -> dict[str, str]:
 
 
 def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp_path):
-    data_dir = write_sst2(tmp_path / "data")
+    data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 32, 16)
     port = free_port()
     workers = [subprocess.Popen(
         command(tiny_roberta_dir, data_dir, tmp_path / "multi"), cwd=REPO,

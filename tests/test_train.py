@@ -67,15 +67,6 @@ def test_methods_resolve_to_their_loss_weights_and_prompts():
         methods.resolve(config, 2, has_mlm_transform=True)
 
 
-def write_sst2(directory: pathlib.Path) -> pathlib.Path:
-    """A tiny SST-2 in GLUE format (header `sentence label`, trailing space before the tab)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", 32), ("dev", 16)):
-        rows = [f"{ex.fields['sentence']} \t{ex.label}" for ex in sentiment_fixture.examples(count)]
-        (directory / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    return directory
-
-
 def main_command(model_dir, data_dir, workdir) -> list[str]:
     return [sys.executable, "-m", "infoprompt_jax.main", "--config=configs/sst2.py:tiny",
             f"--workdir={workdir}", f"--config.model.name={model_dir}",
@@ -115,7 +106,7 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_roberta_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
-    data_dir = write_sst2(root / "data")
+    data_dir = sentiment_fixture.write_sst2(root / "data", 32, 16)
     subprocess.run(main_command(tiny_roberta_dir, data_dir, root / "run"), cwd=REPO,
                    env=single_device_env(), check=True, capture_output=True)
     return data_dir, read_jsonl(root / "run" / "metrics.jsonl"), json.loads(
