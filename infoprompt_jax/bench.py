@@ -15,10 +15,12 @@ prints ONE JSON line on stdout (progress goes to stderr):
   `PEAK_BF16_TFLOPS` (null elsewhere, e.g. on CPU);
 - `peak_device_mem_mb`: the largest `peak_bytes_in_use` of a local device (null where the
   backend reports no memory stats, e.g. CPU);
-- with `--compare_torch`: `torch_examples_per_s`, `jax_over_torch`, and the PyTorch settings
-  (`torch_reference.py` runs the same step eagerly on the Hugging Face model).
+- with `--compare_torch`: `torch_examples_per_s`, `jax_over_torch`, `torch_peak_device_mem_mb`
+  (on CUDA) and the PyTorch settings (`torch_reference.py` runs the same step eagerly on the
+  Hugging Face model, on the GPU when JAX runs on one).
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -69,6 +71,9 @@ _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time the same step in PyTorch eager (torch_reference.py).")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads for --compare_torch; 0: every core available.")
+_TORCH_DEVICE = flags.DEFINE_string(
+    "torch_device", "", "Torch device for --compare_torch (cpu, cuda, cuda:1); empty: cuda when "
+    "JAX runs on a GPU, else cpu.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sst2.py.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -172,6 +177,63 @@ def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_step
         weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
 
 
+@dataclasses.dataclass
+class CompiledStep:
+    """The train step compiled for one batch, with what it runs on.
+
+    Attributes:
+        compiled: `(state, frozen, batch) -> (state, metrics)`; it donates `state`.
+        state: the initial train state on the mesh.
+        frozen: the frozen params on the mesh.
+        batch: the device batch every step is fed.
+        arrays: the host batch: the input with the cached unprompted pass when the config
+            caches it (what the PyTorch reference must read too).
+        initial_trainable: the initial trainable params on the host.
+        num_devices: devices of the mesh.
+        compile_s: seconds of `lower(...).compile()`.
+    """
+
+    compiled: Any
+    state: Any
+    frozen: Any
+    batch: Any
+    arrays: dict[str, Any]
+    initial_trainable: Any
+    num_devices: int
+    compile_s: float
+
+
+def compile_train_step(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
+                       total_steps: int) -> CompiledStep:
+    """Builds the run's state on a mesh over all devices and compiles its train step (timed).
+
+    Args:
+        comps: the run's components.
+        arrays: the host batch (`synthetic_batch`), fed to every step.
+        total_steps: steps of the optimizer's schedule.
+    """
+    config = comps.config
+    batch_size = len(arrays["label"])
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    sharding.check_batch_size(batch_size, mesh)
+    optimizer = make_optimizer(config, comps.method.peak_lr, total_steps)
+    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
+    if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
+        arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
+    batch = train.device_batch(arrays, np.arange(batch_size), mesh)
+    train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
+                                          state, frozen)
+    progress(f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} "
+             "device(s)")
+    start = time.perf_counter()
+    compiled = train_fn.lower(state, frozen, batch).compile()
+    compile_s = time.perf_counter() - start
+    progress(f"compiled in {compile_s:.1f} s")
+    return CompiledStep(compiled, state, frozen, batch, dict(arrays), initial_trainable,
+                        mesh.devices.size, compile_s)
+
+
 def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
                   warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Compiles and times the train step on a mesh over all devices.
@@ -187,48 +249,33 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
         `arrays` with the cached unprompted pass when `config.cache_unprompted` asks for it).
         The PyTorch reference starts from the same params and batch.
     """
-    config = comps.config
-    batch_size = len(arrays["label"])
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    sharding.check_batch_size(batch_size, mesh)
-    optimizer = make_optimizer(config, comps.method.peak_lr, warmup_steps + num_steps)
-    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
-    initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
-    if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
-        arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
-    batch = train.device_batch(arrays, np.arange(batch_size), mesh)
-    train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
-                                          state, frozen)
-    progress(f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} "
-             "device(s)")
-    start = time.perf_counter()
-    compiled = train_fn.lower(state, frozen, batch).compile()
-    compile_s = time.perf_counter() - start
+    step = compile_train_step(comps, arrays, warmup_steps + num_steps)
+    state = step.state
     history = []  # The first step's metrics are those of the initial params.
 
     def run_step():
         nonlocal state
-        state, metrics = compiled(state, frozen, batch)
+        state, metrics = step.compiled(state, step.frozen, step.batch)
         history.append(jax.block_until_ready((state, metrics))[1])
 
-    progress(f"compiled in {compile_s:.1f} s; {warmup_steps} warm-up + {num_steps} timed steps")
+    progress(f"{warmup_steps} warm-up + {num_steps} timed steps")
     seconds = time_steps(run_step, warmup_steps, num_steps)
     loss = float(history[-1]["loss"])
     if not np.isfinite(loss):
         raise FloatingPointError(f"The benchmarked step's loss is {loss}: the timing is of a "
                                  "diverged run; lower config.optim.lr.")
     # The cost analysis is of the per-device (SPMD-partitioned) program: scale to the whole step.
-    per_device_flops = flops_from_cost_analysis(compiled.cost_analysis())
+    per_device_flops = flops_from_cost_analysis(step.compiled.cost_analysis())
     results = {
-        **timing_summary(seconds, batch_size),
-        "compile_s": compile_s,
+        **timing_summary(seconds, len(arrays["label"])),
+        "compile_s": step.compile_s,
         "flops_per_step": (None if per_device_flops is None
-                           else per_device_flops * mesh.devices.size),
+                           else per_device_flops * step.num_devices),
         "initial_loss": float(history[0]["loss"]),
         "initial_ce": float(history[0]["ce"]),
         "final_loss": loss,
     }
-    return results, initial_trainable, arrays
+    return results, step.initial_trainable, step.arrays
 
 
 def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int) -> dict[str, Any]:
@@ -242,31 +289,58 @@ def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int)
             "mfu": None if peak is None else achieved / (peak * device_count)}
 
 
+def torch_device_for(jax_platform: str, requested: str = "") -> str:
+    """The torch device of the comparison: `requested`, else the GPU when JAX runs on one.
+
+    Raises:
+        RuntimeError: a CUDA device is requested (or implied by JAX on a GPU) that torch cannot
+            use, e.g. a CPU-only torch build.
+    """
+    import torch
+
+    device = requested or ("cuda" if jax_platform == "gpu" else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--compare_torch on {device!r}, but torch {torch.__version__} sees no "
+                           "CUDA device: install a CUDA build of torch, or pass "
+                           "--torch_device=cpu to compare against the CPU.")
+    return device
+
+
 def benchmark_torch(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
                     initial_trainable: Mapping[str, Any], warmup_steps: int, num_steps: int,
-                    threads: int) -> dict[str, Any]:
-    """Times `torch_reference.TorchReferenceStep` on the same batch and initial parameters."""
+                    threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Times `torch_reference.TorchReferenceStep` on the same batch and initial parameters.
+
+    Each timed step ends in `.item()` reads of its metrics, which wait for the device.
+    """
     import torch  # Optional dependency: only --compare_torch needs it.
 
     from infoprompt_jax import torch_reference
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable)
-    batch = torch_reference.to_torch(arrays)
+    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable,
+                                                                   device)
+    batch = torch_reference.to_torch(arrays, device)
+    on_cuda = reference.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(reference.device)
     history = []
-    progress(f"PyTorch eager: {warmup_steps} warm-up + {num_steps} timed steps on "
-             f"{torch.get_num_threads()} threads")
+    progress(f"PyTorch eager on {device}: {warmup_steps} warm-up + {num_steps} timed steps"
+             + ("" if on_cuda else f" on {torch.get_num_threads()} threads"))
     seconds = time_steps(lambda: history.append(reference.step(batch)), warmup_steps, num_steps)
     return {**timing_summary(seconds, len(arrays["label"]), prefix="torch_"),
             "torch_initial_loss": history[0]["loss"], "torch_initial_ce": history[0]["ce"],
-            "torch_final_loss": history[-1]["loss"], "torch_threads": torch.get_num_threads(),
+            "torch_final_loss": history[-1]["loss"], "torch_device": device,
+            "torch_threads": torch.get_num_threads(),
+            "torch_peak_device_mem_mb": (torch.cuda.max_memory_allocated(reference.device) / 2 ** 20
+                                         if on_cuda else None),
             "torch_attention": reference.attention_implementation,
             "torch_version": torch.__version__}
 
 
 def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: int,
                   num_steps: int, warmup_steps: int = 3, compare_torch: bool = False,
-                  torch_threads: int = 0) -> dict[str, Any]:
+                  torch_threads: int = 0, torch_device: str = "") -> dict[str, Any]:
     """Benchmarks the config's train step; returns the result line as a dict.
 
     Args:
@@ -277,6 +351,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
         warmup_steps: untimed steps after compilation.
         compare_torch: also time the PyTorch eager reference (`torch_reference.py`).
         torch_threads: PyTorch intra-op threads; 0 uses every core available.
+        torch_device: PyTorch's device; empty: `torch_device_for` JAX's platform.
 
     Returns:
         The result keys of the module docstring.
@@ -299,8 +374,9 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
         cache_unprompted=train.uses_cached_unprompted_pass(comps),
         jax_version=jax.__version__, host_load_1m=load_1m)
     if compare_torch:
+        device = torch_device_for(devices[0].platform, torch_device)
         results.update(benchmark_torch(comps, arrays, initial_trainable, warmup_steps, num_steps,
-                                       torch_threads))
+                                       torch_threads, device))
         results["jax_over_torch"] = results["examples_per_s"] / results["torch_examples_per_s"]
     return results
 
@@ -309,7 +385,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     results = run_benchmark(flags.FLAGS.config, _BATCH_SIZE.value, _SEQ_LEN.value, _STEPS.value,
-                            _WARMUP_STEPS.value, _COMPARE_TORCH.value, _TORCH_THREADS.value)
+                            _WARMUP_STEPS.value, _COMPARE_TORCH.value, _TORCH_THREADS.value,
+                            _TORCH_DEVICE.value)
     print(json.dumps(results), flush=True)
 
 

@@ -38,11 +38,13 @@ from infoprompt_jax import partition
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A host batch as tensors: ids as int64 (PyTorch's index type), cached states as float32."""
+def to_torch(arrays: Mapping[str, np.ndarray],
+             device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A host batch as tensors on `device`: ids as int64 (PyTorch's index type), cached states
+    as float32."""
     return {name: torch.from_numpy(np.asarray(
-        value, np.float32 if np.issubdtype(np.asarray(value).dtype, np.floating) else np.int64))
-        for name, value in arrays.items()}
+        value, np.float32 if np.issubdtype(np.asarray(value).dtype, np.floating) else np.int64)
+    ).to(device) for name, value in arrays.items()}
 
 
 def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None:
@@ -85,6 +87,7 @@ class TorchReferenceStep:
     """The InfoPrompt train step on the Hugging Face encoder, eagerly.
 
     Attributes:
+        device: where the encoder, the parameters and the step's work live.
         encoder: the frozen Hugging Face encoder (`AutoModel`, no pooler).
         params: trainable tensors by Flax path ("prompt_generator/down", ...).
         mlm_transform: frozen head transform tensors by path ("dense/kernel", ...), or empty.
@@ -94,7 +97,7 @@ class TorchReferenceStep:
     def __init__(self, model_dir: str | pathlib.Path, model_config: models.ModelConfig,
                  encoder_config: encoder_lib.EncoderConfig, weights: losses.ObjectiveWeights,
                  trainable: Mapping[str, Any], mlm_transform: Mapping[str, Any] | None,
-                 hyper: Hyperparameters):
+                 hyper: Hyperparameters, device: str | torch.device = "cpu"):
         """Loads the encoder and copies the initial parameters.
 
         Args:
@@ -105,27 +108,31 @@ class TorchReferenceStep:
             trainable: the JAX run's initial trainable params (nested, Flax layouts).
             mlm_transform: the checkpoint's MLM transform params (nested), or None.
             hyper: optimizer and precision settings.
+            device: a torch device ("cpu", "cuda"); the batch must be moved there too
+                (`to_torch(arrays, device)`).
         """
         import transformers  # Heavy import, deferred to where it is needed.
 
         self.model_config, self.encoder_config = model_config, encoder_config
         self.weights, self.hyper = weights, hyper
+        self.device = torch.device(device)
         # No pooler: the step never reads it, and the JAX encoder has none.
         self.encoder = transformers.AutoModel.from_pretrained(
             str(model_dir), add_pooling_layer=False, dtype=torch.float32)
-        self.encoder.eval().requires_grad_(False)
-        self.params = {path: torch.nn.Parameter(_tensor(value))
+        self.encoder.eval().requires_grad_(False).to(self.device)
+        self.params = {path: torch.nn.Parameter(_tensor(value, self.device))
                        for path, value in partition.flatten(trainable).items()}
-        self.mlm_transform = {path: _tensor(value)
+        self.mlm_transform = {path: _tensor(value, self.device)
                               for path, value in partition.flatten(mlm_transform or {}).items()}
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=hyper.lr, betas=(0.9, 0.999),
                                            eps=1e-8, weight_decay=hyper.weight_decay)
-        self.generator = torch.Generator().manual_seed(hyper.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(hyper.seed)
 
     @classmethod
-    def from_components(cls, comps: components_lib.Components,
-                        trainable: Mapping[str, Any]) -> "TorchReferenceStep":
-        """The reference of a JAX run: its checkpoint, method, optimizer and initial params."""
+    def from_components(cls, comps: components_lib.Components, trainable: Mapping[str, Any],
+                        device: str | torch.device = "cpu") -> "TorchReferenceStep":
+        """The reference of a JAX run on `device`: its checkpoint, method, optimizer and initial
+        params."""
         method, config = comps.method, comps.config
         check_supported(method.model, method.adapter_size)
         mlm_transform = comps.mlm_transform if method.model.has_mlm_transform else None
@@ -133,7 +140,7 @@ class TorchReferenceStep:
                                 clip_norm=config.optim.clip_norm, dtype=config.model.dtype,
                                 seed=config.seed)
         return cls(comps.model_dir, method.model, comps.model.encoder_config, method.weights,
-                   trainable, mlm_transform, hyper)
+                   trainable, mlm_transform, hyper, device)
 
     @property
     def attention_implementation(self) -> str:
@@ -149,11 +156,12 @@ class TorchReferenceStep:
         if self.encoder_config.family == "roberta":
             pad = self.encoder_config.pad_token_id
             return torch.cumsum(attention_mask, dim=1) * attention_mask + pad
-        return torch.arange(attention_mask.shape[1]).expand_as(attention_mask)
+        return torch.arange(attention_mask.shape[1], device=self.device).expand_as(attention_mask)
 
     def encode(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         """Last hidden states `[B, L, D]` in float32."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.hyper.dtype == "bfloat16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.hyper.dtype == "bfloat16"):
             hidden = self.encoder(attention_mask=attention_mask,
                                   position_ids=self.position_ids(attention_mask),
                                   **inputs).last_hidden_state
@@ -168,7 +176,7 @@ class TorchReferenceStep:
             h0_BxLxD = self.encode(batch["plain_attention_mask"],
                                    input_ids=batch["plain_input_ids"],
                                    token_type_ids=batch["plain_token_type_ids"])
-        rows_B = torch.arange(h0_BxLxD.shape[0])
+        rows_B = torch.arange(h0_BxLxD.shape[0], device=self.device)
         return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["plain_mask_position"]]
 
     def prompts(self, source_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
@@ -220,10 +228,12 @@ class TorchReferenceStep:
             return z @ p[prefix + "f_mu/kernel"], sigma
 
         mu_BxZ, sigma_BxZ = posterior(z_BxD)
-        positive_BxZ = mu_BxZ + sigma_BxZ * torch.randn(mu_BxZ.shape, generator=self.generator)
+        positive_BxZ = mu_BxZ + sigma_BxZ * torch.randn(mu_BxZ.shape, generator=self.generator,
+                                                        device=self.device)
         mu0_BxZ, sigma0_BxZ = posterior(z0_BxD)
         noise_BxNxZ = torch.randn((mu0_BxZ.shape[0], self.model_config.num_candidates - 1,
-                                   mu0_BxZ.shape[1]), generator=self.generator)
+                                   mu0_BxZ.shape[1]), generator=self.generator,
+                                  device=self.device)
         negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
         candidates_BxKxZ = torch.cat([positive_BxZ[:, None], negatives_BxNxZ], dim=1)
         query_BxZ = prompt_mean_BxD @ p[prefix + "w2"]
@@ -232,7 +242,7 @@ class TorchReferenceStep:
     def terms(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The per-example `ce`, `nce_rep`, `nce_head` `[B]` and `logits` (InfoPromptModel)."""
         cfg = self.model_config
-        rows_B = torch.arange(batch["input_ids"].shape[0])
+        rows_B = torch.arange(batch["input_ids"].shape[0], device=self.device)
         # WARP without the representation critic reads nothing from the unprompted pass.
         needs_plain = cfg.prompt_source == "generator" or cfg.use_representation_critic
         source_BxD, z0_BxD = self.unprompted_pass(batch) if needs_plain else (None, None)
@@ -280,6 +290,6 @@ def info_nce(scores_BxK: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(scores_BxK, dim=-1) - scores_BxK[:, 0]
 
 
-def _tensor(value: Any) -> torch.Tensor:
+def _tensor(value: Any, device: torch.device) -> torch.Tensor:
     # A copy: the JAX host arrays may be read-only views, and the step updates these in place.
-    return torch.tensor(np.array(value, np.float32))
+    return torch.tensor(np.array(value, np.float32), device=device)

@@ -18,7 +18,7 @@ RESULT_KEYS = {
     "examples_per_s", "step_ms_median", "compile_s", "flops_per_step", "achieved_tflops", "mfu",
     "peak_device_mem_mb", "device_kind", "device_count", "batch_size", "seq_len",
     "num_prompt_tokens", "dtype", "method", "torch_examples_per_s", "jax_over_torch",
-    "torch_threads",
+    "torch_threads", "torch_device", "torch_peak_device_mem_mb",
 }
 
 
@@ -64,6 +64,7 @@ def test_result_line_has_every_key_and_cpu_has_no_peak(result):
 
 def test_compare_torch_gives_a_positive_ratio(result):
     assert result["torch_examples_per_s"] > 0 and result["torch_threads"] == 1
+    assert result["torch_device"] == "cpu" and result["torch_peak_device_mem_mb"] is None
     np.testing.assert_allclose(result["jax_over_torch"],
                                result["examples_per_s"] / result["torch_examples_per_s"])
 
@@ -163,3 +164,24 @@ def test_torch_reference_rejects_the_released_variant(comps):
     released = dataclasses.replace(comps.method.model, critic="scaled_dot")
     with pytest.raises(ValueError, match="critic='scaled_dot'"):
         torch_reference.check_supported(released, adapter_size=0)
+
+
+def test_torch_compares_on_the_platform_jax_runs_on():
+    assert bench.torch_device_for("cpu") == "cpu"
+    assert bench.torch_device_for("tpu") == "cpu", "no torch TPU: the host is the comparison"
+    assert bench.torch_device_for("gpu", "cpu") == "cpu", "an explicit device wins"
+    if torch.cuda.is_available():
+        assert bench.torch_device_for("gpu") == "cuda"
+    else:  # CI's CPU-only torch: a GPU comparison must say why it cannot run, not time the CPU.
+        with pytest.raises(RuntimeError, match="sees no CUDA device.*--torch_device=cpu"):
+            bench.torch_device_for("gpu")
+
+
+def test_torch_step_runs_where_its_device_says(comps, batch, trainable):
+    step = torch_reference.TorchReferenceStep.from_components(comps, trainable, device="cpu")
+    tensors = torch_reference.to_torch(batch, step.device)
+    assert step.device == torch.device("cpu") and step.generator.device == step.device
+    assert all(p.device == step.device for p in step.params.values())
+    assert all(t.device == step.device for t in tensors.values())
+    metrics = step.step(tensors)
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
