@@ -35,6 +35,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     # Rematerialise encoder layers in the backward pass (less memory, more compute).
     config.model.remat = False
+    # Attention kernel: "einsum" (two matmuls around an fp32 softmax) or "fused"
+    # (jax.nn.dot_product_attention: cuDNN flash attention on a GPU in bf16, XLA elsewhere).
+    config.model.attention = "einsum"
     # Bottleneck width of the Adapter baseline's adapters (method=adapter only).
     config.model.adapter_size = 64
 

@@ -137,6 +137,10 @@ def build_components(
         raise ValueError(
             f"config.model.dtype={config.model.dtype!r}; choose one of {sorted(DTYPES)}."
         )
+    attention = config.model.get("attention", "einsum")  # Exports made before the option.
+    if attention not in encoder_lib.ATTENTION_KINDS:
+        raise ValueError(f"config.model.attention={attention!r}; choose one of "
+                         f"{encoder_lib.ATTENTION_KINDS} (fused: cuDNN attention on a GPU).")
     model_dir = encoder_lib.resolve_model_dir(config.model.name)
     mlm_transform = encoder_lib.load_mlm_transform(model_dir)
     method = methods.resolve(config, task.num_labels, has_mlm_transform=mlm_transform is not None)
@@ -145,6 +149,7 @@ def build_components(
         DTYPES[config.model.dtype],
         adapter_size=method.adapter_size,
         remat=config.model.remat,
+        attention=attention,
         rng=jax.random.PRNGKey(config.seed),
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))

@@ -36,6 +36,7 @@ _TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_m
 # Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
 _IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
+ATTENTION_KINDS = ("einsum", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,13 @@ class EncoderConfig:
     hidden_act: str = "gelu"  # Exact (erf) gelu, Hugging Face's "gelu"; the only one supported.
     adapter_size: int = 0  # Width of one bottleneck adapter per layer; 0: no adapters.
     remat: bool = False  # Recompute each layer's activations in the backward pass.
+    # "einsum": our two batched matmuls around an fp32 softmax. "fused":
+    # jax.nn.dot_product_attention, cuDNN's flash attention on a GPU (bf16/fp16), XLA elsewhere.
+    attention: str = "einsum"
 
     def __post_init__(self):
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention={self.attention!r}; choose one of {ATTENTION_KINDS}.")
         if self.family not in ("roberta", "bert"):
             raise ValueError(f"family must be 'roberta' or 'bert', got {self.family!r}.")
         if self.hidden_act != "gelu":
@@ -221,6 +227,16 @@ def gather_rows(h_BxLxD: jax.Array, rows_BxR: jax.Array) -> jax.Array:
     return jnp.take_along_axis(h_BxLxD, rows_BxR[..., None], axis=1)
 
 
+def fused_attention_implementation(dtype) -> str:
+    """`jax.nn.dot_product_attention`'s kernel for `attention="fused"`: cuDNN where it runs.
+
+    cuDNN's flash attention needs a CUDA GPU and half-precision inputs; elsewhere (CPU, TPU,
+    float32) XLA's own implementation computes the same function.
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
 class _SelfAttention(nn.Module):
     """Multi-head self-attention with an additive mask; scores and softmax in fp32."""
 
@@ -239,11 +255,34 @@ class _SelfAttention(nn.Module):
             x = _dense(cfg.hidden_size, self.dtype, name)(x_BxTxD)
             return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim).swapaxes(1, 2)
 
+        # cuDNN's kernel needs an even query count: the last layer's few `output_rows` (one or
+        # two, and tiny work) take the einsum path, with the same params.
+        if cfg.attention == "fused" and queries_BxQxD.shape[1] == h_BxLxD.shape[1]:
+            return self._fused(h_BxLxD, attention_bias, queries_BxQxD, head_dim)
         q = heads("query", queries_BxQxD)
         k, v = heads("key", h_BxLxD), heads("value", h_BxLxD)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores * head_dim**-0.5 + attention_bias, axis=-1)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v).swapaxes(1, 2)
+        return context.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
+
+    def _fused(self, h_BxLxD, attention_bias, queries_BxQxD, head_dim):
+        """The same attention through `jax.nn.dot_product_attention` (token-major layout)."""
+        cfg = self.config
+
+        def heads(name, x_BxTxD):
+            x = _dense(cfg.hidden_size, self.dtype, name)(x_BxTxD)
+            return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim)
+
+        q_BxQxHxd = heads("query", queries_BxQxD)
+        k_BxLxHxd, v_BxLxHxd = heads("key", h_BxLxD), heads("value", h_BxLxD)
+        # A boolean mask, so each implementation picks a large negative its dtype holds (the fp32
+        # minimum of `attention_bias` rounds to -inf in bf16). cuDNN wants it as [B, 1, Q, L].
+        batch, num_queries, length = q_BxQxHxd.shape[0], q_BxQxHxd.shape[1], h_BxLxD.shape[1]
+        keep_Bx1xQxL = jnp.broadcast_to(attention_bias == 0, (batch, 1, num_queries, length))
+        context = jax.nn.dot_product_attention(
+            q_BxQxHxd, k_BxLxHxd, v_BxLxHxd, mask=keep_Bx1xQxL, scale=head_dim**-0.5,
+            implementation=fused_attention_implementation(self.dtype))
         return context.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
 
 
@@ -526,7 +565,7 @@ def _init_adapters(encoder: Encoder, rng: jax.Array) -> dict[str, jax.Array]:
 
 
 def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
-                    adapter_size: int = 0, remat: bool = False,
+                    adapter_size: int = 0, remat: bool = False, attention: str = "einsum",
                     rng: jax.Array | None = None) -> tuple[Encoder, dict[str, Any]]:
     """Loads a pretrained RoBERTa / BERT encoder.
 
@@ -535,6 +574,7 @@ def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
         dtype: the encoder's compute dtype (params stay fp32).
         adapter_size: when > 0, adds adapters of this width, freshly initialised.
         remat: recompute layer activations in the backward pass.
+        attention: "einsum" or "fused" (`EncoderConfig.attention`).
         rng: key for the adapters' initialisation; default `PRNGKey(0)`.
 
     Returns:
@@ -546,7 +586,7 @@ def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
     """
     model_dir = resolve_model_dir(name_or_path)
     config = EncoderConfig.from_hf_config(_read_config(model_dir), adapter_size=adapter_size,
-                                          remat=remat)
+                                          remat=remat, attention=attention)
     encoder = Encoder(config, dtype=dtype)
     expected = traverse_util.flatten_dict(jax.eval_shape(
         encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"], sep="/")

@@ -59,9 +59,9 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
-def _check_parity(label, ckpt, ids, inputs_embeds, **extra):
+def _check_parity(label, ckpt, ids, inputs_embeds, attention="einsum", **extra):
     path, model = ckpt
-    encoder, params = enc_lib.load_pretrained(path)
+    encoder, params = enc_lib.load_pretrained(path, attention=attention)
     if inputs_embeds:
         with torch.no_grad():
             embeds = model.embeddings.word_embeddings(torch.as_tensor(ids)).numpy()
@@ -80,10 +80,11 @@ def _check_parity(label, ckpt, ids, inputs_embeds, **extra):
     return ours
 
 
+@pytest.mark.parametrize("attention", enc_lib.ATTENTION_KINDS)
 @pytest.mark.parametrize("inputs_embeds", [False, True], ids=["ids", "embeds"])
-def test_roberta_parity(ckpts, inputs_embeds):
-    _check_parity(f"RoBERTa {'embeds' if inputs_embeds else 'ids'}", ckpts["roberta"],
-                  ROBERTA_IDS, inputs_embeds)
+def test_roberta_parity(ckpts, inputs_embeds, attention):
+    _check_parity(f"RoBERTa {'embeds' if inputs_embeds else 'ids'} {attention}", ckpts["roberta"],
+                  ROBERTA_IDS, inputs_embeds, attention)
 
 
 @pytest.mark.parametrize("inputs_embeds", [False, True], ids=["ids", "embeds"])
@@ -115,6 +116,43 @@ def test_output_rows_are_the_full_outputs_rows(ckpts, remat):
     scale = float(jnp.abs(grad_full).max())
     assert scale > 1.0  # The comparison is not of zeros.
     np.testing.assert_allclose(grad_picked, grad_full, rtol=0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("dtype, atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 0.0)],
+                         ids=["fp32", "bf16"])
+def test_fused_attention_computes_the_einsum_attention(ckpts, dtype, atol):
+    # On a CPU "fused" runs jax.nn.dot_product_attention's XLA kernel: the same products, mask
+    # and fp32 softmax as the einsum path, in another order (token-major), so the outputs and
+    # input gradients agree to fp32 rounding, with padding and with the last layer's
+    # output_rows (which fall back to einsum).
+    path = ckpts["roberta"][0]
+    einsum, params = enc_lib.load_pretrained(path, dtype=dtype)
+    fused, fused_params = enc_lib.load_pretrained(path, dtype=dtype, attention="fused")
+    assert (einsum.config.attention, fused.config.attention) == ("einsum", "fused")
+    jax.tree.map(np.testing.assert_array_equal, fused_params, params)
+    embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
+    rows = jnp.asarray([[0, 5], [3, 0]])
+    for output_rows in (None, rows):
+        def encode(model, e):
+            return model.apply({"params": params}, inputs_embeds=e, attention_mask=MASK,
+                               output_rows=output_rows).astype(jnp.float32)
+
+        np.testing.assert_allclose(encode(fused, embeds), encode(einsum, embeds), rtol=0,
+                                   atol=atol)
+        weights = jax.random.normal(jax.random.PRNGKey(1), encode(einsum, embeds).shape)
+        grads = [jax.grad(lambda e, m=m: jnp.sum(encode(m, e) * weights))(embeds)
+                 for m in (fused, einsum)]
+        assert float(jnp.abs(grads[1]).max()) > 0.1
+        np.testing.assert_allclose(grads[0], grads[1], rtol=0,
+                                   atol=max(atol, 1e-6) * float(jnp.abs(grads[1]).max()))
+
+
+def test_fused_attention_uses_cudnn_only_on_a_gpu_in_half_precision():
+    # This suite runs on a CPU: XLA's kernel whatever the dtype. (On an H100, bf16 picks cuDNN:
+    # measured in the README's GPU figures.)
+    assert jax.default_backend() == "cpu"
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        assert enc_lib.fused_attention_implementation(dtype) == "xla"
 
 
 def test_explicit_position_ids_from_mask(ckpts):
@@ -243,6 +281,9 @@ def test_unsupported_configs_raise():
     hf = dict(transformers.BertConfig(**TINY).to_dict(), position_embedding_type="relative_key")
     with pytest.raises(ValueError, match="relative_key"):
         enc_lib.EncoderConfig.from_hf_config(hf)
+    with pytest.raises(ValueError, match="attention='flash'.*einsum.*fused"):
+        enc_lib.EncoderConfig.from_hf_config(transformers.BertConfig(**TINY).to_dict(),
+                                             attention="flash")
 
 
 def test_ids_xor_embeds(ckpts):

@@ -170,3 +170,26 @@ def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_ro
     # Each InfoNCE term is clamped at 2 per example before weighting (beta 0.2, gamma 0.1).
     for m in history:
         assert m["loss"] <= m["ce"] + 0.2 * 2 + 0.1 * 2 + 0.1 * m["kl"] + 1e-5
+
+
+def test_fused_attention_trains_as_the_einsum_attention(tiny_roberta_dir):
+    # config.model.attention reaches the encoder, and the step it compiles (on a CPU: XLA's
+    # dot_product_attention kernel) follows the einsum step's trajectory to fp32 rounding.
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    config.model.attention = "fused"
+    assert components.build_components(config).model.encoder_config.attention == "fused"
+    histories = {}
+    for attention in ("einsum", "fused"):
+        state, frozen, train_fn, _, batch = build(tiny_roberta_dir, model__attention=attention)
+        histories[attention] = run(state, frozen, train_fn, batch, 3)[1]
+    for einsum_metrics, fused_metrics in zip(histories["einsum"], histories["fused"]):
+        for name in einsum_metrics:
+            np.testing.assert_allclose(fused_metrics[name], einsum_metrics[name], rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+
+
+def test_unknown_attention_names_the_config_key(tiny_roberta_dir):
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    config.model.attention = "flash"
+    with pytest.raises(ValueError, match=r"config.model.attention='flash'.*'einsum', 'fused'"):
+        components.build_components(config)
