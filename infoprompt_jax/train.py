@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         done = step + 1
         trajectory.maybe_record(done, state.trainable, frozen)
         if done % config.train.log_every_steps == 0 or done == total_steps:
-            logged = log_train_metrics(writer, progress, done, epoch, interval_metrics)
+            log_train_metrics(writer, progress, done, epoch, interval_metrics)
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
         if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
