@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import sentiment_fixture
+import tiny_models
 from infoprompt_jax import components
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import partition
@@ -79,8 +80,10 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
 
 
 # Loss after 30 steps (lr 1e-2) of the tiny sentiment task at seed 0 (CPU, float32). The untrained
-# loss is about ln 2 + 0.1 * NCE_rep + 0.05 * NCE_head = 0.69 + 0.15 * ln 4 = 0.90 (K = 4).
-GOLDEN_FINAL_LOSS = 0.5945
+# loss is about ln 2 + 0.1 * NCE_rep + 0.05 * NCE_head = 0.69 + 0.15 * ln 4 = 0.90 (K = 4). The
+# tokenizer decides the token ids and so the numbers: the real RoBERTa one where ../shared is
+# beside the checkout (CI), else the one tiny_models trains (0.6019 measured so).
+GOLDEN_FINAL_LOSS = {"real": 0.5945, "trained": 0.6019}
 
 
 def test_loss_falls_over_30_steps_to_the_golden_value(tiny_roberta_dir):
@@ -92,11 +95,13 @@ def test_loss_falls_over_30_steps_to_the_golden_value(tiny_roberta_dir):
     assert losses[-1] < 0.75 * losses[0], (
         f"the tiny task should be learnt: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert history[-1]["ce"] < 0.9 * history[0]["ce"], "the task loss itself must fall"
+    tokenizer = tiny_models.roberta_tokenizer_kind()
     np.testing.assert_allclose(
-        losses[-1], GOLDEN_FINAL_LOSS, rtol=2e-3,
-        err_msg="The 30-step loss moved from its golden value: a change to the model, the "
-                "losses, the optimizer or the data order changed the numbers. If the change is "
-                "intended, update GOLDEN_FINAL_LOSS with the new value printed above.")
+        losses[-1], GOLDEN_FINAL_LOSS[tokenizer], rtol=2e-3,
+        err_msg=f"The 30-step loss ({tokenizer} tokenizer) moved from its golden value: a change "
+                "to the model, the losses, the optimizer or the data order changed the numbers. "
+                "If the change is intended, update GOLDEN_FINAL_LOSS with the new value printed "
+                "above.")
 
 
 METHOD_TRAINABLE = {

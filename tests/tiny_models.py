@@ -42,11 +42,16 @@ def _train_byte_level_bpe(directory: pathlib.Path) -> None:
     fast.save_pretrained(directory)
 
 
+def roberta_tokenizer_kind() -> str:
+    """Which tokenizer `install_roberta_tokenizer` installs here: "real" or "trained"."""
+    return "real" if SHARED_TOKENIZER.is_dir() else "trained"
+
+
 def install_roberta_tokenizer(directory: pathlib.Path) -> str:
     """Puts a RoBERTa tokenizer in `directory`; returns which one ("real" or "trained")."""
     import transformers
 
-    if SHARED_TOKENIZER.is_dir():
+    if roberta_tokenizer_kind() == "real":
         tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(SHARED_TOKENIZER))
         tokenizer.save_pretrained(directory)
         return "real"
