@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -69,21 +70,40 @@ def test_compare_torch_gives_a_positive_ratio(result):
                                result["examples_per_s"] / result["torch_examples_per_s"])
 
 
-def test_flops_from_a_real_compiled_program():
-    compiled = jax.jit(lambda x: x @ x).lower(np.ones((4, 4), np.float32)).compile()
-    assert bench.flops_from_cost_analysis(compiled.cost_analysis()) == 2 * 4 ** 3
+def test_matmul_flops_counts_every_dot_with_its_gradient_and_nested_jaxprs():
+    x, w = np.ones((64, 128), np.float32), np.ones((128, 256), np.float32)
+    one_pass = 2 * (2 * 64 * 128 * 256)  # x @ w and (.) @ w.T
+
+    def loss(x, w):  # Under jit and checkpoint: the dots sit in nested jaxprs.
+        return jnp.sum(jax.checkpoint(lambda x: jnp.tanh(x @ w) @ w.T)(x))
+
+    forward = jax.make_jaxpr(jax.jit(loss))(x, w).jaxpr
+    assert bench.matmul_flops(forward) == one_pass
+    # With the gradient in x and w: the forward (both dots), the checkpoint's recomputation of
+    # x @ w alone (tanh needs its input; nothing needs the second dot's output), and two
+    # transposed dots per dot: 1 + 1/2 + 2 passes.
+    both = jax.make_jaxpr(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))))(x, w).jaxpr
+    assert bench.matmul_flops(both) == 3.5 * one_pass
+    batched = jax.make_jaxpr(lambda a, b: jnp.einsum("bij,bjk->bik", a, b))(
+        np.ones((3, 4, 5)), np.ones((3, 5, 6))).jaxpr
+    assert bench.matmul_flops(batched) == 2 * 3 * 4 * 5 * 6
+    scanned = jax.make_jaxpr(lambda c: jax.lax.scan(lambda c, _: (c @ w @ w.T, None), c,
+                                                    length=7)[0])(x).jaxpr
+    assert bench.matmul_flops(scanned) == 7 * one_pass
 
 
 def test_flops_per_step_counts_the_whole_step_once(comps, result):
-    # XLA analyses the per-device program; bench scales it by the device count. The step is two
-    # encoder forwards plus the prompted pass's input gradient, about 3 forwards, plus small
-    # elementwise work and the optimizer (replicated on each of the 8 devices): wrong scaling
-    # would be 8x off either way.
+    # bench counts the lowered program, the global one before SPMD partitioning, on 8 devices
+    # here: one device's share, or every device's copy, would be 8x off. In units of one full
+    # forward of this 2-layer encoder: its last layer computes only the rows read, so it costs
+    # about its K and V projections, 0.24 of a layer. Unprompted pass 1.24 layers, prompted pass
+    # 1.24, input gradient 1.48 (layer 1's matmuls again plus twice its attention, and layer 2's
+    # K and V): 3.96 layers, 1.98 forwards, plus the head, critics and optimizer.
     cfg = comps.model.encoder_config
     d, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     forward = BATCH * SEQ_LEN * layers * (2 * (4 * d * d + 2 * d * i) + 4 * SEQ_LEN * d)
     ratio = result["flops_per_step"] / forward
-    assert 2.5 < ratio < 6, ratio
+    assert 1.95 < ratio < 2.4, ratio
 
 
 @pytest.mark.parametrize("kind, peak", [
@@ -93,14 +113,6 @@ def test_flops_per_step_counts_the_whole_step_once(comps, result):
 ])
 def test_peak_tflops_by_device_kind(kind, peak):
     assert bench.peak_tflops(kind) == peak
-
-
-@pytest.mark.parametrize("cost, flops", [
-    ({"flops": 12.0, "bytes accessed": 3.0}, 12.0), ([{"flops": 7.0}], 7.0), ([], None),
-    (None, None), ({"bytes accessed": 3.0}, None),
-])
-def test_flops_from_each_cost_analysis_form(cost, flops):
-    assert bench.flops_from_cost_analysis(cost) == flops
 
 
 def test_synthetic_batch_has_the_real_layout_and_full_attention(comps, batch):
