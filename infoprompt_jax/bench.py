@@ -116,8 +116,9 @@ def matmul_flops(jaxpr: jex.core.Jaxpr) -> float:
             lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
             contracted = math.prod(lhs[i] for i in contract)
             batched = math.prod(lhs[i] for i in batch)
-            free = math.prod(lhs) // (contracted * batched) * (math.prod(rhs) // (contracted * batched))
-            total += 2.0 * batched * free * contracted
+            lhs_free = math.prod(lhs) // (contracted * batched)  # M
+            rhs_free = math.prod(rhs) // (contracted * batched)  # N
+            total += 2.0 * batched * lhs_free * rhs_free * contracted
             continue
         inner = [matmul_flops(getattr(sub, "jaxpr", sub))
                  for sub in jex.core.jaxprs_in_params(eqn.params)]
