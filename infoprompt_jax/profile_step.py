@@ -119,8 +119,8 @@ def profile(config, batch_size: int, seq_len: int, steps: int, warmup_steps: int
     step = bench.compile_train_step(comps, arrays, warmup_steps + steps)
     state = step.state
     for _ in range(warmup_steps):
-        state, metrics = step.compiled(state, step.frozen, step.batch)
-    jax.block_until_ready((state, metrics))
+        state, _ = step.compiled(state, step.frozen, step.batch)
+    jax.block_until_ready(state)
     with jax.profiler.trace(trace_dir):
         start = time.perf_counter()
         for _ in range(steps):

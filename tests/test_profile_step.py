@@ -71,7 +71,7 @@ def test_summary_is_per_step_and_ranked():
 
 def test_a_real_trace_of_the_tiny_step(tiny_roberta_dir, tmp_path, capsys):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    result = profile_step.profile(config, batch_size=8, seq_len=32, steps=2, warmup_steps=1,
+    result = profile_step.profile(config, batch_size=8, seq_len=16, steps=2, warmup_steps=0,
                                   top=5, trace_dir=str(tmp_path))
     assert list(tmp_path.rglob("*.xplane.pb")), "the trace is kept where --trace_dir says"
     assert result["steps"] == 2 and result["wall_ms_per_step"] > 0

@@ -177,20 +177,12 @@ def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_ro
         assert m["loss"] <= m["ce"] + 0.2 * 2 + 0.1 * 2 + 0.1 * m["kl"] + 1e-5
 
 
-def test_fused_attention_trains_as_the_einsum_attention(tiny_roberta_dir):
-    # config.model.attention reaches the encoder, and the step it compiles (on a CPU: XLA's
-    # dot_product_attention kernel) follows the einsum step's trajectory to fp32 rounding.
+def test_config_chooses_the_attention_kernel(tiny_roberta_dir):
+    # The kernels' equality is tested in test_encoder; here the config must reach the encoder.
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    assert components.build_components(config).model.encoder_config.attention == "einsum"
     config.model.attention = "fused"
     assert components.build_components(config).model.encoder_config.attention == "fused"
-    histories = {}
-    for attention in ("einsum", "fused"):
-        state, frozen, train_fn, _, batch = build(tiny_roberta_dir, model__attention=attention)
-        histories[attention] = run(state, frozen, train_fn, batch, 3)[1]
-    for einsum_metrics, fused_metrics in zip(histories["einsum"], histories["fused"]):
-        for name in einsum_metrics:
-            np.testing.assert_allclose(fused_metrics[name], einsum_metrics[name], rtol=1e-5,
-                                       atol=1e-6, err_msg=name)
 
 
 def test_unknown_attention_names_the_config_key(tiny_roberta_dir):
