@@ -249,41 +249,40 @@ class _SelfAttention(nn.Module):
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_attention_heads
 
-        def heads(name, x_BxTxD):
-            # [B, H, T, d]: heads-major, so both attention products are plain batched matmuls
-            # (the token-major layout made XLA:CPU transpose inside them; about 15% slower).
-            x = _dense(cfg.hidden_size, self.dtype, name)(x_BxTxD)
-            return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim).swapaxes(1, 2)
-
-        # cuDNN's kernel needs an even query count: the last layer's few `output_rows` (one or
-        # two, and tiny work) take the einsum path, with the same params.
-        if cfg.attention == "fused" and queries_BxQxD.shape[1] == h_BxLxD.shape[1]:
-            return self._fused(h_BxLxD, attention_bias, queries_BxQxD, head_dim)
-        q = heads("query", queries_BxQxD)
-        k, v = heads("key", h_BxLxD), heads("value", h_BxLxD)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(scores * head_dim**-0.5 + attention_bias, axis=-1)
-        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v).swapaxes(1, 2)
-        return context.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
-
-    def _fused(self, h_BxLxD, attention_bias, queries_BxQxD, head_dim):
-        """The same attention through `jax.nn.dot_product_attention` (token-major layout)."""
-        cfg = self.config
-
-        def heads(name, x_BxTxD):
+        def heads(name, x_BxTxD):  # [B, T, H, d]
             x = _dense(cfg.hidden_size, self.dtype, name)(x_BxTxD)
             return x.reshape(*x.shape[:-1], cfg.num_attention_heads, head_dim)
 
-        q_BxQxHxd = heads("query", queries_BxQxD)
-        k_BxLxHxd, v_BxLxHxd = heads("key", h_BxLxD), heads("value", h_BxLxD)
+        q, k, v = heads("query", queries_BxQxD), heads("key", h_BxLxD), heads("value", h_BxLxD)
+        # cuDNN's kernel needs an even query count: the last layer's few `output_rows` (one or
+        # two, and tiny work) take the einsum path.
+        if cfg.attention == "fused" and queries_BxQxD.shape[1] == h_BxLxD.shape[1]:
+            context_BxQxHxd = self._fused(q, k, v, attention_bias, head_dim)
+        else:
+            context_BxQxHxd = self._einsum(q, k, v, attention_bias, head_dim)
+        return context_BxQxHxd.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
+
+    def _einsum(self, q_BxQxHxd, k_BxLxHxd, v_BxLxHxd, attention_bias, head_dim):
+        """Two batched matmuls around an fp32 softmax, in heads-major [B, H, T, d] layout.
+
+        Heads-major makes both products plain batched matmuls: the token-major layout made
+        XLA:CPU transpose inside them, about 15% slower.
+        """
+        q, k, v = (x.swapaxes(1, 2) for x in (q_BxQxHxd, k_BxLxHxd, v_BxLxHxd))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(scores * head_dim**-0.5 + attention_bias, axis=-1)
+        return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v).swapaxes(1, 2)
+
+    def _fused(self, q_BxQxHxd, k_BxLxHxd, v_BxLxHxd, attention_bias, head_dim):
+        """The same attention through `jax.nn.dot_product_attention` (token-major layout)."""
         # A boolean mask, so each implementation picks a large negative its dtype holds (the fp32
         # minimum of `attention_bias` rounds to -inf in bf16). cuDNN wants it as [B, 1, Q, L].
-        batch, num_queries, length = q_BxQxHxd.shape[0], q_BxQxHxd.shape[1], h_BxLxD.shape[1]
-        keep_Bx1xQxL = jnp.broadcast_to(attention_bias == 0, (batch, 1, num_queries, length))
-        context = jax.nn.dot_product_attention(
+        batch, num_queries = q_BxQxHxd.shape[:2]
+        keep_Bx1xQxL = jnp.broadcast_to(attention_bias == 0,
+                                        (batch, 1, num_queries, k_BxLxHxd.shape[1]))
+        return jax.nn.dot_product_attention(
             q_BxQxHxd, k_BxLxHxd, v_BxLxHxd, mask=keep_Bx1xQxL, scale=head_dim**-0.5,
             implementation=fused_attention_implementation(self.dtype))
-        return context.reshape(*queries_BxQxD.shape[:-1], cfg.hidden_size)
 
 
 class _Attention(nn.Module):
