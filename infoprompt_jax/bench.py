@@ -171,6 +171,17 @@ def synthetic_batch(comps: components_lib.Components, batch_size: int,
     return arrays
 
 
+def components_with_batch(config: ml_collections.ConfigDict, batch_size: int,
+                          seq_len: int) -> tuple[components_lib.Components, dict[str, np.ndarray]]:
+    """The config's components at `batch_size` and `max_len=seq_len`, and a synthetic batch."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.batch_size = batch_size
+        config.max_len = seq_len
+    comps = components_lib.build_components(config)
+    return comps, synthetic_batch(comps, batch_size, config.seed)
+
+
 def time_steps(run_step: Callable[[], Any], warmup_steps: int, num_steps: int) -> list[float]:
     """Seconds of each of `num_steps` calls of `run_step`, after `warmup_steps` untimed calls.
 
@@ -213,7 +224,6 @@ class CompiledStep:
         arrays: the host batch: the input with the cached unprompted pass when the config
             caches it (what the PyTorch reference must read too).
         initial_trainable: the initial trainable params on the host.
-        num_devices: devices of the mesh.
         compile_s: seconds of `lower(...).compile()`.
         flops: the step's matmul FLOPs (`matmul_flops` of its jaxpr).
     """
@@ -224,7 +234,6 @@ class CompiledStep:
     batch: Any
     arrays: dict[str, Any]
     initial_trainable: Any
-    num_devices: int
     compile_s: float
     flops: float
 
@@ -259,7 +268,7 @@ def compile_train_step(comps: components_lib.Components, arrays: Mapping[str, np
     progress(f"compiled in {compile_s:.1f} s")
     flops = matmul_flops(traced.jaxpr.jaxpr)
     return CompiledStep(compiled, state, frozen, batch, dict(arrays), initial_trainable,
-                        mesh.devices.size, compile_s, flops)
+                        compile_s, flops)
 
 
 def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
@@ -381,12 +390,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
     Returns:
         The result keys of the module docstring.
     """
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.train.batch_size = batch_size
-        config.max_len = seq_len
-    comps = components_lib.build_components(config)
-    arrays = synthetic_batch(comps, batch_size, config.seed)
+    comps, arrays = components_with_batch(config, batch_size, seq_len)
     devices = jax.devices()
     load_1m = os.getloadavg()[0]  # Before the run: other work on the host skews its timings.
     results, initial_trainable, arrays = benchmark_jax(comps, arrays, warmup_steps, num_steps)

@@ -23,7 +23,6 @@ from absl import flags
 import jax
 
 from infoprompt_jax import bench
-from infoprompt_jax import components as components_lib
 
 # --config, --batch_size, --seq_len, --steps (here: traced steps) and --warmup_steps are
 # bench.py's flags, defined when it is imported.
@@ -110,12 +109,7 @@ def print_table(result: dict) -> None:
 def profile(config, batch_size: int, seq_len: int, steps: int, warmup_steps: int, top: int,
             trace_dir: str) -> dict:
     """Traces `steps` train steps of `config` and returns `summary`'s figures."""
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.train.batch_size = batch_size
-        config.max_len = seq_len
-    comps = components_lib.build_components(config)
-    arrays = bench.synthetic_batch(comps, batch_size, config.seed)
+    comps, arrays = bench.components_with_batch(config, batch_size, seq_len)
     step = bench.compile_train_step(comps, arrays, warmup_steps + steps)
     state = step.state
     for _ in range(warmup_steps):
