@@ -93,12 +93,12 @@ def test_matmul_flops_counts_every_dot_with_its_gradient_and_nested_jaxprs():
 
 
 def test_flops_per_step_counts_the_whole_step_once(comps, result):
-    # bench counts the lowered program, the global one before SPMD partitioning, on 8 devices
-    # here: one device's share, or every device's copy, would be 8x off. In units of one full
-    # forward of this 2-layer encoder: its last layer computes only the rows read, so it costs
-    # about its K and V projections, 0.24 of a layer. Unprompted pass 1.24 layers, prompted pass
-    # 1.24, input gradient 1.48 (layer 1's matmuls again plus twice its attention, and layer 2's
-    # K and V): 3.96 layers, 1.98 forwards, plus the head, critics and optimizer.
+    # bench counts the matmuls of the step's jaxpr, the global step, on 8 devices here: one
+    # device's share, or every device's copy, would be 8x off. In units of one full forward of
+    # this 2-layer encoder: its last layer computes only the rows read, so it costs about its K
+    # and V projections, 0.24 of a layer. Unprompted pass 1.24 layers, prompted pass 1.24, input
+    # gradient 1.48 (layer 1's matmuls again plus twice its attention, and layer 2's K and V):
+    # 3.96 layers, 1.98 forwards, plus the head's and critics' small matmuls.
     cfg = comps.model.encoder_config
     d, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     forward = BATCH * SEQ_LEN * layers * (2 * (4 * d * d + 2 * d * i) + 4 * SEQ_LEN * d)

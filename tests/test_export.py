@@ -35,6 +35,15 @@ def run_command_line(module, *args: str) -> None:
     module.main(flag_values([module.__name__, *args]), holders)
 
 
+def write_sst2_data(directory, num_train: int):
+    """SST-2 files: `num_train` training rows, and NUM_DEV dev rows that start 3 examples on."""
+    directory.mkdir()
+    sentiment_fixture.write_sst2_tsv(directory / "train.tsv", sentiment_fixture.examples(num_train))
+    sentiment_fixture.write_sst2_tsv(directory / "dev.tsv",
+                                     sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    return directory
+
+
 @contextlib.contextmanager
 def recorded_eval_logits():
     """Yields a list that collects every `train.predict_logits` result while the block runs:
@@ -60,10 +69,7 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         the training loop's own, not a recomputation.
     """
     root = tmp_path_factory.mktemp("export")
-    data_dir = root / "sst2"
-    data_dir.mkdir()
-    sentiment_fixture.write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(24))
-    sentiment_fixture.write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    data_dir = write_sst2_data(root / "sst2", num_train=24)
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(data_dir)
     workdir = root / "workdir"
@@ -258,10 +264,7 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
 ])
 def test_every_method_exports_and_predicts_as_its_training_eval(
         method, trained_prefixes, tiny_roberta_dir, tmp_path):
-    data_dir = tmp_path / "sst2"
-    data_dir.mkdir()
-    sentiment_fixture.write_sst2_tsv(data_dir / "train.tsv", sentiment_fixture.examples(16))
-    sentiment_fixture.write_sst2_tsv(data_dir / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    data_dir = write_sst2_data(tmp_path / "sst2", num_train=16)
     config = sentiment_fixture.tiny_config(tiny_roberta_dir, method)
     config.data.dir = str(data_dir)
     config.train.num_epochs = 1
