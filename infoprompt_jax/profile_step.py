@@ -45,8 +45,8 @@ def op_times(planes: Iterable, device_plane_prefix: str = "/device:") -> dict[st
 
     Returns:
         {"plane/line": {"busy_ns": total, "ops": {name: [ns, count]}}} for each device timeline
-        that holds ops (a GPU's streams), or for the host's XLA threads where no device timeline
-        exists (CPU).
+        that holds ops taking time (a GPU's streams), or for the host's XLA threads where no
+        device timeline exists (CPU).
     """
     timelines = {}
     host_lines = {}
@@ -64,8 +64,9 @@ def op_times(planes: Iterable, device_plane_prefix: str = "/device:") -> dict[st
                     continue
                 ops[event.name][0] += event.duration_ns
                 ops[event.name][1] += 1
-            if ops:
-                entry = {"busy_ns": sum(ns for ns, _ in ops.values()), "ops": dict(ops)}
+            busy_ns = sum(ns for ns, _ in ops.values())
+            if busy_ns:  # A line of instant (0 ns) events alone measures nothing.
+                entry = {"busy_ns": busy_ns, "ops": dict(ops)}
                 (timelines if on_device else host_lines)[f"{plane.name}/{line.name}"] = entry
     return timelines or host_lines
 

@@ -51,6 +51,8 @@ def test_cpu_trace_reads_xla_threads_without_their_wrappers():
         Line("tf_XLAEigen/1", [Event("ThunkExecutor::Execute", 900), Event("dot_fusion", 600),
                                Event("SlinkyThreadPool::Await", 50), Event("add_fusion", 200)]),
         Line("python", [Event("train_step", 5000)]),
+        # A thread that only marked instants (seen in a CI trace): no time, no timeline.
+        Line("tf_XLAEigen/2", [Event("wrapped_copy", 0), Event("bitcast", 0)]),
     ])]
     assert profile_step.op_times(planes) == {
         "/host:CPU/tf_XLAEigen/1": {"busy_ns": 800,
