@@ -32,21 +32,20 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.extend as jex
 import ml_collections
 import numpy as np
+from absl import app, flags
 from ml_collections import config_flags
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import sharding
+from infoprompt_jax import sharding, train
 from infoprompt_jax import steps as steps_lib
-from infoprompt_jax import train
 
 # bf16 dense peak TFLOP/s per chip, from the vendors' spec sheets: Google Cloud TPU system
 # architecture pages (v4 275, v5e 197, v5p 459, v6e/Trillium 918) and the NVIDIA A100, H100 and
@@ -75,14 +74,20 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length (config.max_len
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps run after compilation.")
 _COMPARE_TORCH = flags.DEFINE_bool(
-    "compare_torch", False, "Also time the same step in PyTorch eager (torch_reference.py).")
+    "compare_torch", False, "Also time the same step in PyTorch eager (torch_reference.py)."
+)
 _TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", 0, "torch.set_num_threads for --compare_torch; 0: every core available.")
+    "torch_threads", 0, "torch.set_num_threads for --compare_torch; 0: every core available."
+)
 _TORCH_DEVICE = flags.DEFINE_string(
-    "torch_device", "", "Torch device for --compare_torch (cpu, cuda, cuda:1); empty: cuda when "
-    "JAX runs on a GPU, else cpu.")
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sst2.py.",
-                                lock_config=True)
+    "torch_device",
+    "",
+    "Torch device for --compare_torch (cpu, cuda, cuda:1); empty: cuda when "
+    "JAX runs on a GPU, else cpu.",
+)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/sst2.py.", lock_config=True
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -120,8 +125,10 @@ def matmul_flops(jaxpr: jex.core.Jaxpr) -> float:
             rhs_free = math.prod(rhs) // (contracted * batched)  # N
             total += 2.0 * batched * lhs_free * rhs_free * contracted
             continue
-        inner = [matmul_flops(getattr(sub, "jaxpr", sub))
-                 for sub in jex.core.jaxprs_in_params(eqn.params)]
+        inner = [
+            matmul_flops(getattr(sub, "jaxpr", sub))
+            for sub in jex.core.jaxprs_in_params(eqn.params)
+        ]
         if not inner:
             continue
         if eqn.primitive.name == "cond":
@@ -140,11 +147,12 @@ def peak_device_memory_mb(devices) -> float | None:
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if stats and "peak_bytes_in_use" in stats:
             peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) / 2 ** 20 if peaks else None
+    return max(peaks) / 2**20 if peaks else None
 
 
-def synthetic_batch(comps: components_lib.Components, batch_size: int,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    comps: components_lib.Components, batch_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A training batch of the run's exact shapes: random words, no padding in the prompted input.
 
     Each row's text fields are random vocabulary tokens, decoded to text and encoded through the
@@ -164,15 +172,21 @@ def synthetic_batch(comps: components_lib.Components, batch_size: int,
     special = set(tokenizer.all_special_ids)
     words = np.asarray([i for i in range(tokenizer.vocab_size) if i not in special])
     length = 2 * template.max_len  # Words re-tokenise to at least as many tokens, mostly more.
-    examples = [{field: tokenizer.decode(rng.choice(words, length).tolist())
-                 for field in template.template.fields} for _ in range(batch_size)]
+    examples = [
+        {
+            field: tokenizer.decode(rng.choice(words, length).tolist())
+            for field in template.template.fields
+        }
+        for _ in range(batch_size)
+    ]
     arrays = template.encode_batch(examples)
     arrays["label"] = rng.integers(0, comps.task.num_labels, batch_size).astype(np.int32)
     return arrays
 
 
-def components_with_batch(config: ml_collections.ConfigDict, batch_size: int,
-                          seq_len: int) -> tuple[components_lib.Components, dict[str, np.ndarray]]:
+def components_with_batch(
+    config: ml_collections.ConfigDict, batch_size: int, seq_len: int
+) -> tuple[components_lib.Components, dict[str, np.ndarray]]:
     """The config's components at `batch_size` and `max_len=seq_len`, and a synthetic batch."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -200,16 +214,22 @@ def time_steps(run_step: Callable[[], Any], warmup_steps: int, num_steps: int) -
 def timing_summary(seconds: list[float], batch_size: int, prefix: str = "") -> dict[str, float]:
     """Throughput from the median step (robust to a noisy host), and the median and best step."""
     median = statistics.median(seconds)
-    return {f"{prefix}examples_per_s": batch_size / median,
-            f"{prefix}step_ms_median": 1e3 * median,
-            f"{prefix}step_ms_min": 1e3 * min(seconds)}
+    return {
+        f"{prefix}examples_per_s": batch_size / median,
+        f"{prefix}step_ms_median": 1e3 * median,
+        f"{prefix}step_ms_min": 1e3 * min(seconds),
+    }
 
 
 def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
     """The training run's optimizer, over the benchmark's steps."""
     return optimizer_lib.make_optimizer(
-        peak_lr, total_steps, warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
+        peak_lr,
+        total_steps,
+        warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay,
+        clip_norm=config.optim.clip_norm,
+    )
 
 
 @dataclasses.dataclass
@@ -238,8 +258,9 @@ class CompiledStep:
     flops: float
 
 
-def compile_train_step(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
-                       total_steps: int) -> CompiledStep:
+def compile_train_step(
+    comps: components_lib.Components, arrays: Mapping[str, np.ndarray], total_steps: int
+) -> CompiledStep:
     """Builds the run's state on a mesh over all devices and compiles its train step (timed).
 
     Args:
@@ -257,22 +278,29 @@ def compile_train_step(comps: components_lib.Components, arrays: Mapping[str, np
     if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
     batch = train.device_batch(arrays, np.arange(batch_size), mesh)
-    train_fn, _ = steps_lib.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
-                                          state, frozen)
-    progress(f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} "
-             "device(s)")
+    train_fn, _ = steps_lib.compile_steps(
+        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+    )
+    progress(
+        f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} device(s)"
+    )
     start = time.perf_counter()
     traced = train_fn.trace(state, frozen, batch)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     progress(f"compiled in {compile_s:.1f} s")
     flops = matmul_flops(traced.jaxpr.jaxpr)
-    return CompiledStep(compiled, state, frozen, batch, dict(arrays), initial_trainable,
-                        compile_s, flops)
+    return CompiledStep(
+        compiled, state, frozen, batch, dict(arrays), initial_trainable, compile_s, flops
+    )
 
 
-def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
-                  warmup_steps: int, num_steps: int) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def benchmark_jax(
+    comps: components_lib.Components,
+    arrays: Mapping[str, np.ndarray],
+    warmup_steps: int,
+    num_steps: int,
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Compiles and times the train step on a mesh over all devices.
 
     Args:
@@ -299,8 +327,10 @@ def benchmark_jax(comps: components_lib.Components, arrays: Mapping[str, np.ndar
     seconds = time_steps(run_step, warmup_steps, num_steps)
     loss = float(history[-1]["loss"])
     if not np.isfinite(loss):
-        raise FloatingPointError(f"The benchmarked step's loss is {loss}: the timing is of a "
-                                 "diverged run; lower config.optim.lr.")
+        raise FloatingPointError(
+            f"The benchmarked step's loss is {loss}: the timing is of a "
+            "diverged run; lower config.optim.lr."
+        )
     results = {
         **timing_summary(seconds, len(arrays["label"])),
         "compile_s": step.compile_s,
@@ -319,8 +349,10 @@ def utilisation(results: Mapping[str, Any], device_kind: str, device_count: int)
         return {"achieved_tflops": None, "mfu": None}
     achieved = flops / (results["step_ms_median"] / 1e3) / 1e12
     peak = peak_tflops(device_kind)
-    return {"achieved_tflops": achieved,
-            "mfu": None if peak is None else achieved / (peak * device_count)}
+    return {
+        "achieved_tflops": achieved,
+        "mfu": None if peak is None else achieved / (peak * device_count),
+    }
 
 
 def torch_device_for(jax_platform: str, requested: str = "") -> str:
@@ -334,15 +366,23 @@ def torch_device_for(jax_platform: str, requested: str = "") -> str:
 
     device = requested or ("cuda" if jax_platform == "gpu" else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--compare_torch on {device!r}, but torch {torch.__version__} sees no "
-                           "CUDA device: install a CUDA build of torch, or pass "
-                           "--torch_device=cpu to compare against the CPU.")
+        raise RuntimeError(
+            f"--compare_torch on {device!r}, but torch {torch.__version__} sees no "
+            "CUDA device: install a CUDA build of torch, or pass "
+            "--torch_device=cpu to compare against the CPU."
+        )
     return device
 
 
-def benchmark_torch(comps: components_lib.Components, arrays: Mapping[str, np.ndarray],
-                    initial_trainable: Mapping[str, Any], warmup_steps: int, num_steps: int,
-                    threads: int, device: str = "cpu") -> dict[str, Any]:
+def benchmark_torch(
+    comps: components_lib.Components,
+    arrays: Mapping[str, np.ndarray],
+    initial_trainable: Mapping[str, Any],
+    warmup_steps: int,
+    num_steps: int,
+    threads: int,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Times `torch_reference.TorchReferenceStep` on the same batch and initial parameters.
 
     Each timed step ends in `.item()` reads of its metrics, which wait for the device.
@@ -352,29 +392,42 @@ def benchmark_torch(comps: components_lib.Components, arrays: Mapping[str, np.nd
     from infoprompt_jax import torch_reference
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable,
-                                                                   device)
+    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable, device)
     batch = torch_reference.to_torch(arrays, device)
     on_cuda = reference.device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(reference.device)
     history = []
-    progress(f"PyTorch eager on {device}: {warmup_steps} warm-up + {num_steps} timed steps"
-             + ("" if on_cuda else f" on {torch.get_num_threads()} threads"))
+    progress(
+        f"PyTorch eager on {device}: {warmup_steps} warm-up + {num_steps} timed steps"
+        + ("" if on_cuda else f" on {torch.get_num_threads()} threads")
+    )
     seconds = time_steps(lambda: history.append(reference.step(batch)), warmup_steps, num_steps)
-    return {**timing_summary(seconds, len(arrays["label"]), prefix="torch_"),
-            "torch_initial_loss": history[0]["loss"], "torch_initial_ce": history[0]["ce"],
-            "torch_final_loss": history[-1]["loss"], "torch_device": device,
-            "torch_threads": torch.get_num_threads(),
-            "torch_peak_device_mem_mb": (torch.cuda.max_memory_allocated(reference.device) / 2 ** 20
-                                         if on_cuda else None),
-            "torch_attention": reference.attention_implementation,
-            "torch_version": torch.__version__}
+    return {
+        **timing_summary(seconds, len(arrays["label"]), prefix="torch_"),
+        "torch_initial_loss": history[0]["loss"],
+        "torch_initial_ce": history[0]["ce"],
+        "torch_final_loss": history[-1]["loss"],
+        "torch_device": device,
+        "torch_threads": torch.get_num_threads(),
+        "torch_peak_device_mem_mb": (
+            torch.cuda.max_memory_allocated(reference.device) / 2**20 if on_cuda else None
+        ),
+        "torch_attention": reference.attention_implementation,
+        "torch_version": torch.__version__,
+    }
 
 
-def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: int,
-                  num_steps: int, warmup_steps: int = 3, compare_torch: bool = False,
-                  torch_threads: int = 0, torch_device: str = "") -> dict[str, Any]:
+def run_benchmark(
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+    seq_len: int,
+    num_steps: int,
+    warmup_steps: int = 3,
+    compare_torch: bool = False,
+    torch_threads: int = 0,
+    torch_device: str = "",
+) -> dict[str, Any]:
     """Benchmarks the config's train step; returns the result line as a dict.
 
     Args:
@@ -397,15 +450,25 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
     results.update(utilisation(results, devices[0].device_kind, len(devices)))
     results.update(
         peak_device_mem_mb=peak_device_memory_mb(jax.local_devices()),
-        device_kind=devices[0].device_kind, device_count=len(devices), batch_size=batch_size,
-        seq_len=seq_len, num_prompt_tokens=comps.method.model.num_prompt_tokens,
-        dtype=comps.config.model.dtype, method=comps.method.name, steps=num_steps,
+        device_kind=devices[0].device_kind,
+        device_count=len(devices),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        num_prompt_tokens=comps.method.model.num_prompt_tokens,
+        dtype=comps.config.model.dtype,
+        method=comps.method.name,
+        steps=num_steps,
         cache_unprompted=train.uses_cached_unprompted_pass(comps),
-        jax_version=jax.__version__, host_load_1m=load_1m)
+        jax_version=jax.__version__,
+        host_load_1m=load_1m,
+    )
     if compare_torch:
         device = torch_device_for(devices[0].platform, torch_device)
-        results.update(benchmark_torch(comps, arrays, initial_trainable, warmup_steps, num_steps,
-                                       torch_threads, device))
+        results.update(
+            benchmark_torch(
+                comps, arrays, initial_trainable, warmup_steps, num_steps, torch_threads, device
+            )
+        )
         results["jax_over_torch"] = results["examples_per_s"] / results["torch_examples_per_s"]
     return results
 
@@ -413,9 +476,16 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, seq_len: i
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    results = run_benchmark(flags.FLAGS.config, _BATCH_SIZE.value, _SEQ_LEN.value, _STEPS.value,
-                            _WARMUP_STEPS.value, _COMPARE_TORCH.value, _TORCH_THREADS.value,
-                            _TORCH_DEVICE.value)
+    results = run_benchmark(
+        flags.FLAGS.config,
+        _BATCH_SIZE.value,
+        _SEQ_LEN.value,
+        _STEPS.value,
+        _WARMUP_STEPS.value,
+        _COMPARE_TORCH.value,
+        _TORCH_THREADS.value,
+        _TORCH_DEVICE.value,
+    )
     print(json.dumps(results), flush=True)
 
 

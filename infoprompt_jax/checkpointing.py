@@ -7,9 +7,8 @@ directory and renames it when complete, so a half-written checkpoint is never ta
 
 from typing import Any
 
-from etils import epath
-
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 

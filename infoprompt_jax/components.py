@@ -6,7 +6,8 @@ Training, evaluation, export, prediction, the benchmark and the analysis tools a
 
 import dataclasses
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,7 @@ import numpy as np
 
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import methods
-from infoprompt_jax import model_init
-from infoprompt_jax import models
-from infoprompt_jax import tasks
-from infoprompt_jax import templates
+from infoprompt_jax import methods, model_init, models, tasks, templates
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -139,8 +136,10 @@ def build_components(
         )
     attention = config.model.get("attention", "einsum")  # Exports made before the option.
     if attention not in encoder_lib.ATTENTION_KINDS:
-        raise ValueError(f"config.model.attention={attention!r}; choose one of "
-                         f"{encoder_lib.ATTENTION_KINDS} (fused: cuDNN attention on a GPU).")
+        raise ValueError(
+            f"config.model.attention={attention!r}; choose one of "
+            f"{encoder_lib.ATTENTION_KINDS} (fused: cuDNN attention on a GPU)."
+        )
     model_dir = encoder_lib.resolve_model_dir(config.model.name)
     mlm_transform = encoder_lib.load_mlm_transform(model_dir)
     method = methods.resolve(config, task.num_labels, has_mlm_transform=mlm_transform is not None)

@@ -237,7 +237,7 @@ def _read_lines(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from None
-    lines = [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()  # The final newline.
     return lines

@@ -30,9 +30,17 @@ _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _FLAX_MSGPACK = "flax_model.msgpack"
 _PYTORCH_BIN = "pytorch_model.bin"
-_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json",
-                    "sentencepiece.bpe.model", "spiece.model"]
+_TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+]
 # Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
 _IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
@@ -66,11 +74,15 @@ class EncoderConfig:
         if self.family not in ("roberta", "bert"):
             raise ValueError(f"family must be 'roberta' or 'bert', got {self.family!r}.")
         if self.hidden_act != "gelu":
-            raise ValueError(f"Unsupported hidden_act {self.hidden_act!r}: only the exact "
-                             "'gelu' of RoBERTa and BERT is implemented.")
+            raise ValueError(
+                f"Unsupported hidden_act {self.hidden_act!r}: only the exact "
+                "'gelu' of RoBERTa and BERT is implemented."
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}.")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}."
+            )
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any], **overrides) -> "EncoderConfig":
@@ -88,20 +100,32 @@ class EncoderConfig:
         """
         model_type = hf.get("model_type")
         if model_type not in _MODEL_TYPES:
-            raise ValueError(f"Unsupported model_type {model_type!r}; supported: "
-                             f"{', '.join(_MODEL_TYPES)} (RoBERTa and BERT encoders).")
+            raise ValueError(
+                f"Unsupported model_type {model_type!r}; supported: "
+                f"{', '.join(_MODEL_TYPES)} (RoBERTa and BERT encoders)."
+            )
         family, defaults = _MODEL_TYPES[model_type]
         if (hf.get("position_embedding_type") or "absolute") != "absolute":
-            raise ValueError(f"Unsupported position_embedding_type "
-                             f"{hf['position_embedding_type']!r}: only 'absolute' is implemented.")
+            raise ValueError(
+                f"Unsupported position_embedding_type "
+                f"{hf['position_embedding_type']!r}: only 'absolute' is implemented."
+            )
         hidden_act = hf.get("hidden_act", "gelu")
         optional = {k: default if hf.get(k) is None else hf[k] for k, default in defaults.items()}
         return cls(
             family=family,
             hidden_act="gelu" if hidden_act == "gelu_python" else hidden_act,  # Same function.
-            **{k: hf[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                  "num_attention_heads", "intermediate_size",
-                                  "max_position_embeddings")},
+            **{
+                k: hf[k]
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                )
+            },
             **optional,
             **overrides,
         )
@@ -128,13 +152,24 @@ def position_ids_from_mask(config: EncoderConfig, attention_mask: jax.Array) -> 
 
 def _layer_norm(config: EncoderConfig, dtype) -> nn.LayerNorm:
     # Two-pass variance as PyTorch computes it (parity); flax keeps the statistics in fp32.
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name="LayerNorm")
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name="LayerNorm",
+    )
 
 
 def _dense(features: int, dtype, name: str, init=_INIT) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
-                    bias_init=nn.initializers.zeros, name=name)
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=init,
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
 
 
 def _gelu(x):
@@ -188,10 +223,12 @@ class _Embeddings(nn.Module):
             words(jnp.zeros((1, 1), jnp.int32))  # The table exists whichever input init sees.
         # Summed in fp32 whatever the compute dtype: a LayerNorm follows at once.
         h = inputs_embeds.astype(jnp.float32)
-        h += _Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                    name="position_embeddings")(position_ids)
-        h += _Embed(cfg.type_vocab_size, cfg.hidden_size,
-                    name="token_type_embeddings")(token_type_ids)
+        h += _Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embeddings")(
+            position_ids
+        )
+        h += _Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(
+            token_type_ids
+        )
         return _layer_norm(cfg, self.dtype)(h)
 
 
@@ -278,11 +315,17 @@ class _SelfAttention(nn.Module):
         # A boolean mask, so each implementation picks a large negative its dtype holds (the fp32
         # minimum of `attention_bias` rounds to -inf in bf16). cuDNN wants it as [B, 1, Q, L].
         batch, num_queries = q_BxQxHxd.shape[:2]
-        keep_Bx1xQxL = jnp.broadcast_to(attention_bias == 0,
-                                        (batch, 1, num_queries, k_BxLxHxd.shape[1]))
+        keep_Bx1xQxL = jnp.broadcast_to(
+            attention_bias == 0, (batch, 1, num_queries, k_BxLxHxd.shape[1])
+        )
         return jax.nn.dot_product_attention(
-            q_BxQxHxd, k_BxLxHxd, v_BxLxHxd, mask=keep_Bx1xQxL, scale=head_dim**-0.5,
-            implementation=fused_attention_implementation(self.dtype))
+            q_BxQxHxd,
+            k_BxLxHxd,
+            v_BxLxHxd,
+            mask=keep_Bx1xQxL,
+            scale=head_dim**-0.5,
+            implementation=fused_attention_implementation(self.dtype),
+        )
 
 
 class _Attention(nn.Module):
@@ -333,7 +376,8 @@ class _LayerStack(nn.Module):
         last = self.config.num_hidden_layers - 1
         for i in range(self.config.num_hidden_layers):
             h = layer_cls(self.config, self.dtype, name=str(i))(
-                h, attention_bias, output_rows if i == last else None)
+                h, attention_bias, output_rows if i == last else None
+            )
         return h
 
 
@@ -360,8 +404,15 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None,
-                 position_ids=None, inputs_embeds=None, output_rows=None) -> jax.Array:
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_rows=None,
+    ) -> jax.Array:
         """Encodes a batch.
 
         Args:
@@ -391,12 +442,15 @@ class Encoder(nn.Module):
         if position_ids is None:
             position_ids = self._default_position_ids(input_ids, shape)
         h = _Embeddings(self.config, self.dtype, name="embeddings")(
-            input_ids, inputs_embeds, token_type_ids, position_ids)
+            input_ids, inputs_embeds, token_type_ids, position_ids
+        )
         # [B, 1, 1, L]: the fp32 minimum as Hugging Face uses, since scores are fp32.
-        attention_bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0,
-                                   0.0, jnp.finfo(jnp.float32).min)
+        attention_bias = jnp.where(
+            jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min
+        )
         h = _TransformerEncoder(self.config, self.dtype, name="encoder")(
-            h, attention_bias, output_rows)
+            h, attention_bias, output_rows
+        )
         return h.astype(self.dtype)
 
     def _default_position_ids(self, input_ids, shape):
@@ -406,8 +460,7 @@ class Encoder(nn.Module):
         if input_ids is not None:
             return position_ids_from_mask(cfg, input_ids != cfg.pad_token_id)
         # Hugging Face cannot see padding in embeddings, so it numbers every slot from pad + 1.
-        return jnp.broadcast_to(jnp.arange(shape[1], dtype=jnp.int32) + cfg.pad_token_id + 1,
-                                shape)
+        return jnp.broadcast_to(jnp.arange(shape[1], dtype=jnp.int32) + cfg.pad_token_id + 1, shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,10 +486,16 @@ def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
         import huggingface_hub  # pylint: disable=g-import-not-at-top  # Only for hub ids.
 
         # One weights format at a time, so a repo that ships three is not downloaded thrice.
-        for weights in ([_SAFETENSORS, "model-*.safetensors", _SAFETENSORS_INDEX],
-                        [_FLAX_MSGPACK], [_PYTORCH_BIN]):
-            local = pathlib.Path(huggingface_hub.snapshot_download(
-                str(name_or_path), allow_patterns=["config.json", *_TOKENIZER_FILES, *weights]))
+        for weights in (
+            [_SAFETENSORS, "model-*.safetensors", _SAFETENSORS_INDEX],
+            [_FLAX_MSGPACK],
+            [_PYTORCH_BIN],
+        ):
+            local = pathlib.Path(
+                huggingface_hub.snapshot_download(
+                    str(name_or_path), allow_patterns=["config.json", *_TOKENIZER_FILES, *weights]
+                )
+            )
             if _find_weights(local)[1]:
                 break
         return local
@@ -445,7 +504,8 @@ def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
             f"{str(name_or_path)!r} is not a local directory, and the Hugging Face Hub could not "
             f"be reached or does not know that id ({type(e).__name__}: {e}). Pass a local "
             "directory containing config.json and model.safetensors, e.g. "
-            "--config.model.name=/path/to/dir.") from e
+            "--config.model.name=/path/to/dir."
+        ) from e
 
 
 def _find_weights(model_dir: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
@@ -462,8 +522,15 @@ def _find_weights(model_dir: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 
@@ -476,17 +543,22 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
         header = json.loads(f.read(header_size))
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
     header.pop("__metadata__", None)
-    return {name: np.asarray(data[slice(*info["data_offsets"])])
-            .view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-            for name, info in header.items()}
+    return {
+        name: np.asarray(data[slice(*info["data_offsets"])])
+        .view(_SAFETENSORS_DTYPES[info["dtype"]])
+        .reshape(info["shape"])
+        for name, info in header.items()
+    }
 
 
 def _read_pytorch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch  # pylint: disable=g-import-not-at-top  # Optional dependency.
     except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch checkpoint: `pip install torch` to read it, or "
-                          "convert it to model.safetensors.") from e
+        raise ImportError(
+            f"{path} is a PyTorch checkpoint: `pip install torch` to read it, or "
+            "convert it to model.safetensors."
+        ) from e
     state = torch.load(path, map_location="cpu", weights_only=True)
     # numpy has no bf16, so floating tensors come out as fp32.
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
@@ -516,22 +588,26 @@ def read_state_dict(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
     if kind == _PYTORCH_BIN:
         return _read_pytorch_bin(files[0])
-    raise FileNotFoundError(f"No weights in {model_dir}: looked for {_SAFETENSORS}, "
-                            f"{_SAFETENSORS_INDEX}, {_FLAX_MSGPACK} and {_PYTORCH_BIN}.")
+    raise FileNotFoundError(
+        f"No weights in {model_dir}: looked for {_SAFETENSORS}, "
+        f"{_SAFETENSORS_INDEX}, {_FLAX_MSGPACK} and {_PYTORCH_BIN}."
+    )
 
 
 def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"No config.json in {model_dir}: a model directory needs the "
-                                "Hugging Face config.json next to its weights.")
+        raise FileNotFoundError(
+            f"No config.json in {model_dir}: a model directory needs the "
+            "Hugging Face config.json next to its weights."
+        )
     return json.loads(path.read_text())
 
 
 def _strip_model_prefix(name: str) -> str:
     for prefix in ("roberta.", "bert.", "model."):  # Task-model checkpoints nest the encoder.
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -557,15 +633,22 @@ def _init_adapters(encoder: Encoder, rng: jax.Array) -> dict[str, jax.Array]:
     cfg, flat = encoder.config, {}
     for i in range(cfg.num_hidden_layers):
         variables = _Adapter(cfg.adapter_size, encoder.dtype).init(
-            jax.random.fold_in(rng, i), jnp.zeros((1, 1, cfg.hidden_size)))
+            jax.random.fold_in(rng, i), jnp.zeros((1, 1, cfg.hidden_size))
+        )
         for path, value in traverse_util.flatten_dict(variables["params"], sep="/").items():
             flat[f"encoder/layer/{i}/output/adapter/{path}"] = value
     return flat
 
 
-def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
-                    adapter_size: int = 0, remat: bool = False, attention: str = "einsum",
-                    rng: jax.Array | None = None) -> tuple[Encoder, dict[str, Any]]:
+def load_pretrained(
+    name_or_path: str | pathlib.Path,
+    dtype=jnp.float32,
+    *,
+    adapter_size: int = 0,
+    remat: bool = False,
+    attention: str = "einsum",
+    rng: jax.Array | None = None,
+) -> tuple[Encoder, dict[str, Any]]:
     """Loads a pretrained RoBERTa / BERT encoder.
 
     Args:
@@ -584,11 +667,14 @@ def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
         ValueError: unexpected or missing checkpoint keys, or shapes that differ from the model's.
     """
     model_dir = resolve_model_dir(name_or_path)
-    config = EncoderConfig.from_hf_config(_read_config(model_dir), adapter_size=adapter_size,
-                                          remat=remat, attention=attention)
+    config = EncoderConfig.from_hf_config(
+        _read_config(model_dir), adapter_size=adapter_size, remat=remat, attention=attention
+    )
     encoder = Encoder(config, dtype=dtype)
-    expected = traverse_util.flatten_dict(jax.eval_shape(
-        encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"], sep="/")
+    expected = traverse_util.flatten_dict(
+        jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
+        sep="/",
+    )
 
     flat, unexpected = {}, []
     for name, value in read_state_dict(model_dir).items():
@@ -602,8 +688,9 @@ def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
             unexpected.append(name)
     missing = [p for p in expected if p not in flat and "/adapter/" not in p]
     if unexpected:
-        raise ValueError(f"Unexpected keys in the checkpoint in {model_dir}: "
-                         f"{_listing(unexpected)}")
+        raise ValueError(
+            f"Unexpected keys in the checkpoint in {model_dir}: {_listing(unexpected)}"
+        )
     if missing:
         raise ValueError(f"Params missing from the checkpoint in {model_dir}: {_listing(missing)}")
 
@@ -612,8 +699,9 @@ def load_pretrained(name_or_path: str | pathlib.Path, dtype=jnp.float32, *,
         params.update(_init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng))
     for path, value in params.items():  # The tree must be exactly the one `init` makes.
         if value.shape != expected[path].shape:
-            raise ValueError(f"Shape mismatch at {path}: checkpoint {value.shape}, "
-                             f"model {expected[path].shape}.")
+            raise ValueError(
+                f"Shape mismatch at {path}: checkpoint {value.shape}, model {expected[path].shape}."
+            )
     assert params.keys() == expected.keys(), sorted(params.keys() ^ expected.keys())
     return encoder, traverse_util.unflatten_dict(params, sep="/")
 
@@ -631,13 +719,21 @@ def load_mlm_transform(name_or_path: str | pathlib.Path) -> dict[str, Any] | Non
     state = read_state_dict(resolve_model_dir(name_or_path))
     state = {_strip_model_prefix(k): v for k, v in state.items()}
     for head in ("lm_head.", "cls.predictions.transform."):
-        flat = dict(_to_flax(k.removeprefix(head), v) for k, v in state.items()
-                    if k.startswith(head + "dense.") or k.startswith(head + "LayerNorm.")
-                    or k.startswith(head + "layer_norm."))
+        flat = dict(
+            _to_flax(k.removeprefix(head), v)
+            for k, v in state.items()
+            if k.startswith(head + "dense.")
+            or k.startswith(head + "LayerNorm.")
+            or k.startswith(head + "layer_norm.")
+        )
         if "dense/kernel" in flat:
             return traverse_util.unflatten_dict(
-                {p.replace("LayerNorm/", "layer_norm/"): jnp.asarray(np.asarray(v, np.float32))
-                 for p, v in flat.items()}, sep="/")
+                {
+                    p.replace("LayerNorm/", "layer_norm/"): jnp.asarray(np.asarray(v, np.float32))
+                    for p, v in flat.items()
+                },
+                sep="/",
+            )
     return None
 
 

@@ -62,10 +62,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 # Set by the grid's axes, never by overrides: a cell's directory name must say its value.
@@ -178,15 +178,14 @@ def load_grid(path: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise GridError(
-            f"--grid={path}: no such file; give a grid file such as "
-            "configs/grids/minilm_smoke.py."
+            f"--grid={path}: no such file; give a grid file such as configs/grids/minilm_smoke.py."
         )
     spec = importlib.util.spec_from_file_location(f"_infoprompt_grid_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_grid"):
         raise GridError(
-            f"{path} defines no get_grid(); see infoprompt_jax/experiments.py for the " "format."
+            f"{path} defines no get_grid(); see infoprompt_jax/experiments.py for the format."
         )
     return normalize_grid(module.get_grid(), name=path.stem, where=str(path))
 
@@ -416,8 +415,7 @@ def run_command(command: Sequence[str], log_path: pathlib.Path) -> int:
     """Runs a command with stdout and stderr appended to `log_path`; returns its exit status."""
     with log_path.open("a") as log:
         log.write(
-            f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
-            f"{shlex.join(command)}\n"
+            f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(command)}\n"
         )
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -585,7 +583,7 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "max_parallel",
         1,
-        "Cells run at once (on one accelerator, only if they " "fit in its memory together).",
+        "Cells run at once (on one accelerator, only if they fit in its memory together).",
     )
     flags.mark_flags_as_required(["grid", "root"])
 

@@ -20,21 +20,17 @@ import json
 import pathlib
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from etils import epath
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition
-from infoprompt_jax import sharding
-from infoprompt_jax import steps
+from infoprompt_jax import partition, sharding, steps
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
@@ -49,7 +45,8 @@ def load_run_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: --workdir must be the directory a training run wrote "
-            "(python -m infoprompt_jax.main --workdir=...), which holds config.json.")
+            "(python -m infoprompt_jax.main --workdir=...), which holds config.json."
+        )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -65,7 +62,8 @@ def read_only_manager(workdir: str | epath.Path) -> ocp.CheckpointManager:
     if not directory.exists():
         raise FileNotFoundError(
             f"No checkpoint in {workdir}: {directory} does not exist. Export the workdir of a "
-            "run that has saved a checkpoint (one is saved at the end of every epoch).")
+            "run that has saved a checkpoint (one is saved at the end of every epoch)."
+        )
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "record"))
 
@@ -76,17 +74,21 @@ def choose_step(manager: ocp.CheckpointManager, workdir: Any, step: int | None) 
     if not available:
         raise FileNotFoundError(
             f"No checkpoint in {workdir}: {manager.directory} holds no complete step. Export "
-            "the workdir of a run that has saved a checkpoint (one is saved every epoch).")
+            "the workdir of a run that has saved a checkpoint (one is saved every epoch)."
+        )
     if step is None:
         return available[-1]
     if step not in available:
-        raise ValueError(f"--step={step}: {workdir} has checkpoints at steps {available}; "
-                         "pick one of them or leave --step out for the latest.")
+        raise ValueError(
+            f"--step={step}: {workdir} has checkpoints at steps {available}; "
+            "pick one of them or leave --step out for the latest."
+        )
     return step
 
 
-def abstract_train_state(comps: components_lib.Components,
-                         mesh: jax.sharding.Mesh) -> steps.TrainState:
+def abstract_train_state(
+    comps: components_lib.Components, mesh: jax.sharding.Mesh
+) -> steps.TrainState:
     """The train state's shapes, dtypes and shardings: the restore target, built without compute.
 
     Mirrors `train.build_state`. The optimizer's state has the same structure for any number of
@@ -94,8 +96,12 @@ def abstract_train_state(comps: components_lib.Components,
     """
     sample = sample_batch(comps)
     optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr, 1, warmup_fraction=comps.config.optim.warmup_fraction,
-        weight_decay=comps.config.optim.weight_decay, clip_norm=comps.config.optim.clip_norm)
+        comps.method.peak_lr,
+        1,
+        warmup_fraction=comps.config.optim.warmup_fraction,
+        weight_decay=comps.config.optim.weight_decay,
+        clip_norm=comps.config.optim.clip_norm,
+    )
 
     def initial_state():
         trainable, _ = partition.split_params(comps.init_params(sample), comps.method.name)
@@ -104,8 +110,10 @@ def abstract_train_state(comps: components_lib.Components,
 
     # Replicated, as training keeps the state, on whatever devices this process has.
     replicated = sharding.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                        jax.eval_shape(initial_state))
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(initial_state),
+    )
 
 
 def sample_batch(comps: components_lib.Components) -> dict[str, np.ndarray]:
@@ -116,8 +124,9 @@ def sample_batch(comps: components_lib.Components) -> dict[str, np.ndarray]:
     return arrays
 
 
-def restore_trainable(workdir: str | epath.Path, comps: components_lib.Components,
-                      step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+def restore_trainable(
+    workdir: str | epath.Path, comps: components_lib.Components, step: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any], int]:
     """(trainable params, checkpoint record, step) of a workdir's checkpoint.
 
     Args:
@@ -129,8 +138,12 @@ def restore_trainable(workdir: str | epath.Path, comps: components_lib.Component
     try:
         step = choose_step(manager, workdir, step)
         target = abstract_train_state(comps, sharding.make_mesh())
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+            ),
+        )
     finally:
         manager.close()
     return restored["state"].trainable, dict(restored["record"]), step
@@ -140,10 +153,14 @@ def flat_float32(trainable: dict[str, Any]) -> dict[str, np.ndarray]:
     """{'a/b/c': float32 numpy array} of a params tree, on the host."""
     # addressable_data(0): the state is replicated, and on a pod no process can address all of
     # a global array, so each reads its own copy.
-    return {path: np.ascontiguousarray(
-                np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf,
-                           np.float32))
-            for path, leaf in partition.flatten(trainable).items()}
+    return {
+        path: np.ascontiguousarray(
+            np.asarray(
+                leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf, np.float32
+            )
+        )
+        for path, leaf in partition.flatten(trainable).items()
+    }
 
 
 def eval_metrics_at(workdir: str | epath.Path, step: int) -> dict[str, float] | None:
@@ -159,18 +176,28 @@ def eval_metrics_at(workdir: str | epath.Path, step: int) -> dict[str, float] | 
     return None
 
 
-def export_info(comps: components_lib.Components, step: int, num_parameters: int,
-                record: dict[str, Any] | None = None,
-                eval_metrics: dict[str, float] | None = None) -> dict[str, Any]:
+def export_info(
+    comps: components_lib.Components,
+    step: int,
+    num_parameters: int,
+    record: dict[str, Any] | None = None,
+    eval_metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The contents of `export.json`."""
     best = None
     if record and record.get("best_score") is not None:
-        best = {"metric": f"eval_{comps.task.main_metric}", "score": record["best_score"],
-                "step": record["best_step"]}
+        best = {
+            "metric": f"eval_{comps.task.main_metric}",
+            "score": record["best_score"],
+            "step": record["best_step"],
+        }
     return {
         "format_version": FORMAT_VERSION,
-        "task": {"name": comps.task.name, "label_names": list(comps.task.label_names),
-                 "text_fields": list(comps.template_tokenizer.template.fields)},
+        "task": {
+            "name": comps.task.name,
+            "label_names": list(comps.task.label_names),
+            "text_fields": list(comps.template_tokenizer.template.fields),
+        },
         "method": comps.method.name,
         "step": int(step),
         "encoder": {
@@ -184,9 +211,14 @@ def export_info(comps: components_lib.Components, step: int, num_parameters: int
     }
 
 
-def write_export(output_dir: str | pathlib.Path, comps: components_lib.Components,
-                 trainable: dict[str, Any], step: int, record: dict[str, Any] | None = None,
-                 eval_metrics: dict[str, float] | None = None) -> pathlib.Path:
+def write_export(
+    output_dir: str | pathlib.Path,
+    comps: components_lib.Components,
+    trainable: dict[str, Any],
+    step: int,
+    record: dict[str, Any] | None = None,
+    eval_metrics: dict[str, float] | None = None,
+) -> pathlib.Path:
     """Writes the export directory (call it on one process only).
 
     Args:
@@ -205,9 +237,11 @@ def write_export(output_dir: str | pathlib.Path, comps: components_lib.Component
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = flat_float32(trainable)
-    safetensors.numpy.save_file(tensors, output_dir / PARAMS_FILE,
-                                metadata={"format": "infoprompt_jax",
-                                          "format_version": str(FORMAT_VERSION)})
+    safetensors.numpy.save_file(
+        tensors,
+        output_dir / PARAMS_FILE,
+        metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+    )
     (output_dir / CONFIG_FILE).write_text(comps.config.to_json_best_effort(indent=2) + "\n")
     info = export_info(comps, step, sum(t.size for t in tensors.values()), record, eval_metrics)
     (output_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -245,12 +279,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
     flag name that two modules imported into one process both define at import time.
     """
     holders = {
-        "workdir": flags.DEFINE_string("workdir", None, "The training run's directory.",
-                                       flag_values=flag_values),
-        "output": flags.DEFINE_string("output", None, "Local directory to write the export to.",
-                                      flag_values=flag_values),
-        "step": flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).",
-                                     flag_values=flag_values),
+        "workdir": flags.DEFINE_string(
+            "workdir", None, "The training run's directory.", flag_values=flag_values
+        ),
+        "output": flags.DEFINE_string(
+            "output", None, "Local directory to write the export to.", flag_values=flag_values
+        ),
+        "step": flags.DEFINE_integer(
+            "step", None, "Checkpoint step (default: the latest).", flag_values=flag_values
+        ),
     }
     flags.mark_flags_as_required(["workdir", "output"], flag_values=flag_values)
     return holders

@@ -8,15 +8,22 @@ the results are those of the full length up to float rounding; each bucket lengt
 step once, so a few buckets keep the shapes static.
 """
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 Arrays = Mapping[str, np.ndarray]
 
 # The `[N, L]` arrays of the tokenized batch contract; the rest are per-row or index arrays.
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "plain_input_ids",
-                 "plain_attention_mask", "plain_token_type_ids", "plain_context_mask")
+SEQUENCE_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "plain_input_ids",
+    "plain_attention_mask",
+    "plain_token_type_ids",
+    "plain_context_mask",
+)
 _MASK_KEYS = ("attention_mask", "plain_attention_mask")
 
 
@@ -28,8 +35,10 @@ def bucket_lengths(max_len: int, buckets: Sequence[int]) -> tuple[int, ...]:
     """
     for length in buckets:
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"config.length_buckets={tuple(buckets)!r}: every bucket must be a "
-                             "positive integer, e.g. (32, 64); () uses max_len for every batch.")
+            raise ValueError(
+                f"config.length_buckets={tuple(buckets)!r}: every bucket must be a "
+                "positive integer, e.g. (32, 64); () uses max_len for every batch."
+            )
     return tuple(sorted({int(n) for n in buckets if n < max_len})) + (max_len,)
 
 
@@ -50,14 +59,18 @@ def batch_length(arrays: Arrays, lengths: Sequence[int]) -> int:
     for length in lengths:
         if length >= needed:
             return length
-    raise ValueError(f"A row needs {needed} positions, more than the largest bucket "
-                     f"{lengths[-1]}; the arrays were tokenized for a longer max_len.")
+    raise ValueError(
+        f"A row needs {needed} positions, more than the largest bucket "
+        f"{lengths[-1]}; the arrays were tokenized for a longer max_len."
+    )
 
 
 def cut(arrays: Arrays, length: int) -> dict[str, np.ndarray]:
     """The arrays with every `[N, L]` one cut to `[N, length]`; the others unchanged."""
-    return {name: value[:, :length] if name in SEQUENCE_KEYS else value
-            for name, value in arrays.items()}
+    return {
+        name: value[:, :length] if name in SEQUENCE_KEYS else value
+        for name, value in arrays.items()
+    }
 
 
 def order_by_length(arrays: Arrays) -> np.ndarray:

@@ -10,7 +10,7 @@ Every function here returns per-example values `[B]` so that callers decide how 
 """
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +82,10 @@ def infoprompt_objective(terms: Mapping[str, jax.Array], weights: ObjectiveWeigh
     if weights.nce_clamp is not None:
         nce_rep_B = jnp.minimum(nce_rep_B, weights.nce_clamp)
         nce_head_B = jnp.minimum(nce_head_B, weights.nce_clamp)
-    total_B = (terms["ce"] + weights.beta * nce_rep_B + weights.gamma * nce_head_B
-               + weights.kl_weight * terms["kl"])
+    total_B = (
+        terms["ce"]
+        + weights.beta * nce_rep_B
+        + weights.gamma * nce_head_B
+        + weights.kl_weight * terms["kl"]
+    )
     return jnp.mean(total_B)

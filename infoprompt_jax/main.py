@@ -8,10 +8,8 @@ checkpoint in the workdir.
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infoprompt_jax import train
@@ -24,7 +22,7 @@ _MULTIHOST = flags.DEFINE_bool(
     "coordinator address in the environment says the run spans several processes).",
 )
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/rte.py or " "configs/rte.py:tiny.", lock_config=True
+    "config", None, "Config file, e.g. configs/rte.py or configs/rte.py:tiny.", lock_config=True
 )
 flags.mark_flags_as_required(["config", "workdir"])
 

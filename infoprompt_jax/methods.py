@@ -8,8 +8,7 @@ import dataclasses
 
 import ml_collections
 
-from infoprompt_jax import losses
-from infoprompt_jax import models
+from infoprompt_jax import losses, models
 
 METHODS = ("infoprompt", "idpg", "warp", "adapter", "finetune")
 
@@ -58,7 +57,9 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
     if config.variant not in ("paper", "released"):
         raise ValueError(f"config.variant={config.variant!r}; choose 'paper' or 'released'.")
     beta, gamma = (config.loss.beta, config.loss.gamma) if name == "infoprompt" else (0.0, 0.0)
-    prompt_source = {"infoprompt": "generator", "idpg": "generator", "warp": "free"}.get(name, "none")
+    prompt_source = {"infoprompt": "generator", "idpg": "generator", "warp": "free"}.get(
+        name, "none"
+    )
     num_prompt_tokens = config.prompt.num_tokens if prompt_source != "none" else 0
     if prompt_source != "none" and num_prompt_tokens < 1:
         raise ValueError(f"config.prompt.num_tokens={num_prompt_tokens}: {name} needs >= 1.")
@@ -81,8 +82,11 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         head_bottleneck_dim=config.loss.head_bottleneck_dim,
     )
     weights = losses.ObjectiveWeights(
-        beta=beta, gamma=gamma, nce_clamp=config.loss.nce_clamp or None,
-        kl_weight=config.loss.kl_weight if config.loss.head_bottleneck_dim else 0.0)
+        beta=beta,
+        gamma=gamma,
+        nce_clamp=config.loss.nce_clamp or None,
+        kl_weight=config.loss.kl_weight if config.loss.head_bottleneck_dim else 0.0,
+    )
     peak_lr = config.optim.finetune_lr if name == "finetune" else config.optim.lr
     adapter_size = config.model.adapter_size if name == "adapter" else 0
     return Method(name, model_config, weights, peak_lr, adapter_size)

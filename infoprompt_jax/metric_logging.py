@@ -4,10 +4,11 @@ progress line with examples/s on interactive runs. Only process 0 writes."""
 import json
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from etils import epath
 import jax
+from etils import epath
 
 
 def _tensorboard_writer(logdir: epath.Path):

@@ -110,8 +110,8 @@ def semeval_macro_f1(pred_labels: Sequence[str], gold_labels: Sequence[str]) -> 
         Macro-F1 in [0, 1]; 0.0 when no gold label is a relation.
     """
     pred, gold = _pair(np.asarray(pred_labels, dtype=object), np.asarray(gold_labels, dtype=object))
-    pred_type = np.array([_relation_type(l) for l in pred], dtype=object)
-    gold_type = np.array([_relation_type(l) for l in gold], dtype=object)
+    pred_type = np.array([_relation_type(label) for label in pred], dtype=object)
+    gold_type = np.array([_relation_type(label) for label in gold], dtype=object)
     types = sorted(set(gold_type) - {_SEMEVAL_OTHER})
     if not types:
         return 0.0

@@ -5,7 +5,8 @@ the class vectors from the verbalizer words' embeddings (WARP), the prompt gener
 critics from random initialisers.
 """
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +17,16 @@ from infoprompt_jax import models
 Params = dict[str, Any]
 
 
-def init_params(model: models.InfoPromptModel, rng: jax.Array, sample_batch: Mapping[str, Any],
-                encoder_params: Params, *, mlm_transform: Params | None = None,
-                verbalizer_ids: Sequence[Sequence[int]] | None = None,
-                prompt_init: np.ndarray | None = None) -> Params:
+def init_params(
+    model: models.InfoPromptModel,
+    rng: jax.Array,
+    sample_batch: Mapping[str, Any],
+    encoder_params: Params,
+    *,
+    mlm_transform: Params | None = None,
+    verbalizer_ids: Sequence[Sequence[int]] | None = None,
+    prompt_init: np.ndarray | None = None,
+) -> Params:
     """The model's full parameter tree.
 
     Args:
@@ -33,6 +40,7 @@ def init_params(model: models.InfoPromptModel, rng: jax.Array, sample_batch: Map
             the mean of their word embeddings. None keeps the random class vectors.
         prompt_init: `[n_p, D]` initial free prompt (WARP); None keeps the random one.
     """
+
     def init_without_encoder(key):
         params = model.init(key, sample_batch, key)["params"]
         # Dropped here so XLA never materialises a random copy of the (large) encoder.
@@ -43,8 +51,10 @@ def init_params(model: models.InfoPromptModel, rng: jax.Array, sample_batch: Map
     head = dict(params["task_head"])
     if model.config.has_mlm_transform:
         if mlm_transform is None:
-            raise ValueError("The model config has an MLM transform in its head but the checkpoint "
-                             "has no MLM head; set has_mlm_transform=False.")
+            raise ValueError(
+                "The model config has an MLM transform in its head but the checkpoint "
+                "has no MLM head; set has_mlm_transform=False."
+            )
         head["mlm_transform"] = jax.tree.map(jnp.asarray, mlm_transform)
     if verbalizer_ids is not None:
         head["class_vectors"] = class_vectors_from_verbalizers(encoder_params, verbalizer_ids)
@@ -62,8 +72,9 @@ def word_embedding_table(encoder_params: Params) -> jax.Array:
     return encoder_params["embeddings"]["word_embeddings"]["embedding"]
 
 
-def class_vectors_from_verbalizers(encoder_params: Params,
-                                   verbalizer_ids: Sequence[Sequence[int]]) -> jax.Array:
+def class_vectors_from_verbalizers(
+    encoder_params: Params, verbalizer_ids: Sequence[Sequence[int]]
+) -> jax.Array:
     """`[C, D]`: each class's verbalizer token embeddings, averaged."""
     table = word_embedding_table(encoder_params)
     return jnp.stack([jnp.mean(table[jnp.asarray(ids)], axis=0) for ids in verbalizer_ids])

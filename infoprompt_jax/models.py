@@ -7,7 +7,8 @@ trainable parameters (`partition.py`), never a different model.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -74,11 +75,16 @@ class ModelConfig:
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
-                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {allowed}.")
+                raise ValueError(
+                    f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {allowed}."
+                )
         if self.prompt_source == "none" and (
-                self.use_head_critic or self.use_representation_critic):
-            raise ValueError("The InfoPrompt critics need prompts: prompt_source='none' requires "
-                             "beta = gamma = 0.")
+            self.use_head_critic or self.use_representation_critic
+        ):
+            raise ValueError(
+                "The InfoPrompt critics need prompts: prompt_source='none' requires "
+                "beta = gamma = 0."
+            )
         if self.num_candidates < 2:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
 
@@ -110,11 +116,12 @@ class PromptGenerator(nn.Module):
         n, r = cfg.num_prompt_tokens, cfg.generator_rank
         # Entries of the rank-r code have unit scale for layer-normed inputs; the up projection
         # then sets the prompt entries to `prompt_init_scale`, the scale of word embeddings.
-        down_init = nn.initializers.normal(stddev=d ** -0.5)
-        up_init = nn.initializers.normal(stddev=cfg.prompt_init_scale * r ** -0.5)
+        down_init = nn.initializers.normal(stddev=d**-0.5)
+        up_init = nn.initializers.normal(stddev=cfg.prompt_init_scale * r**-0.5)
         if cfg.generator == "released":
-            code_BxR = nn.gelu(nn.Dense(r, kernel_init=down_init, name="down")(source_BxD),
-                               approximate=False)
+            code_BxR = nn.gelu(
+                nn.Dense(r, kernel_init=down_init, name="down")(source_BxD), approximate=False
+            )
             flat_BxND = nn.Dense(n * d, kernel_init=up_init, name="up")(code_BxR)
             return flat_BxND.reshape(-1, n, d)
         down_NxDxR = self.param("down", down_init, (n, d, r))
@@ -150,10 +157,15 @@ class TaskHead(nn.Module):
             self.bottleneck_sigma = nn.Dense(self.config.head_bottleneck_dim)
             self.bottleneck_out = nn.Dense(d)
         self.class_vectors = self.param(
-            "class_vectors", nn.initializers.normal(0.02), (self.config.num_classes, d))
-        self.class_bias = self.param("class_bias", nn.initializers.zeros, (self.config.num_classes,))
+            "class_vectors", nn.initializers.normal(0.02), (self.config.num_classes, d)
+        )
+        self.class_bias = self.param(
+            "class_bias", nn.initializers.zeros, (self.config.num_classes,)
+        )
 
-    def __call__(self, z_BxD: jax.Array, noise_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, z_BxD: jax.Array, noise_key: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
         """Returns (logits [B, C], KL of the released variational bottleneck [B] or zeros)."""
         h_BxD = self.mlm_transform(z_BxD) if self.config.has_mlm_transform else z_BxD
         kl_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
@@ -213,8 +225,11 @@ class RepresentationCritic(nn.Module):
         if self.config.critic == "scaled_dot":
             self.prompt_projection = nn.Dense(self.config.representation_dim)
         else:
-            self.w2 = self.param("w2", nn.initializers.lecun_normal(),
-                                 (self.hidden_size, self.config.representation_dim))
+            self.w2 = self.param(
+                "w2",
+                nn.initializers.lecun_normal(),
+                (self.hidden_size, self.config.representation_dim),
+            )
 
     def posterior(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation of the Gaussian over the representation."""
@@ -242,7 +257,8 @@ class InfoPromptModel(nn.Module):
             self.prompt_generator = PromptGenerator(cfg, d)
         elif cfg.prompt_source == "free":
             self.prompt = self.param(
-                "prompt", nn.initializers.normal(cfg.prompt_init_scale), (cfg.num_prompt_tokens, d))
+                "prompt", nn.initializers.normal(cfg.prompt_init_scale), (cfg.num_prompt_tokens, d)
+            )
         self.task_head = TaskHead(cfg, d, self.encoder_config.layer_norm_eps)
         if cfg.use_head_critic:
             self.head_critic = HeadCritic(cfg, d)
@@ -255,17 +271,25 @@ class InfoPromptModel(nn.Module):
         return encoder_lib.embedding_lookup(table, token_ids).astype(jnp.float32)
 
     def _encode(self, **inputs) -> jax.Array:
-        positions = encoder_lib.position_ids_from_mask(self.encoder_config, inputs["attention_mask"])
+        positions = encoder_lib.position_ids_from_mask(
+            self.encoder_config, inputs["attention_mask"]
+        )
         return self.encoder(position_ids=positions, **inputs).astype(jnp.float32)
 
     def unprompted_pass(self, batch: Batch) -> dict[str, jax.Array]:
         """Step 1: P_src = H0[<s>], Z0 = H0[<mask>]; nothing is differentiated through it."""
         # Only the two rows read are computed in the last layer.
-        rows_Bx2 = jnp.stack([jnp.zeros_like(batch["plain_mask_position"]),
-                              batch["plain_mask_position"]], axis=1)
-        h0_Bx2xD = jax.lax.stop_gradient(self._encode(
-            input_ids=batch["plain_input_ids"], attention_mask=batch["plain_attention_mask"],
-            token_type_ids=batch["plain_token_type_ids"], output_rows=rows_Bx2))
+        rows_Bx2 = jnp.stack(
+            [jnp.zeros_like(batch["plain_mask_position"]), batch["plain_mask_position"]], axis=1
+        )
+        h0_Bx2xD = jax.lax.stop_gradient(
+            self._encode(
+                input_ids=batch["plain_input_ids"],
+                attention_mask=batch["plain_attention_mask"],
+                token_type_ids=batch["plain_token_type_ids"],
+                output_rows=rows_Bx2,
+            )
+        )
         return {"source": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
 
     def prompts(self, batch: Batch, source_BxD: jax.Array | None) -> jax.Array:
@@ -283,8 +307,11 @@ class InfoPromptModel(nn.Module):
         rows_Bx1 = jnp.arange(embeds_BxLxD.shape[0])[:, None]
         embeds_BxLxD = embeds_BxLxD.at[rows_Bx1, batch["prompt_positions"]].set(prompts_BxNxD)
         h_Bx1xD = self._encode(
-            inputs_embeds=embeds_BxLxD.astype(self.dtype), attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"], output_rows=batch["mask_position"][:, None])
+            inputs_embeds=embeds_BxLxD.astype(self.dtype),
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            output_rows=batch["mask_position"][:, None],
+        )
         return h_Bx1xD[:, 0]
 
     def __call__(self, batch: Batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -302,10 +329,14 @@ class InfoPromptModel(nn.Module):
         cfg = self.config
         if self.is_initializing():
             # Creates the encoder's params (the word-embedding table above all) on every path.
-            self._encode(input_ids=batch["plain_input_ids"], attention_mask=batch["plain_attention_mask"],
-                         token_type_ids=batch["plain_token_type_ids"])
+            self._encode(
+                input_ids=batch["plain_input_ids"],
+                attention_mask=batch["plain_attention_mask"],
+                token_type_ids=batch["plain_token_type_ids"],
+            )
         needs_plain = cfg.prompt_source == "generator" or (
-            rng is not None and cfg.use_representation_critic)
+            rng is not None and cfg.use_representation_critic
+        )
         if "cached_source" in batch:  # config.cache_unprompted: computed once per example.
             plain = {"source": batch["cached_source"], "z0": batch["cached_z0"]}
         else:
@@ -319,12 +350,18 @@ class InfoPromptModel(nn.Module):
             return outputs
         zeros_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
         prompt_mean_BxD = jnp.mean(prompts_BxNxD, axis=1)
-        outputs.update(ce=losses.cross_entropy(logits_BxC, batch["label"]), kl=kl_B,
-                       nce_head=zeros_B, nce_rep=zeros_B)
+        outputs.update(
+            ce=losses.cross_entropy(logits_BxC, batch["label"]),
+            kl=kl_B,
+            nce_head=zeros_B,
+            nce_rep=zeros_B,
+        )
         if cfg.use_head_critic:
             outputs["nce_head"] = self.head_nce(batch, prompt_mean_BxD, keys[1])
         if cfg.use_representation_critic:
-            outputs["nce_rep"] = self.representation_nce(prompt_mean_BxD, z_BxD, plain["z0"], keys[2])
+            outputs["nce_rep"] = self.representation_nce(
+                prompt_mean_BxD, z_BxD, plain["z0"], keys[2]
+            )
         return outputs
 
     def head_nce(self, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Array) -> jax.Array:
@@ -346,8 +383,9 @@ class InfoPromptModel(nn.Module):
         candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
         return losses.info_nce(self.head_critic(candidates_BxKxD, theta_D))
 
-    def representation_nce(self, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array,
-                           key: jax.Array) -> jax.Array:
+    def representation_nce(
+        self, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array, key: jax.Array
+    ) -> jax.Array:
         """Step 6: InfoNCE of a posterior sample of Z against samples built from Z0."""
         critic = self.representation_critic
         positive_key, negative_key = jax.random.split(key)
@@ -355,7 +393,9 @@ class InfoPromptModel(nn.Module):
         positive_BxZ = mu_BxZ + sigma_BxZ * jax.random.normal(positive_key, mu_BxZ.shape)
         mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
         num_negatives = self.config.num_candidates - 1
-        noise_BxNxZ = jax.random.normal(negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1]))
+        noise_BxNxZ = jax.random.normal(
+            negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1])
+        )
         negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
         candidates_BxKxZ = jnp.concatenate([positive_BxZ[:, None], negatives_BxNxZ], axis=1)
         return losses.info_nce(critic(prompt_mean_BxD, candidates_BxKxZ))

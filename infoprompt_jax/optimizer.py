@@ -14,15 +14,24 @@ def learning_rate_schedule(peak_lr: float, total_steps: int, warmup_fraction: fl
     warmup_steps = max(1, int(round(warmup_fraction * total_steps)))
     decay_steps = max(1, total_steps - warmup_steps)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak_lr, warmup_steps),
-         optax.linear_schedule(peak_lr, 0.0, decay_steps)],
-        boundaries=[warmup_steps])
+        [
+            optax.linear_schedule(0.0, peak_lr, warmup_steps),
+            optax.linear_schedule(peak_lr, 0.0, decay_steps),
+        ],
+        boundaries=[warmup_steps],
+    )
 
 
-def make_optimizer(peak_lr: float, total_steps: int, *, warmup_fraction: float = 0.06,
-                   weight_decay: float = 0.0, clip_norm: float = 1.0) -> optax.GradientTransformation:
+def make_optimizer(
+    peak_lr: float,
+    total_steps: int,
+    *,
+    warmup_fraction: float = 0.06,
+    weight_decay: float = 0.0,
+    clip_norm: float = 1.0,
+) -> optax.GradientTransformation:
     """The optimizer of the trainable parameters (the frozen ones never reach it)."""
     schedule = learning_rate_schedule(peak_lr, total_steps, warmup_fraction)
     return optax.chain(
-        optax.clip_by_global_norm(clip_norm),
-        optax.adamw(schedule, weight_decay=weight_decay))
+        optax.clip_by_global_norm(clip_norm), optax.adamw(schedule, weight_decay=weight_decay)
+    )

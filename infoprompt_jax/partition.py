@@ -7,7 +7,8 @@ default.
 """
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flax import traverse_util
 
@@ -21,12 +22,24 @@ _HEAD_AND_CRITICS = (r"^(task_head|head_critic|representation_critic)/", True)
 _FROZEN_ENCODER = (r"^encoder/", False)
 METHOD_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
     "infoprompt": (
-        _FROZEN_MLM_TRANSFORM, (r"^prompt_generator/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
+        _FROZEN_MLM_TRANSFORM,
+        (r"^prompt_generator/", True),
+        _HEAD_AND_CRITICS,
+        _FROZEN_ENCODER,
+    ),
     "idpg": (
-        _FROZEN_MLM_TRANSFORM, (r"^prompt_generator/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
+        _FROZEN_MLM_TRANSFORM,
+        (r"^prompt_generator/", True),
+        _HEAD_AND_CRITICS,
+        _FROZEN_ENCODER,
+    ),
     "warp": (_FROZEN_MLM_TRANSFORM, (r"^prompt$", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
     "adapter": (
-        _FROZEN_MLM_TRANSFORM, (r"^encoder/.*/adapter/", True), _HEAD_AND_CRITICS, _FROZEN_ENCODER),
+        _FROZEN_MLM_TRANSFORM,
+        (r"^encoder/.*/adapter/", True),
+        _HEAD_AND_CRITICS,
+        _FROZEN_ENCODER,
+    ),
     "finetune": ((r".*", True),),
 }
 

@@ -16,25 +16,20 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from absl import app, flags, logging
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
-from infoprompt_jax import partition
-from infoprompt_jax import sharding
-from infoprompt_jax import steps
+from infoprompt_jax import partition, sharding, steps, templates, train
 from infoprompt_jax import tasks as tasks_lib
-from infoprompt_jax import templates
-from infoprompt_jax import train
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
 # mapping of field name to string.
@@ -48,12 +43,14 @@ def read_export(export_dir: str | pathlib.Path) -> tuple[dict[str, Any], ml_coll
     if not info_path.is_file():
         raise FileNotFoundError(
             f"{info_path} not found: --export_dir must be a directory written by "
-            "python -m infoprompt_jax.export --workdir=W --output=DIR.")
+            "python -m infoprompt_jax.export --workdir=W --output=DIR."
+        )
     info = json.loads(info_path.read_text())
     if info.get("format_version") != export_lib.FORMAT_VERSION:
         raise ValueError(
             f"{info_path} has format_version {info.get('format_version')!r}; this version of "
-            f"infoprompt_jax reads {export_lib.FORMAT_VERSION}. Re-export the run with it.")
+            f"infoprompt_jax reads {export_lib.FORMAT_VERSION}. Re-export the run with it."
+        )
     config = json.loads((export_dir / export_lib.CONFIG_FILE).read_text())
     return info, ml_collections.ConfigDict(config)
 
@@ -83,14 +80,16 @@ def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) ->
         raise FileNotFoundError(
             f"Cannot find the encoder this export was trained with ({recorded['name']!r}, "
             f"exported from {recorded['model_dir']}): {e} Pass its checkpoint directory with "
-            "encoder_path= (--encoder_path=DIR).") from e
+            "encoder_path= (--encoder_path=DIR)."
+        ) from e
     checksum = encoder_lib.weights_checksum(model_dir)
     if checksum != recorded["weights_checksum"]:
         raise ValueError(
             f"Encoder mismatch: {model_dir} has weights checksum {checksum}, but the export was "
             f"trained with {recorded['name']!r} ({recorded['model_dir']}), weights checksum "
             f"{recorded['weights_checksum']}. The prompts only work on that encoder: pass its "
-            "checkpoint directory with encoder_path= (--encoder_path=DIR).")
+            "checkpoint directory with encoder_path= (--encoder_path=DIR)."
+        )
     return model_dir
 
 
@@ -104,7 +103,8 @@ def task_from_export(info: Mapping[str, Any]) -> tasks_lib.TaskSpec:
         raise ValueError(
             f"The export's labels {list(labels)} differ from task {task.name!r}'s registered "
             f"labels {list(task.label_names)}: the export comes from another version of "
-            "infoprompt_jax; re-export it with this one.")
+            "infoprompt_jax; re-export it with this one."
+        )
     return task
 
 
@@ -128,19 +128,24 @@ def frozen_params(comps: components_lib.Components) -> dict[str, Any]:
     return partition.split_params(pretrained, comps.method.name)[1]
 
 
-def check_params(comps: components_lib.Components, params: Mapping[str, Any],
-                 where: pathlib.Path) -> None:
+def check_params(
+    comps: components_lib.Components, params: Mapping[str, Any], where: pathlib.Path
+) -> None:
     """Raises if `params` is not the tree the model expects (names, shapes)."""
     sample = export_lib.sample_batch(comps)
     expected = partition.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
     found = partition.flatten(params)
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    wrong = [f"{p}: {tuple(found[p].shape)} (model: {tuple(expected[p].shape)})"
-             for p in sorted(expected.keys() & found.keys())
-             if tuple(found[p].shape) != tuple(expected[p].shape)]
+    wrong = [
+        f"{p}: {tuple(found[p].shape)} (model: {tuple(expected[p].shape)})"
+        for p in sorted(expected.keys() & found.keys())
+        if tuple(found[p].shape) != tuple(expected[p].shape)
+    ]
     if missing or extra or wrong:
-        raise ValueError(f"{where} does not fit the exported config's model: missing {missing}, "
-                         f"unexpected {extra}, wrong shapes {wrong}. Re-export the run.")
+        raise ValueError(
+            f"{where} does not fit the exported config's model: missing {missing}, "
+            f"unexpected {extra}, wrong shapes {wrong}. Re-export the run."
+        )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -158,8 +163,13 @@ class InfoPromptClassifier:
         info: the export.json contents.
     """
 
-    def __init__(self, components: components_lib.Components, trainable: Any, frozen: Any,
-                 info: Mapping[str, Any]):
+    def __init__(
+        self,
+        components: components_lib.Components,
+        trainable: Any,
+        frozen: Any,
+        info: Mapping[str, Any],
+    ):
         self.components = components
         self.info = dict(info)
         self._trainable = jax.device_put(trainable)
@@ -169,8 +179,9 @@ class InfoPromptClassifier:
         self._mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
 
     @classmethod
-    def load(cls, export_dir: str | pathlib.Path,
-             encoder_path: str | None = None) -> "InfoPromptClassifier":
+    def load(
+        cls, export_dir: str | pathlib.Path, encoder_path: str | None = None
+    ) -> "InfoPromptClassifier":
         """Loads an export directory.
 
         Args:
@@ -216,9 +227,14 @@ class InfoPromptClassifier:
         """
         probabilities = softmax(self.predict_logits(inputs, batch_size))
         names = self.label_names
-        return [{"label": names[int(np.argmax(row))], "label_id": int(np.argmax(row)),
-                 "probabilities": {name: float(p) for name, p in zip(names, row)}}
-                for row in probabilities]
+        return [
+            {
+                "label": names[int(np.argmax(row))],
+                "label_id": int(np.argmax(row)),
+                "probabilities": {name: float(p) for name, p in zip(names, row)},
+            }
+            for row in probabilities
+        ]
 
     def predict_logits(self, inputs: Sequence[Input], batch_size: int = 32) -> np.ndarray:
         """Class logits `[N, C]` of the inputs, in order (see `predict`)."""
@@ -229,22 +245,31 @@ class InfoPromptClassifier:
             return np.zeros((0, len(self.label_names)), np.float32)
         arrays = self.components.template_tokenizer.encode_batch(fields)
         # Batched as the training loop evaluates: shortest first, cut to the run's buckets.
-        return train.predict_logits(self._logits_fn, self._trainable, self._frozen, arrays,
-                                    batch_size, self._mesh,
-                                    train.run_lengths(self.components.config))
+        return train.predict_logits(
+            self._logits_fn,
+            self._trainable,
+            self._frozen,
+            arrays,
+            batch_size,
+            self._mesh,
+            train.run_lengths(self.components.config),
+        )
 
     def as_fields(self, inputs: Sequence[Input]) -> list[dict[str, str]]:
         """The inputs as dicts of template fields; errors name the input at fault."""
         if isinstance(inputs, (str, Mapping)):
-            raise TypeError("inputs must be a list of inputs; wrap a single input in a list: "
-                            "predict([text]).")
+            raise TypeError(
+                "inputs must be a list of inputs; wrap a single input in a list: predict([text])."
+            )
         return [self._input_fields(i, item) for i, item in enumerate(inputs)]
 
     def _input_fields(self, index: int, item: Input) -> dict[str, str]:
         fields, task = self.text_fields, self.components.task.name
-        expects = (f"task {task!r} reads {len(fields)} text field(s) {list(fields)}: pass "
-                   + ("a string" if len(fields) == 1 else f"a tuple of {len(fields)} strings")
-                   + " or a dict with those keys")
+        expects = (
+            f"task {task!r} reads {len(fields)} text field(s) {list(fields)}: pass "
+            + ("a string" if len(fields) == 1 else f"a tuple of {len(fields)} strings")
+            + " or a dict with those keys"
+        )
         if isinstance(item, Mapping):
             missing = [f for f in fields if f not in item]
             if missing:
@@ -256,8 +281,9 @@ class InfoPromptClassifier:
         return dict(zip(fields, texts))
 
 
-def _with_exported_tokenizer(comps: components_lib.Components,
-                             tokenizer_dir: pathlib.Path) -> components_lib.Components:
+def _with_exported_tokenizer(
+    comps: components_lib.Components, tokenizer_dir: pathlib.Path
+) -> components_lib.Components:
     """The components with the tokenizer saved at export, which is the one training used."""
     import transformers  # Heavy import, deferred to where it is needed.
 
@@ -266,8 +292,12 @@ def _with_exported_tokenizer(comps: components_lib.Components,
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     previous = comps.template_tokenizer
     template_tokenizer = templates.TemplateTokenizer(
-        tokenizer, previous.template, previous.num_prompt_tokens, previous.max_len,
-        use_token_types=previous.use_token_types)
+        tokenizer,
+        previous.template,
+        previous.num_prompt_tokens,
+        previous.max_len,
+        use_token_types=previous.use_token_types,
+    )
     return dataclasses.replace(comps, tokenizer=tokenizer, template_tokenizer=template_tokenizer)
 
 
@@ -284,8 +314,9 @@ class InputRow:
     line: int
 
 
-def read_inputs(path: str | pathlib.Path, task: tasks_lib.TaskSpec,
-                text_fields: Sequence[str]) -> list[InputRow]:
+def read_inputs(
+    path: str | pathlib.Path, task: tasks_lib.TaskSpec, text_fields: Sequence[str]
+) -> list[InputRow]:
     """The inputs of a file, in order.
 
     Formats, tried in this order:
@@ -300,8 +331,10 @@ def read_inputs(path: str | pathlib.Path, task: tasks_lib.TaskSpec,
     if not path.is_file():
         raise FileNotFoundError(f"--input={path}: no such file.")
     if path.name in {name for _, name in task.local_files}:
-        return [InputRow(dict(raw.fields), raw.label, raw.line)
-                for raw in data_lib._read_raw(task, path)]  # pylint: disable=protected-access
+        return [
+            InputRow(dict(raw.fields), raw.label, raw.line)
+            for raw in data_lib._read_raw(task, path)
+        ]  # pylint: disable=protected-access
     if path.suffix == ".tsv":
         rows = _read_glue_tsv(path, task)
         if rows is not None:
@@ -328,8 +361,10 @@ def _read_glue_tsv(path: pathlib.Path, task: tasks_lib.TaskSpec) -> list[InputRo
             continue
         cols = line.split("\t")
         if len(cols) != len(header):
-            raise ValueError(f"{path} line {lineno}: expected {len(header)} tab-separated "
-                             f"columns ({' '.join(header)}), found {len(cols)}.")
+            raise ValueError(
+                f"{path} line {lineno}: expected {len(header)} tab-separated "
+                f"columns ({' '.join(header)}), found {len(cols)}."
+            )
         gold = None
         if label_at is not None:
             raw = cols[label_at].strip()
@@ -348,13 +383,19 @@ def _read_plain_text(path: pathlib.Path, text_fields: Sequence[str]) -> list[Inp
         if len(texts) != len(text_fields):
             raise ValueError(
                 f"{path} line {lineno}: found {len(texts)} tab-separated text(s); the task "
-                f"reads {len(text_fields)} ({'<TAB>'.join(text_fields)}) per line.")
+                f"reads {len(text_fields)} ({'<TAB>'.join(text_fields)}) per line."
+            )
         rows.append(InputRow(dict(zip(text_fields, texts)), None, lineno))
     return rows
 
 
-def predict_file(export_dir: str, input_path: str, output_path: str,
-                 encoder_path: str | None = None, batch_size: int = 32) -> int:
+def predict_file(
+    export_dir: str,
+    input_path: str,
+    output_path: str,
+    encoder_path: str | None = None,
+    batch_size: int = 32,
+) -> int:
     """Predicts every input of a file and writes one JSON line each; returns the count.
 
     Each line: `{"line": N, "input": {field: text}, "label", "label_id", "probabilities"}`, plus
@@ -377,8 +418,9 @@ def predict_file(export_dir: str, input_path: str, output_path: str,
 
 
 def _log_accuracy(rows: Sequence[InputRow], results: Sequence[Mapping[str, Any]]) -> None:
-    golds = [(row.gold, result["label"]) for row, result in zip(rows, results)
-             if row.gold is not None]
+    golds = [
+        (row.gold, result["label"]) for row, result in zip(rows, results) if row.gold is not None
+    ]
     if golds:
         correct = sum(gold == label for gold, label in golds)
         logging.info("Accuracy on the %d labelled inputs: %.4f", len(golds), correct / len(golds))
@@ -390,19 +432,33 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
     Called only when run as a program: export.py has an --output flag too, and absl refuses a
     flag name that two modules imported into one process both define at import time.
     """
+
     def define(kind, name, default, help_text):
         return kind(name, default, help_text, flag_values=flag_values)
 
     holders = {
-        "export_dir": define(flags.DEFINE_string, "export_dir", None,
-                             "Directory written by python -m infoprompt_jax.export."),
-        "input": define(flags.DEFINE_string, "input", None,
-                        "File of inputs: a GLUE TSV of the task, or plain text (one input a "
-                        "line, a tab between the texts of a pair)."),
-        "output": define(flags.DEFINE_string, "output", None,
-                         "JSON-lines file of predictions to write."),
-        "encoder_path": define(flags.DEFINE_string, "encoder_path", None,
-                               "Encoder checkpoint (default: the one recorded at export)."),
+        "export_dir": define(
+            flags.DEFINE_string,
+            "export_dir",
+            None,
+            "Directory written by python -m infoprompt_jax.export.",
+        ),
+        "input": define(
+            flags.DEFINE_string,
+            "input",
+            None,
+            "File of inputs: a GLUE TSV of the task, or plain text (one input a "
+            "line, a tab between the texts of a pair).",
+        ),
+        "output": define(
+            flags.DEFINE_string, "output", None, "JSON-lines file of predictions to write."
+        ),
+        "encoder_path": define(
+            flags.DEFINE_string,
+            "encoder_path",
+            None,
+            "Encoder checkpoint (default: the one recorded at export).",
+        ),
         "batch_size": define(flags.DEFINE_integer, "batch_size", 32, "Rows per compiled call."),
     }
     flags.mark_flags_as_required(["export_dir", "input", "output"], flag_values=flag_values)
@@ -412,9 +468,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
 def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    count = predict_file(holders["export_dir"].value, holders["input"].value,
-                         holders["output"].value, holders["encoder_path"].value,
-                         holders["batch_size"].value)
+    count = predict_file(
+        holders["export_dir"].value,
+        holders["input"].value,
+        holders["output"].value,
+        holders["encoder_path"].value,
+        holders["batch_size"].value,
+    )
     logging.info("Wrote %d predictions to %s.", count, holders["output"].value)
 
 

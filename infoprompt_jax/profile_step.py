@@ -16,11 +16,10 @@ import json
 import pathlib
 import tempfile
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
-from absl import app
-from absl import flags
 import jax
+from absl import app, flags
 
 from infoprompt_jax import bench
 
@@ -55,8 +54,9 @@ def op_times(planes: Iterable, device_plane_prefix: str = "/device:") -> dict[st
         for line in plane.lines:
             if on_device and not line.name.startswith(_DEVICE_OP_LINES):
                 continue
-            if not on_device and not (plane.name.startswith("/host:")
-                                      and "xla" in line.name.lower()):
+            if not on_device and not (
+                plane.name.startswith("/host:") and "xla" in line.name.lower()
+            ):
                 continue
             ops = collections.defaultdict(lambda: [0, 0])
             for event in line.events:
@@ -73,8 +73,11 @@ def op_times(planes: Iterable, device_plane_prefix: str = "/device:") -> dict[st
 
 def inventory(planes: Iterable) -> list[str]:
     """'plane / line: events' for every timeline of the trace (to see what it recorded)."""
-    return [f"{plane.name} / {line.name}: {sum(1 for _ in line.events)} events"
-            for plane in planes for line in plane.lines]
+    return [
+        f"{plane.name} / {line.name}: {sum(1 for _ in line.events)} events"
+        for plane in planes
+        for line in plane.lines
+    ]
 
 
 def summary(timelines: dict[str, dict], steps: int, wall_s: float, top: int) -> dict:
@@ -88,8 +91,15 @@ def summary(timelines: dict[str, dict], steps: int, wall_s: float, top: int) -> 
             "busy_share_of_wall": busy_ms / result["wall_ms_per_step"],
             "distinct_ops": len(entry["ops"]),
             "ops_per_step": sum(count for _, count in entry["ops"].values()) / steps,
-            "top": [{"op": op, "ms_per_step": ns / 1e6 / steps, "share": ns / entry["busy_ns"],
-                     "count_per_step": count / steps} for op, (ns, count) in ranked],
+            "top": [
+                {
+                    "op": op,
+                    "ms_per_step": ns / 1e6 / steps,
+                    "share": ns / entry["busy_ns"],
+                    "count_per_step": count / steps,
+                }
+                for op, (ns, count) in ranked
+            ],
         }
     return result
 
@@ -98,17 +108,22 @@ def print_table(result: dict) -> None:
     """The summary as text, one block per timeline."""
     print(f"wall {result['wall_ms_per_step']:.2f} ms/step over {result['steps']} steps")
     for name, line in result["timelines"].items():
-        print(f"\n{name}: busy {line['busy_ms_per_step']:.2f} ms/step "
-              f"({100 * line['busy_share_of_wall']:.0f}% of wall), "
-              f"{line['ops_per_step']:.0f} ops/step, {line['distinct_ops']} distinct")
+        print(
+            f"\n{name}: busy {line['busy_ms_per_step']:.2f} ms/step "
+            f"({100 * line['busy_share_of_wall']:.0f}% of wall), "
+            f"{line['ops_per_step']:.0f} ops/step, {line['distinct_ops']} distinct"
+        )
         print(f"{'ms/step':>9} {'share':>6} {'n/step':>7}  op")
         for op in line["top"]:
-            print(f"{op['ms_per_step']:9.3f} {100 * op['share']:5.1f}% "
-                  f"{op['count_per_step']:7.1f}  {op['op'][:100]}")
+            print(
+                f"{op['ms_per_step']:9.3f} {100 * op['share']:5.1f}% "
+                f"{op['count_per_step']:7.1f}  {op['op'][:100]}"
+            )
 
 
-def profile(config, batch_size: int, seq_len: int, steps: int, warmup_steps: int, top: int,
-            trace_dir: str) -> dict:
+def profile(
+    config, batch_size: int, seq_len: int, steps: int, warmup_steps: int, top: int, trace_dir: str
+) -> dict:
     """Traces `steps` train steps of `config` and returns `summary`'s figures."""
     comps, arrays = bench.components_with_batch(config, batch_size, seq_len)
     step = bench.compile_train_step(comps, arrays, warmup_steps + steps)
@@ -135,8 +150,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     with tempfile.TemporaryDirectory() as tmp:
         args = flags.FLAGS
-        result = profile(args.config, args.batch_size, args.seq_len, args.steps,
-                         args.warmup_steps, _TOP.value, _TRACE_DIR.value or tmp)
+        result = profile(
+            args.config,
+            args.batch_size,
+            args.seq_len,
+            args.steps,
+            args.warmup_steps,
+            _TOP.value,
+            _TRACE_DIR.value or tmp,
+        )
     print_table(result)
     print(json.dumps(result), flush=True)
 

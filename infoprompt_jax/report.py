@@ -22,10 +22,10 @@ import io
 import json
 import pathlib
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from infoprompt_jax import tasks as tasks_lib
 

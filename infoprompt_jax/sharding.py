@@ -5,7 +5,8 @@ than 1, shards each frozen weight along its largest divisible dimension, so an e
 not fit one chip still runs. Pure data parallelism is `fsdp=1`.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,8 +23,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
             raise ValueError(f"fsdp={fsdp} does not divide the {len(devices)} devices.")
         data = len(devices) // fsdp
     if data * fsdp != len(devices):
-        raise ValueError(f"Mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices; "
-                         f"{len(devices)} are available. Set mesh.data=-1 to use all of them.")
+        raise ValueError(
+            f"Mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices; "
+            f"{len(devices)} are available. Set mesh.data=-1 to use all of them."
+        )
     return Mesh(np.asarray(devices).reshape(data, fsdp), DATA_AXES)
 
 
@@ -37,7 +40,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 2 ** 14) -> PartitionSpec:
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 2**14) -> PartitionSpec:
     """Shards the largest dimension divisible by the fsdp axis; small leaves stay replicated."""
     if fsdp_size == 1 or int(np.prod(shape)) < min_size:
         return PartitionSpec()
@@ -59,5 +62,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """The global batch must split evenly over the devices that share it."""
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % devices:
-        raise ValueError(f"Batch size {batch_size} does not divide over {devices} devices "
-                         f"(mesh {dict(mesh.shape)}); use a multiple of {devices}.")
+        raise ValueError(
+            f"Batch size {batch_size} does not divide over {devices} devices "
+            f"(mesh {dict(mesh.shape)}); use a multiple of {devices}."
+        )

@@ -7,7 +7,8 @@ replicated, frozen weights replicated or FSDP-sharded, the state donated.
 """
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -15,10 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from infoprompt_jax import losses
-from infoprompt_jax import models
-from infoprompt_jax import partition
-from infoprompt_jax import sharding
+from infoprompt_jax import losses, models, partition, sharding
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -33,16 +31,27 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
 
 
-def create_train_state(trainable: Params, optimizer: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
+def create_train_state(
+    trainable: Params, optimizer: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
     """A state at step 0."""
-    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                      opt_state=optimizer.init(trainable), rng=rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        trainable=trainable,
+        opt_state=optimizer.init(trainable),
+        rng=rng,
+    )
 
 
-def train_step(state: TrainState, frozen: Params, batch: Batch, *, model: models.InfoPromptModel,
-               optimizer: optax.GradientTransformation,
-               weights: losses.ObjectiveWeights) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    frozen: Params,
+    batch: Batch,
+    *,
+    model: models.InfoPromptModel,
+    optimizer: optax.GradientTransformation,
+    weights: losses.ObjectiveWeights,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on the InfoPrompt objective."""
     # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
     step_key = jax.random.fold_in(state.rng, state.step)
@@ -54,8 +63,11 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, *, model: models
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
-    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
-                              trainable=optax.apply_updates(state.trainable, updates))
+    new_state = state.replace(
+        step=state.step + 1,
+        opt_state=opt_state,
+        trainable=optax.apply_updates(state.trainable, updates),
+    )
     correct_B = jnp.argmax(terms["logits"], axis=-1) == batch["label"]
     metrics = {
         "loss": loss,
@@ -69,28 +81,34 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, *, model: models
     return new_state, metrics
 
 
-def eval_step(trainable: Params, frozen: Params, batch: Batch, *,
-              model: models.InfoPromptModel) -> jax.Array:
+def eval_step(
+    trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
+) -> jax.Array:
     """Class logits `[B, C]`, deterministic."""
     params = partition.merge_params(trainable, frozen)
     return model.apply({"params": params}, batch)["logits"]
 
 
-def prompt_step(trainable: Params, frozen: Params, batch: Batch, *,
-                model: models.InfoPromptModel) -> jax.Array:
+def prompt_step(
+    trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
+) -> jax.Array:
     """The prompts `[B, n_p, D]` the model places at the prompt slots for `batch`."""
     params = partition.merge_params(trainable, frozen)
 
     def prompts(module, batch):
-        source = module.unprompted_pass(batch)["source"] \
-            if module.config.prompt_source == "generator" else None
+        source = (
+            module.unprompted_pass(batch)["source"]
+            if module.config.prompt_source == "generator"
+            else None
+        )
         return module.prompts(batch, source)
 
     return model.apply({"params": params}, batch, method=prompts)
 
 
-def unprompted_step(frozen: Params, batch: Batch, *,
-                    model: models.InfoPromptModel) -> dict[str, jax.Array]:
+def unprompted_step(
+    frozen: Params, batch: Batch, *, model: models.InfoPromptModel
+) -> dict[str, jax.Array]:
     """P_src and Z0 `[B, D]` of the unprompted pass, which reads only frozen weights."""
     return model.apply({"params": frozen}, batch, method=models.InfoPromptModel.unprompted_pass)
 
@@ -100,9 +118,14 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     return jax.tree.map(lambda _: sharding.replicated(mesh), state)
 
 
-def compile_steps(model: models.InfoPromptModel, optimizer: optax.GradientTransformation,
-                  weights: losses.ObjectiveWeights, mesh: Mesh, state: TrainState,
-                  frozen: Params) -> tuple[Callable, Callable]:
+def compile_steps(
+    model: models.InfoPromptModel,
+    optimizer: optax.GradientTransformation,
+    weights: losses.ObjectiveWeights,
+    mesh: Mesh,
+    state: TrainState,
+    frozen: Params,
+) -> tuple[Callable, Callable]:
     """Jitted `train_step(state, frozen, batch)` and `eval_step(trainable, frozen, batch)`.
 
     Args:
@@ -116,9 +139,13 @@ def compile_steps(model: models.InfoPromptModel, optimizer: optax.GradientTransf
     replicated = sharding.replicated(mesh)
     train = jax.jit(
         functools.partial(train_step, model=model, optimizer=optimizer, weights=weights),
-        in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, replicated),
-        donate_argnums=(0,))
+        in_shardings=(state_sh, frozen_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
     evaluate = jax.jit(
         functools.partial(eval_step, model=model),
-        in_shardings=(state_sh.trainable, frozen_sh, batch_sh), out_shardings=replicated)
+        in_shardings=(state_sh.trainable, frozen_sh, batch_sh),
+        out_shardings=replicated,
+    )
     return train, evaluate

@@ -133,7 +133,7 @@ class TaskSpec:
         """
         label_names = tuple(label_names)
         if verbalizers is None:
-            verbalizers = tuple(default_verbalizer(l) for l in label_names)
+            verbalizers = tuple(default_verbalizer(name) for name in label_names)
         return dataclasses.replace(self, label_names=label_names, verbalizers=tuple(verbalizers))
 
 
@@ -325,7 +325,7 @@ TASKS: dict[str, TaskSpec] = {
     "semeval": TaskSpec(
         name="semeval",
         label_names=SEMEVAL_LABELS,
-        verbalizers=tuple(_SEMEVAL_VERBALIZERS[l] for l in SEMEVAL_LABELS),
+        verbalizers=tuple(_SEMEVAL_VERBALIZERS[name] for name in SEMEVAL_LABELS),
         template=_SINGLE_TEMPLATE,
         text_fields=("sentence",),
         metrics=("macro_f1",),

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,35 +130,42 @@ def _parse_item(text: str, word: str) -> Segment:
         if not _FIELD_NAME.fullmatch(name):
             raise TemplateError(
                 f"template {text!r}: {word!r} is not a valid field; field names match "
-                f"[a-z_][a-z0-9_]* (e.g. {{sentence1}}), and the prompt slots are {{prompt}}")
+                f"[a-z_][a-z0-9_]* (e.g. {{sentence1}}), and the prompt slots are {{prompt}}"
+            )
         return Segment(FIELD, name)
     if "{" in word or "}" in word:
         # Almost always a placeholder glued to text, e.g. "{sentence}." -- a silent literal
         # would drop the example's text from the input.
         raise TemplateError(
             f"template {text!r}: item {word!r} mixes a placeholder with text or has unbalanced "
-            f"braces; separate items with spaces, e.g. '{{sentence}} .'")
+            f"braces; separate items with spaces, e.g. '{{sentence}} .'"
+        )
     return Segment(LITERAL, word)
 
 
 def _validate(template: Template) -> None:
     """Checks the counts of prompt, mask and field items."""
     kinds = [s.kind for s in template.segments]
-    for kind, item, why in ((PROMPT, _PROMPT_ITEM, "where the prompt vectors go"),
-                            (MASK, "<mask>", "where the label word is predicted")):
+    for kind, item, why in (
+        (PROMPT, _PROMPT_ITEM, "where the prompt vectors go"),
+        (MASK, "<mask>", "where the label word is predicted"),
+    ):
         if kinds.count(kind) != 1:
             raise TemplateError(
                 f"template {template.text!r} has {kinds.count(kind)} {item} items; it needs "
-                f"exactly one ({why})")
+                f"exactly one ({why})"
+            )
     fields = template.fields
     if not fields:
         raise TemplateError(
-            f"template {template.text!r} has no text field; add at least one, e.g. {{sentence}}")
+            f"template {template.text!r} has no text field; add at least one, e.g. {{sentence}}"
+        )
     repeated = sorted({f for f in fields if fields.count(f) > 1})
     if repeated:
         raise TemplateError(
             f"template {template.text!r} uses the field(s) {repeated} more than once; each "
-            f"field may appear once")
+            f"field may appear once"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +193,14 @@ class TemplateTokenizer:
         min_length: the shortest `max_len` the template fits in.
     """
 
-    def __init__(self, tokenizer: Any, template: str | Template, num_prompt_tokens: int,
-                 max_len: int, use_token_types: bool | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str | Template,
+        num_prompt_tokens: int,
+        max_len: int,
+        use_token_types: bool | None = None,
+    ):
         """Resolves the template against the tokenizer.
 
         Args:
@@ -214,20 +228,22 @@ class TemplateTokenizer:
         self.use_token_types = bool(use_token_types)
         self._pad_id = _required_token_id(tokenizer, "pad", "padding to max_len", self.template)
         self._pieces = self._resolve_pieces()
-        self.min_length = (sum(len(p.token_ids) for p in self._pieces)
-                           + len(self.template.fields))
+        self.min_length = sum(len(p.token_ids) for p in self._pieces) + len(self.template.fields)
         max_len = _as_int("max_len", max_len)
         if max_len < self.min_length:
             raise TemplateError(
                 f"max_len={max_len} is too short for template {self.template.text!r} with "
                 f"{num_prompt_tokens} prompt tokens: the minimum length is {self.min_length} "
                 f"(special tokens, literals, prompt slots and mask, plus one token per field); "
-                f"raise max_len to at least {self.min_length}")
+                f"raise max_len to at least {self.min_length}"
+            )
         self.max_len = max_len
 
     def __repr__(self) -> str:
-        return (f"TemplateTokenizer(template={self.template.text!r}, "
-                f"num_prompt_tokens={self.num_prompt_tokens}, max_len={self.max_len})")
+        return (
+            f"TemplateTokenizer(template={self.template.text!r}, "
+            f"num_prompt_tokens={self.num_prompt_tokens}, max_len={self.max_len})"
+        )
 
     def _resolve_pieces(self) -> tuple[_Piece, ...]:
         """Maps each segment to its fixed token ids and segment id."""
@@ -242,8 +258,11 @@ class TemplateTokenizer:
             elif segment.kind == PROMPT:
                 # The model overwrites the slots' embeddings, so any valid id would do; unk
                 # keeps them recognisable when a batch is decoded for debugging.
-                unk = (_required_token_id(self.tokenizer, "unk", "the prompt slots", self.template)
-                       if self.num_prompt_tokens else 0)
+                unk = (
+                    _required_token_id(self.tokenizer, "unk", "the prompt slots", self.template)
+                    if self.num_prompt_tokens
+                    else 0
+                )
                 token_ids = (unk,) * self.num_prompt_tokens
             elif segment.kind == LITERAL:
                 token_ids = tuple(_tokenize(self.tokenizer, [segment.value])[0])
@@ -268,8 +287,10 @@ class TemplateTokenizer:
             KeyError: the example lacks a field the template needs.
             TypeError: a field's value is not a string.
         """
-        return {key: value[0] for key, value in self._encode(
-            [fields], describe=lambda _: "example").items()}
+        return {
+            key: value[0]
+            for key, value in self._encode([fields], describe=lambda _: "example").items()
+        }
 
     def encode_batch(self, examples: Sequence[Mapping[str, str]]) -> dict[str, np.ndarray]:
         """Encodes a list of examples into stacked arrays (the tokenized batch contract).
@@ -290,8 +311,10 @@ class TemplateTokenizer:
     def _encode(self, examples, describe) -> dict[str, np.ndarray]:
         """Tokenizes each field across the batch at once (fast tokenizers batch in Rust)."""
         fields = self.template.fields
-        texts = [[self._field_text(example, name, describe(row))
-                  for row, example in enumerate(examples)] for name in fields]
+        texts = [
+            [self._field_text(example, name, describe(row)) for row, example in enumerate(examples)]
+            for name in fields
+        ]
         tokens_by_field = [_tokenize(self.tokenizer, column) for column in texts]
         batch = self._empty_batch(len(examples))
         for row in range(len(examples)):
@@ -303,15 +326,18 @@ class TemplateTokenizer:
         if name not in example:
             raise KeyError(
                 f"{where} has no field {name!r} (it has {sorted(example)}); template "
-                f"{self.template.text!r} needs the fields {list(self.template.fields)}")
+                f"{self.template.text!r} needs the fields {list(self.template.fields)}"
+            )
         text = example[name]
         if not isinstance(text, str):
-            raise TypeError(f"{where} field {name!r} must be a string, got "
-                            f"{type(text).__name__}: {text!r}")
+            raise TypeError(
+                f"{where} field {name!r} must be a string, got {type(text).__name__}: {text!r}"
+            )
         return text.strip()
 
     def _empty_batch(self, size: int) -> dict[str, np.ndarray]:
         """Allocates padded output arrays, keys in contract order; `_fill_row` fills rows."""
+
         def sequences(fill: int = 0) -> np.ndarray:
             return np.full((size, self.max_len), fill, np.int32)
 
@@ -328,15 +354,19 @@ class TemplateTokenizer:
             "plain_context_mask": sequences(),
         }
 
-    def _fill_row(self, batch: dict[str, np.ndarray], row: int,
-                  field_tokens: Sequence[Sequence[int]]) -> None:
+    def _fill_row(
+        self, batch: dict[str, np.ndarray], row: int, field_tokens: Sequence[Sequence[int]]
+    ) -> None:
         """Assembles one example's sequence and writes its prompted and plain forms."""
         budget = self.max_len - (self.min_length - len(field_tokens))
         kept = _truncate_longest_first([len(t) for t in field_tokens], budget)
         ids, kinds, types = [], [], []
         for piece in self._pieces:
-            piece_ids = (field_tokens[piece.field_index][:kept[piece.field_index]]
-                         if piece.kind == FIELD else piece.token_ids)
+            piece_ids = (
+                field_tokens[piece.field_index][: kept[piece.field_index]]
+                if piece.kind == FIELD
+                else piece.token_ids
+            )
             ids.extend(piece_ids)
             kinds.extend([piece.kind] * len(piece_ids))
             types.extend([piece.token_type] * len(piece_ids))
@@ -347,7 +377,7 @@ class TemplateTokenizer:
         keep = ~is_prompt_T
         self._write(batch, row, "plain_", ids_T[keep], types_T[keep], kinds_T[keep])
         batch["prompt_positions"][row] = np.flatnonzero(is_prompt_T)
-        batch["plain_context_mask"][row, :keep.sum()] = kinds_T[keep] == FIELD
+        batch["plain_context_mask"][row, : keep.sum()] = kinds_T[keep] == FIELD
 
     @staticmethod
     def _write(batch, row, prefix, ids_T, types_T, kinds_T) -> None:
@@ -373,7 +403,7 @@ def _second_segment_start(segments: Sequence[Segment]) -> int | None:
     `</s>` has no field after it and starts nothing.
     """
     for index, segment in enumerate(segments):
-        if segment.kind == SEP and any(s.kind == FIELD for s in segments[index + 1:]):
+        if segment.kind == SEP and any(s.kind == FIELD for s in segments[index + 1 :]):
             return index + 1
     return None
 
@@ -421,14 +451,16 @@ def _special_token_id(tokenizer: Any, segment: Segment, template: Template) -> i
     raise _missing_token_error(tokenizer, attrs, f"the item {segment.value!r}", template)
 
 
-def _missing_token_error(tokenizer: Any, attrs: Sequence[str], purpose: str,
-                         template: Template) -> ValueError:
+def _missing_token_error(
+    tokenizer: Any, attrs: Sequence[str], purpose: str, template: Template
+) -> ValueError:
     names = " or ".join(f"{attr}_token" for attr in attrs)
     return ValueError(
         f"tokenizer {_tokenizer_name(tokenizer)!r} has no {names}, needed for {purpose} in "
         f"template {template.text!r}; a tokenizer folder without tokenizer_config.json or "
         f"special_tokens_map.json loads without its special tokens: pass them, e.g. "
-        f"AutoTokenizer.from_pretrained(path, {attrs[0]}_token=...)")
+        f"AutoTokenizer.from_pretrained(path, {attrs[0]}_token=...)"
+    )
 
 
 def verbalizer_token_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
@@ -451,22 +483,30 @@ def verbalizer_token_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]
             give the same tokens (their classes would start indistinguishable).
     """
     if isinstance(words, str):
-        raise TypeError(f"words must be a sequence of strings, one per class, got the string "
-                        f"{words!r}; wrap it in a list")
+        raise TypeError(
+            f"words must be a sequence of strings, one per class, got the string "
+            f"{words!r}; wrap it in a list"
+        )
     unk_id = getattr(tokenizer, "unk_token_id", None)
     seen: dict[tuple[int, ...], str] = {}
     token_ids = []
     for word in words:
         ids = _tokenize(tokenizer, [" " + word.strip()])[0] if word.strip() else []
         if not ids:
-            raise ValueError(f"verbalizer word {word!r} gives no tokens with tokenizer "
-                             f"{_tokenizer_name(tokenizer)!r}; use a non-empty word")
+            raise ValueError(
+                f"verbalizer word {word!r} gives no tokens with tokenizer "
+                f"{_tokenizer_name(tokenizer)!r}; use a non-empty word"
+            )
         if unk_id is not None and unk_id in ids:
-            raise ValueError(f"verbalizer word {word!r} maps to the unknown token with tokenizer "
-                             f"{_tokenizer_name(tokenizer)!r}; pick a word in its vocabulary")
+            raise ValueError(
+                f"verbalizer word {word!r} maps to the unknown token with tokenizer "
+                f"{_tokenizer_name(tokenizer)!r}; pick a word in its vocabulary"
+            )
         if tuple(ids) in seen:
-            raise ValueError(f"verbalizer words {seen[tuple(ids)]!r} and {word!r} give the same "
-                             f"tokens {ids}; each class needs its own word")
+            raise ValueError(
+                f"verbalizer words {seen[tuple(ids)]!r} and {word!r} give the same "
+                f"tokens {ids}; each class needs its own word"
+            )
         seen[tuple(ids)] = word
         token_ids.append(ids)
     return token_ids

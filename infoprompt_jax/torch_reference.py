@@ -23,7 +23,8 @@ constant: a schedule is a scalar per step and changes none of the work timed.
 
 import dataclasses
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,20 +32,25 @@ import torch.nn.functional as F
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses
-from infoprompt_jax import models
-from infoprompt_jax import partition
+from infoprompt_jax import losses, models, partition
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def to_torch(arrays: Mapping[str, np.ndarray],
-             device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def to_torch(
+    arrays: Mapping[str, np.ndarray], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """A host batch as tensors on `device`: ids as int64 (PyTorch's index type), cached states
     as float32."""
-    return {name: torch.from_numpy(np.asarray(
-        value, np.float32 if np.issubdtype(np.asarray(value).dtype, np.floating) else np.int64)
-    ).to(device) for name, value in arrays.items()}
+    return {
+        name: torch.from_numpy(
+            np.asarray(
+                value,
+                np.float32 if np.issubdtype(np.asarray(value).dtype, np.floating) else np.int64,
+            )
+        ).to(device)
+        for name, value in arrays.items()
+    }
 
 
 def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None:
@@ -59,9 +65,11 @@ def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None
     }
     for field, (value, allowed) in unsupported.items():
         if value not in allowed:
-            raise ValueError(f"The PyTorch reference implements the paper's InfoPrompt (and IDPG, "
-                             f"WARP); {field}={value!r} is not supported (allowed: {allowed}). "
-                             "Benchmark with --config.method=infoprompt --config.variant=paper.")
+            raise ValueError(
+                f"The PyTorch reference implements the paper's InfoPrompt (and IDPG, "
+                f"WARP); {field}={value!r} is not supported (allowed: {allowed}). "
+                "Benchmark with --config.method=infoprompt --config.variant=paper."
+            )
 
 
 @dataclasses.dataclass
@@ -94,10 +102,17 @@ class TorchReferenceStep:
         optimizer: AdamW over `params` only.
     """
 
-    def __init__(self, model_dir: str | pathlib.Path, model_config: models.ModelConfig,
-                 encoder_config: encoder_lib.EncoderConfig, weights: losses.ObjectiveWeights,
-                 trainable: Mapping[str, Any], mlm_transform: Mapping[str, Any] | None,
-                 hyper: Hyperparameters, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model_dir: str | pathlib.Path,
+        model_config: models.ModelConfig,
+        encoder_config: encoder_lib.EncoderConfig,
+        weights: losses.ObjectiveWeights,
+        trainable: Mapping[str, Any],
+        mlm_transform: Mapping[str, Any] | None,
+        hyper: Hyperparameters,
+        device: str | torch.device = "cpu",
+    ):
         """Loads the encoder and copies the initial parameters.
 
         Args:
@@ -118,29 +133,55 @@ class TorchReferenceStep:
         self.device = torch.device(device)
         # No pooler: the step never reads it, and the JAX encoder has none.
         self.encoder = transformers.AutoModel.from_pretrained(
-            str(model_dir), add_pooling_layer=False, dtype=torch.float32)
+            str(model_dir), add_pooling_layer=False, dtype=torch.float32
+        )
         self.encoder.eval().requires_grad_(False).to(self.device)
-        self.params = {path: torch.nn.Parameter(_tensor(value, self.device))
-                       for path, value in partition.flatten(trainable).items()}
-        self.mlm_transform = {path: _tensor(value, self.device)
-                              for path, value in partition.flatten(mlm_transform or {}).items()}
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=hyper.lr, betas=(0.9, 0.999),
-                                           eps=1e-8, weight_decay=hyper.weight_decay)
+        self.params = {
+            path: torch.nn.Parameter(_tensor(value, self.device))
+            for path, value in partition.flatten(trainable).items()
+        }
+        self.mlm_transform = {
+            path: _tensor(value, self.device)
+            for path, value in partition.flatten(mlm_transform or {}).items()
+        }
+        self.optimizer = torch.optim.AdamW(
+            self.params.values(),
+            lr=hyper.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=hyper.weight_decay,
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(hyper.seed)
 
     @classmethod
-    def from_components(cls, comps: components_lib.Components, trainable: Mapping[str, Any],
-                        device: str | torch.device = "cpu") -> "TorchReferenceStep":
+    def from_components(
+        cls,
+        comps: components_lib.Components,
+        trainable: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+    ) -> "TorchReferenceStep":
         """The reference of a JAX run on `device`: its checkpoint, method, optimizer and initial
         params."""
         method, config = comps.method, comps.config
         check_supported(method.model, method.adapter_size)
         mlm_transform = comps.mlm_transform if method.model.has_mlm_transform else None
-        hyper = Hyperparameters(lr=method.peak_lr, weight_decay=config.optim.weight_decay,
-                                clip_norm=config.optim.clip_norm, dtype=config.model.dtype,
-                                seed=config.seed)
-        return cls(comps.model_dir, method.model, comps.model.encoder_config, method.weights,
-                   trainable, mlm_transform, hyper, device)
+        hyper = Hyperparameters(
+            lr=method.peak_lr,
+            weight_decay=config.optim.weight_decay,
+            clip_norm=config.optim.clip_norm,
+            dtype=config.model.dtype,
+            seed=config.seed,
+        )
+        return cls(
+            comps.model_dir,
+            method.model,
+            comps.model.encoder_config,
+            method.weights,
+            trainable,
+            mlm_transform,
+            hyper,
+            device,
+        )
 
     @property
     def attention_implementation(self) -> str:
@@ -160,22 +201,28 @@ class TorchReferenceStep:
 
     def encode(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         """Last hidden states `[B, L, D]` in float32."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.hyper.dtype == "bfloat16"):
-            hidden = self.encoder(attention_mask=attention_mask,
-                                  position_ids=self.position_ids(attention_mask),
-                                  **inputs).last_hidden_state
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.hyper.dtype == "bfloat16"
+        ):
+            hidden = self.encoder(
+                attention_mask=attention_mask,
+                position_ids=self.position_ids(attention_mask),
+                **inputs,
+            ).last_hidden_state
         return hidden.float()
 
-    def unprompted_pass(self, batch: Mapping[str, torch.Tensor]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def unprompted_pass(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`P_src = H0[<s>]` and `Z0 = H0[<mask>]`, or their cache (`config.cache_unprompted`)."""
         if "cached_source" in batch:
             return batch["cached_source"], batch["cached_z0"]
         with torch.no_grad():  # Nothing is differentiated through the unprompted pass.
-            h0_BxLxD = self.encode(batch["plain_attention_mask"],
-                                   input_ids=batch["plain_input_ids"],
-                                   token_type_ids=batch["plain_token_type_ids"])
+            h0_BxLxD = self.encode(
+                batch["plain_attention_mask"],
+                input_ids=batch["plain_input_ids"],
+                token_type_ids=batch["plain_token_type_ids"],
+            )
         rows_B = torch.arange(h0_BxLxD.shape[0], device=self.device)
         return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["plain_mask_position"]]
 
@@ -199,27 +246,39 @@ class TorchReferenceStep:
         h_BxD, t = z_BxD, self.mlm_transform
         if t:
             h_BxD = F.gelu(h_BxD @ t["dense/kernel"] + t["dense/bias"])
-            h_BxD = F.layer_norm(h_BxD, h_BxD.shape[-1:], t["layer_norm/scale"],
-                                 t["layer_norm/bias"], eps=self.encoder_config.layer_norm_eps)
+            h_BxD = F.layer_norm(
+                h_BxD,
+                h_BxD.shape[-1:],
+                t["layer_norm/scale"],
+                t["layer_norm/bias"],
+                eps=self.encoder_config.layer_norm_eps,
+            )
         theta_CxD = self.params["task_head/class_vectors"]
         return h_BxD @ theta_CxD.T + self.params["task_head/class_bias"]
 
-    def head_nce(self, batch: Mapping[str, torch.Tensor],
-                 prompt_mean_BxD: torch.Tensor) -> torch.Tensor:
+    def head_nce(
+        self, batch: Mapping[str, torch.Tensor], prompt_mean_BxD: torch.Tensor
+    ) -> torch.Tensor:
         """InfoNCE of P_bar against K-1 sampled context-token embeddings, `c^T W1 theta`."""
         context_BxL = batch["plain_context_mask"].bool()
         fallback_BxL = batch["plain_attention_mask"].bool()
         context_BxL = torch.where(context_BxL.any(dim=1, keepdim=True), context_BxL, fallback_BxL)
-        positions_BxN = torch.multinomial(context_BxL.float(), self.model_config.num_candidates - 1,
-                                          replacement=True, generator=self.generator)
+        positions_BxN = torch.multinomial(
+            context_BxL.float(),
+            self.model_config.num_candidates - 1,
+            replacement=True,
+            generator=self.generator,
+        )
         negatives_BxNxD = self.word_embeddings(
-            torch.gather(batch["plain_input_ids"], 1, positions_BxN))
+            torch.gather(batch["plain_input_ids"], 1, positions_BxN)
+        )
         candidates_BxKxD = torch.cat([prompt_mean_BxD[:, None], negatives_BxNxD], dim=1)
         theta_D = self.params["task_head/class_vectors"].mean(dim=0)
         return info_nce(candidates_BxKxD @ (self.params["head_critic/w1"] @ theta_D))
 
-    def representation_nce(self, prompt_mean_BxD: torch.Tensor, z_BxD: torch.Tensor,
-                           z0_BxD: torch.Tensor) -> torch.Tensor:
+    def representation_nce(
+        self, prompt_mean_BxD: torch.Tensor, z_BxD: torch.Tensor, z0_BxD: torch.Tensor
+    ) -> torch.Tensor:
         """InfoNCE of a posterior sample of Z against K-1 samples built from Z0."""
         p, prefix = self.params, "representation_critic/"
 
@@ -228,12 +287,15 @@ class TorchReferenceStep:
             return z @ p[prefix + "f_mu/kernel"], sigma
 
         mu_BxZ, sigma_BxZ = posterior(z_BxD)
-        positive_BxZ = mu_BxZ + sigma_BxZ * torch.randn(mu_BxZ.shape, generator=self.generator,
-                                                        device=self.device)
+        positive_BxZ = mu_BxZ + sigma_BxZ * torch.randn(
+            mu_BxZ.shape, generator=self.generator, device=self.device
+        )
         mu0_BxZ, sigma0_BxZ = posterior(z0_BxD)
-        noise_BxNxZ = torch.randn((mu0_BxZ.shape[0], self.model_config.num_candidates - 1,
-                                   mu0_BxZ.shape[1]), generator=self.generator,
-                                  device=self.device)
+        noise_BxNxZ = torch.randn(
+            (mu0_BxZ.shape[0], self.model_config.num_candidates - 1, mu0_BxZ.shape[1]),
+            generator=self.generator,
+            device=self.device,
+        )
         negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
         candidates_BxKxZ = torch.cat([positive_BxZ[:, None], negatives_BxNxZ], dim=1)
         query_BxZ = prompt_mean_BxD @ p[prefix + "w2"]
@@ -248,9 +310,13 @@ class TorchReferenceStep:
         source_BxD, z0_BxD = self.unprompted_pass(batch) if needs_plain else (None, None)
         prompts_BxNxD = self.prompts(source_BxD, len(rows_B))
         embeds_BxLxD = self.word_embeddings(batch["input_ids"]).index_put(
-            (rows_B[:, None], batch["prompt_positions"]), prompts_BxNxD)
-        h_BxLxD = self.encode(batch["attention_mask"], inputs_embeds=embeds_BxLxD,
-                              token_type_ids=batch["token_type_ids"])
+            (rows_B[:, None], batch["prompt_positions"]), prompts_BxNxD
+        )
+        h_BxLxD = self.encode(
+            batch["attention_mask"],
+            inputs_embeds=embeds_BxLxD,
+            token_type_ids=batch["token_type_ids"],
+        )
         z_BxD = h_BxLxD[rows_B, batch["mask_position"]]
         logits_BxC = self.logits(z_BxD)
         prompt_mean_BxD = prompts_BxNxD.mean(dim=1)
@@ -258,10 +324,12 @@ class TorchReferenceStep:
         return {
             "logits": logits_BxC,
             "ce": F.cross_entropy(logits_BxC, batch["label"], reduction="none"),
-            "nce_head": (self.head_nce(batch, prompt_mean_BxD) if cfg.use_head_critic
-                         else zeros_B),
-            "nce_rep": (self.representation_nce(prompt_mean_BxD, z_BxD, z0_BxD)
-                        if cfg.use_representation_critic else zeros_B),
+            "nce_head": (self.head_nce(batch, prompt_mean_BxD) if cfg.use_head_critic else zeros_B),
+            "nce_rep": (
+                self.representation_nce(prompt_mean_BxD, z_BxD, z0_BxD)
+                if cfg.use_representation_critic
+                else zeros_B
+            ),
         }
 
     def objective(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -269,8 +337,9 @@ class TorchReferenceStep:
         nce_rep_B, nce_head_B, clamp = terms["nce_rep"], terms["nce_head"], self.weights.nce_clamp
         if clamp is not None:
             nce_rep_B, nce_head_B = nce_rep_B.clamp(max=clamp), nce_head_B.clamp(max=clamp)
-        return torch.mean(terms["ce"] + self.weights.beta * nce_rep_B
-                          + self.weights.gamma * nce_head_B)
+        return torch.mean(
+            terms["ce"] + self.weights.beta * nce_rep_B + self.weights.gamma * nce_head_B
+        )
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step; returns the loss, its terms and the pre-clip gradient norm."""
@@ -280,8 +349,11 @@ class TorchReferenceStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params.values(), self.hyper.clip_norm)
         self.optimizer.step()
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                **{name: terms[name].mean().item() for name in ("ce", "nce_rep", "nce_head")}}
+        return {
+            "loss": loss.item(),
+            "grad_norm": grad_norm.item(),
+            **{name: terms[name].mean().item() for name in ("ce", "nce_rep", "nce_head")},
+        }
 
 
 def info_nce(scores_BxK: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,19 @@ import functools
 import json
 import signal
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
-from infoprompt_jax import checkpointing
-from infoprompt_jax import length_buckets
+from infoprompt_jax import checkpointing, length_buckets, metric_logging, partition, sharding, steps
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import metric_logging
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition
-from infoprompt_jax import sharding
-from infoprompt_jax import steps
 
 Arrays = dict[str, np.ndarray]
 
@@ -108,8 +104,9 @@ def predict_logits(
     lengths: Sequence[int] = (),
 ) -> np.ndarray:
     """Logits `[N, C]` of every row of `arrays`, in order."""
-    return map_in_batches(functools.partial(eval_fn, trainable, frozen), arrays, batch_size,
-                          mesh, lengths)
+    return map_in_batches(
+        functools.partial(eval_fn, trainable, frozen), arrays, batch_size, mesh, lengths
+    )
 
 
 def run_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -123,14 +120,16 @@ def evaluate(
 ) -> dict[str, float]:
     """The task's dev metrics, as `eval_<name>` keys."""
     config = comps.config
-    logits = predict_logits(eval_fn, trainable, frozen, arrays, config.train.eval_batch_size,
-                            mesh, run_lengths(config))
+    logits = predict_logits(
+        eval_fn, trainable, frozen, arrays, config.train.eval_batch_size, mesh, run_lengths(config)
+    )
     scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
-def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh,
-                          lengths: Sequence[int] = ()) -> Arrays:
+def cache_unprompted_pass(
+    model, frozen, arrays: Arrays, batch_size: int, mesh, lengths: Sequence[int] = ()
+) -> Arrays:
     """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
 
     The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
@@ -140,8 +139,9 @@ def cache_unprompted_pass(model, frozen, arrays: Arrays, batch_size: int, mesh,
         functools.partial(steps.unprompted_step, model=model),
         out_shardings=sharding.replicated(mesh),
     )
-    outputs = map_in_batches(functools.partial(unprompted, frozen), arrays, batch_size, mesh,
-                             lengths)
+    outputs = map_in_batches(
+        functools.partial(unprompted, frozen), arrays, batch_size, mesh, lengths
+    )
     return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
 
 

@@ -62,7 +62,7 @@ def execute(commands: list[tuple[dict, list[str]]], dry_run: bool) -> None:
             try:
                 subprocess.run(command, check=True, env={**os.environ, **env})
             except subprocess.CalledProcessError as error:
-                raise SystemExit(f"Failed with status {error.returncode}: {line}")
+                raise SystemExit(f"Failed with status {error.returncode}: {line}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

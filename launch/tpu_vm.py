@@ -211,7 +211,9 @@ def execute(commands: list[list[str]], dry_run: bool) -> None:
             try:
                 subprocess.run(command, check=True)
             except subprocess.CalledProcessError as error:
-                raise SystemExit(f"Failed with status {error.returncode}: {shlex.join(command)}")
+                raise SystemExit(
+                    f"Failed with status {error.returncode}: {shlex.join(command)}"
+                ) from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -19,18 +19,28 @@ import shutil
 
 # The published configs' shapes (config.json of the Hugging Face hub repositories).
 SHAPES = {
-    "roberta-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072),
-    "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                          intermediate_size=4096),
+    "roberta-base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+    "roberta-large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
 }
-ROBERTA_COMMON = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-                      pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+ROBERTA_COMMON = dict(
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    layer_norm_eps=1e-5,
+)
 DEFAULT_TOKENIZER = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
 
 
-def write_checkpoint(shape: str, output: pathlib.Path, tokenizer_dir: pathlib.Path,
-                     seed: int = 0) -> None:
+def write_checkpoint(
+    shape: str, output: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0
+) -> None:
     """Saves a random `shape` RobertaForMaskedLM and its tokenizer files to `output`."""
     import torch
     import transformers
@@ -38,8 +48,10 @@ def write_checkpoint(shape: str, output: pathlib.Path, tokenizer_dir: pathlib.Pa
     if shape not in SHAPES:
         raise ValueError(f"--shape={shape!r}; known shapes: {sorted(SHAPES)}.")
     if not (tokenizer_dir / "vocab.json").is_file():
-        raise FileNotFoundError(f"{tokenizer_dir} has no vocab.json: pass --tokenizer_dir=DIR "
-                                "with a RoBERTa tokenizer (vocab.json, merges.txt).")
+        raise FileNotFoundError(
+            f"{tokenizer_dir} has no vocab.json: pass --tokenizer_dir=DIR "
+            "with a RoBERTa tokenizer (vocab.json, merges.txt)."
+        )
     torch.manual_seed(seed)
     config = transformers.RobertaConfig(**ROBERTA_COMMON, **SHAPES[shape])
     model = transformers.RobertaForMaskedLM(config).eval()

@@ -7,10 +7,22 @@ import ml_collections
 from configs import default
 from infoprompt_jax import data
 
-POSITIVE = ("a great movie", "great fun and a great story", "the film was great",
-            "really great actor", "it is great", "great plot")
-NEGATIVE = ("a terrible movie", "terrible and boring", "the film was terrible",
-            "really terrible actor", "it is terrible", "terrible plot")
+POSITIVE = (
+    "a great movie",
+    "great fun and a great story",
+    "the film was great",
+    "really great actor",
+    "it is great",
+    "great plot",
+)
+NEGATIVE = (
+    "a terrible movie",
+    "terrible and boring",
+    "the film was terrible",
+    "really terrible actor",
+    "it is terrible",
+    "terrible plot",
+)
 
 
 def examples(count: int) -> list[data.Example]:

@@ -13,15 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import sentiment_fixture
-from infoprompt_jax import losses
-from infoprompt_jax import train
-from infoprompt_jax.analysis import cmi
-from infoprompt_jax.analysis import curves
-from infoprompt_jax.analysis import landscape
-from infoprompt_jax.analysis import prompt_eval
-from infoprompt_jax.analysis import runs
+
+from infoprompt_jax import losses, train
+from infoprompt_jax.analysis import cmi, curves, landscape, prompt_eval, runs
 
 RTOL = 1e-5
 # Every test uses batches of this many examples, so compiled functions are shared between them.
@@ -46,8 +41,9 @@ def sst2_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def infoprompt_run(tiny_roberta_dir, sst2_dir, tmp_path_factory):
-    return train_run(tiny_roberta_dir, sst2_dir, tmp_path_factory.mktemp("infoprompt"),
-                     "infoprompt")
+    return train_run(
+        tiny_roberta_dir, sst2_dir, tmp_path_factory.mktemp("infoprompt"), "infoprompt"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +101,15 @@ def test_cmi_from_scores_is_log_k_minus_info_nce_by_hand():
     assert np.all(estimate <= np.log(7))
 
 
-def test_restore_gives_the_trained_prompts(restored_infoprompt, restored_warp, infoprompt_run,
-                                           warp_run):
+def test_restore_gives_the_trained_prompts(
+    restored_infoprompt, restored_warp, infoprompt_run, warp_run
+):
     # Training logged the prompt of train example 0 after each step; the last one is the
     # checkpoint's, so the restored model must produce it again.
-    for (comps, params), workdir in ((restored_infoprompt, infoprompt_run),
-                                     (restored_warp, warp_run)):
+    for (comps, params), workdir in (
+        (restored_infoprompt, infoprompt_run),
+        (restored_warp, warp_run),
+    ):
         steps, prompts = landscape.load_trajectory(workdir)
         assert list(steps) == [0, 1, 2]
         assert not np.allclose(prompts[0], prompts[-1]), "training moved the prompt"
@@ -133,18 +132,21 @@ def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
         estimate = cmi.estimate_cmi(model, params, dev, critic_key, BATCH, prompt_NxD=prompt)
         assert estimate.shape == (count,)
         for index in range(2):
-            batch = {n: v[index * BATCH:(index + 1) * BATCH] for n, v in padded.items()}
+            batch = {n: v[index * BATCH : (index + 1) * BATCH] for n, v in padded.items()}
             nce = forward(model, own_params, batch, rng)["nce_rep"]
             scores = np.asarray(cmi.batch_scores(model, params, batch, critic_key, prompt))
             by_hand = np.log(k) - nce_by_hand(scores)
-            np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL,
-                                       atol=1e-6)
+            np.testing.assert_allclose(by_hand, np.log(k) - np.asarray(nce), rtol=RTOL, atol=1e-6)
             # The estimate's batch i draws with fold_in(key, i).
-            scores = cmi.batch_scores(model, params, batch, jax.random.fold_in(critic_key, index),
-                                      prompt)
-            np.testing.assert_allclose(estimate[index * BATCH:(index + 1) * BATCH],
-                                       (np.log(k) - nce_by_hand(scores))[:count - index * BATCH],
-                                       rtol=RTOL, atol=1e-6)
+            scores = cmi.batch_scores(
+                model, params, batch, jax.random.fold_in(critic_key, index), prompt
+            )
+            np.testing.assert_allclose(
+                estimate[index * BATCH : (index + 1) * BATCH],
+                (np.log(k) - nce_by_hand(scores))[: count - index * BATCH],
+                rtol=RTOL,
+                atol=1e-6,
+            )
 
 
 def test_random_and_phrase_prompts(restored_infoprompt):
@@ -158,18 +160,33 @@ def test_random_and_phrase_prompts(restored_infoprompt):
     ids = comps.tokenizer("it is great", add_special_tokens=False)["input_ids"]
     cycled = cmi.phrase_prompt(comps.tokenizer, words, "it is great", len(ids) + 2)
     np.testing.assert_array_equal(cycled, words[ids + ids[:2]])
-    np.testing.assert_array_equal(cmi.phrase_prompt(comps.tokenizer, words, "it is great", 1),
-                                  words[ids[:1]])
+    np.testing.assert_array_equal(
+        cmi.phrase_prompt(comps.tokenizer, words, "it is great", 1), words[ids[:1]]
+    )
 
 
-def test_cmi_command_writes_csv_plot_and_medians(infoprompt_run, restored_infoprompt, tmp_path,
-                                                 capsys):
-    cmi.main([f"--workdirs={infoprompt_run}", "--labels=a", f"--output={tmp_path}",
-              "--num_random=2", "--phrases=it is great;the film", "--max_examples=6",
-              f"--batch_size={BATCH}"])
+def test_cmi_command_writes_csv_plot_and_medians(
+    infoprompt_run, restored_infoprompt, tmp_path, capsys
+):
+    cmi.main(
+        [
+            f"--workdirs={infoprompt_run}",
+            "--labels=a",
+            f"--output={tmp_path}",
+            "--num_random=2",
+            "--phrases=it is great;the film",
+            "--max_examples=6",
+            f"--batch_size={BATCH}",
+        ]
+    )
     table = cmi.read_csv(tmp_path / "cmi.csv")
-    assert list(table) == ["learned: a", "random #0", "random #1", 'phrase: "it is great"',
-                           'phrase: "the film"']
+    assert list(table) == [
+        "learned: a",
+        "random #0",
+        "random #1",
+        'phrase: "it is great"',
+        'phrase: "the film"',
+    ]
     assert all(values.shape == (6,) for values in table.values())
     assert all(np.all(values <= np.log(4) + 1e-6) for values in table.values())
     assert not np.allclose(table["random #0"], table["random #1"])
@@ -177,13 +194,14 @@ def test_cmi_command_writes_csv_plot_and_medians(infoprompt_run, restored_infopr
     comps, params = restored_infoprompt
     dev = runs.encode_examples(comps, "dev", max_examples=6)
     words = runs.word_embedding_table(params)
-    again = {"learned: a": None, "random #1": cmi.random_prompt(words, 1, seed=1),
-             'phrase: "the film"': cmi.phrase_prompt(comps.tokenizer, words, "the film", 1)}
+    again = {
+        "learned: a": None,
+        "random #1": cmi.random_prompt(words, 1, seed=1),
+        'phrase: "the film"': cmi.phrase_prompt(comps.tokenizer, words, "the film", 1),
+    }
     for source, prompt in again.items():
-        estimate = cmi.estimate_cmi(comps.model, params, dev, jax.random.PRNGKey(0), BATCH,
-                                    prompt)
-        np.testing.assert_allclose(table[source], estimate, rtol=1e-5, atol=1e-6,
-                                   err_msg=source)
+        estimate = cmi.estimate_cmi(comps.model, params, dev, jax.random.PRNGKey(0), BATCH, prompt)
+        np.testing.assert_allclose(table[source], estimate, rtol=1e-5, atol=1e-6, err_msg=source)
     assert (tmp_path / "cmi.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert f"learned: a: median CMI {np.median(table['learned: a']):.4f}" in printed
@@ -209,8 +227,12 @@ def test_cmi_refuses_a_run_without_a_representation_critic(infoprompt_run, warp_
 
 def test_principal_directions_are_orthonormal_and_numpys_svd_directions():
     rng = np.random.default_rng(0)
-    table = rng.normal(size=(300, 6)) * [5.0, 3.0, 1.0, 0.5, 0.2, 0.1] @ np.linalg.qr(
-        rng.normal(size=(6, 6)))[0] + 4.0
+    table = (
+        rng.normal(size=(300, 6))
+        * [5.0, 3.0, 1.0, 0.5, 0.2, 0.1]
+        @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+        + 4.0
+    )
     plane = landscape.principal_directions(table)
     np.testing.assert_allclose(plane.pcs_2xD @ plane.pcs_2xD.T, np.eye(2), atol=1e-5)
     _, singular, vt = np.linalg.svd(table - table.mean(0), full_matrices=False)
@@ -220,8 +242,9 @@ def test_principal_directions_are_orthonormal_and_numpys_svd_directions():
     np.testing.assert_allclose(plane.mean_D, table.mean(0), rtol=1e-5)
     np.testing.assert_allclose(plane.stddevs_2, singular[:2] / np.sqrt(299), rtol=1e-4)
     coords = np.array([[0.3, -1.2]])
-    np.testing.assert_allclose(landscape.project(landscape.plane_points(coords, plane), plane),
-                               coords, atol=1e-5)
+    np.testing.assert_allclose(
+        landscape.project(landscape.plane_points(coords, plane), plane), coords, atol=1e-5
+    )
 
 
 def test_landscape_task_loss_at_the_warp_prompt_equals_the_models_loss(restored_warp):
@@ -230,8 +253,9 @@ def test_landscape_task_loss_at_the_warp_prompt_equals_the_models_loss(restored_
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     learned = landscape.project(np.asarray(params["prompt"]), plane)[0]
     points = np.stack([learned, [0.0, 0.0], learned + [0.02, -0.03]])
-    values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
-                                       jax.random.PRNGKey(0), points_per_batch=2)
+    values = landscape.evaluate_points(
+        comps.model, params, arrays, plane, points, jax.random.PRNGKey(0), points_per_batch=2
+    )
     assert set(values) == {"task_loss"}, "WARP has no representation critic"
     batch = first_rows(arrays, BATCH)
     for point, value in zip(points, values["task_loss"]):
@@ -247,20 +271,28 @@ def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     rng = jax.random.PRNGKey(5)
     points = np.array([[0.01, 0.02], [-0.03, 0.0]])
-    values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
-                                       jax.random.split(rng, 3)[2])
+    values = landscape.evaluate_points(
+        comps.model, params, arrays, plane, points, jax.random.split(rng, 3)[2]
+    )
     batch = first_rows(arrays, BATCH)
     for index, point in enumerate(points):
         prompt = landscape.plane_points(point[None], plane)
         terms = forward(comps.model, emitting(params, prompt), batch, rng)
         np.testing.assert_allclose(values["task_loss"][index], np.mean(terms["ce"]), rtol=RTOL)
-        np.testing.assert_allclose(values["representation_loss"][index],
-                                   np.mean(terms["nce_rep"]), rtol=RTOL)
+        np.testing.assert_allclose(
+            values["representation_loss"][index], np.mean(terms["nce_rep"]), rtol=RTOL
+        )
 
 
 def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys):
-    result = landscape.main([f"--workdir={infoprompt_run}", f"--output={tmp_path}",
-                             "--grid_size=4", f"--num_examples={BATCH}"])
+    result = landscape.main(
+        [
+            f"--workdir={infoprompt_run}",
+            f"--output={tmp_path}",
+            "--grid_size=4",
+            f"--num_examples={BATCH}",
+        ]
+    )
     for name in ("task_loss.png", "representation_loss.png", "landscape.npz"):
         assert (tmp_path / name).stat().st_size > 1000, name
     saved = dict(np.load(tmp_path / "landscape.npz"))
@@ -271,17 +303,18 @@ def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys
     assert np.all(np.abs(saved["trajectory"]) <= radius), "the grid holds the trajectory"
     steps, prompts = landscape.load_trajectory(infoprompt_run)
     plane = landscape.Plane(saved["mean"], saved["pcs"], saved["stddevs"])
-    np.testing.assert_allclose(saved["trajectory"], landscape.project(prompts[:, 0], plane),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        saved["trajectory"], landscape.project(prompts[:, 0], plane), rtol=1e-5, atol=1e-7
+    )
     # Grid values: loss[i, j] is at (a[j], b[i]).
     comps, params = restored_infoprompt
     arrays = landscape.sample_examples(comps, BATCH, seed=0)
     points = np.array([[saved["a"][1], saved["b"][2]], [saved["a"][3], saved["b"][0]]])
-    values = landscape.evaluate_points(comps.model, params, arrays, plane, points,
-                                       jax.random.PRNGKey(0))
+    values = landscape.evaluate_points(
+        comps.model, params, arrays, plane, points, jax.random.PRNGKey(0)
+    )
     for name in ("task_loss", "representation_loss"):
-        np.testing.assert_allclose([saved[name][2, 1], saved[name][0, 3]], values[name],
-                                   rtol=RTOL)
+        np.testing.assert_allclose([saved[name][2, 1], saved[name][0, 3]], values[name], rtol=RTOL)
         np.testing.assert_array_equal(result[name], saved[name])
         assert float(saved[f"{name}_roughness"]) == landscape.roughness(saved[name])
     out = capsys.readouterr().out
@@ -311,9 +344,11 @@ def test_landscape_needs_one_prompt_token(tmp_path):
 
 
 def test_aggregate_mean_and_bands_on_fabricated_numbers():
-    runs_ = [curves.Curve(np.array([10, 20, 30]), np.array([0.5, 0.6, 0.7])),
-             curves.Curve(np.array([10, 20, 30, 40]), np.array([0.3, 0.8, 0.9, 1.0])),
-             curves.Curve(np.array([5, 10, 20, 30]), np.array([0.0, 0.4, 0.7, 0.2]))]
+    runs_ = [
+        curves.Curve(np.array([10, 20, 30]), np.array([0.5, 0.6, 0.7])),
+        curves.Curve(np.array([10, 20, 30, 40]), np.array([0.3, 0.8, 0.9, 1.0])),
+        curves.Curve(np.array([5, 10, 20, 30]), np.array([0.0, 0.4, 0.7, 0.2])),
+    ]
     minmax = curves.aggregate(runs_)
     np.testing.assert_array_equal(minmax.steps, [10, 20, 30])
     np.testing.assert_allclose(minmax.mean, [0.4, 0.7, 0.6])
@@ -341,14 +376,17 @@ def fabricated_run(directory, method, beta, evals, train_losses):
 
 
 def test_curves_command_groups_runs_by_config_label(tmp_path, capsys):
-    seed0 = fabricated_run(tmp_path / "ip0", "infoprompt", 0.1, [(2, 0.5), (4, 0.75)],
-                           [(1, 0.9), (2, 0.8)])
-    seed1 = fabricated_run(tmp_path / "ip1", "infoprompt", 0.1, [(2, 0.7), (4, 0.85)],
-                           [(1, 0.7), (2, 0.6)])
+    seed0 = fabricated_run(
+        tmp_path / "ip0", "infoprompt", 0.1, [(2, 0.5), (4, 0.75)], [(1, 0.9), (2, 0.8)]
+    )
+    seed1 = fabricated_run(
+        tmp_path / "ip1", "infoprompt", 0.1, [(2, 0.7), (4, 0.85)], [(1, 0.7), (2, 0.6)]
+    )
     warp = fabricated_run(tmp_path / "warp", "warp", 0.1, [(2, 0.6), (4, 0.65)], [(1, 1.0)])
     output = tmp_path / "plots" / "curves.png"
-    aggregates = curves.main([f"--workdirs={seed0},{seed1},{warp}", "--metric=eval_accuracy",
-                              f"--output={output}"])
+    aggregates = curves.main(
+        [f"--workdirs={seed0},{seed1},{warp}", "--metric=eval_accuracy", f"--output={output}"]
+    )
     assert list(aggregates) == ["infoprompt beta=0.1 gamma=0.05", "warp"]
     infoprompt = aggregates["infoprompt beta=0.1 gamma=0.05"]
     np.testing.assert_array_equal(infoprompt.steps, [2, 4])
@@ -359,8 +397,15 @@ def test_curves_command_groups_runs_by_config_label(tmp_path, capsys):
     assert output.stat().st_size > 1000
     assert "final eval_accuracy 0.8000 at step 4" in capsys.readouterr().out
     # Explicit labels regroup; the train metric is read from the train lines.
-    by_label = curves.main([f"--workdirs={seed0},{seed1},{warp}", "--metric=train_loss",
-                            "--labels=x,y,x", "--band=std", f"--output={output}"])
+    by_label = curves.main(
+        [
+            f"--workdirs={seed0},{seed1},{warp}",
+            "--metric=train_loss",
+            "--labels=x,y,x",
+            "--band=std",
+            f"--output={output}",
+        ]
+    )
     np.testing.assert_allclose(by_label["x"].mean, [0.95])
     np.testing.assert_allclose(by_label["y"].mean, [0.7, 0.6])
     with pytest.raises(ValueError, match="eval_accuracy"):

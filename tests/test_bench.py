@@ -6,20 +6,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentiment_fixture
 import torch
 
-import sentiment_fixture
-from infoprompt_jax import bench
-from infoprompt_jax import components
-from infoprompt_jax import partition
-from infoprompt_jax import torch_reference
+from infoprompt_jax import bench, components, partition, torch_reference
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {
-    "examples_per_s", "step_ms_median", "compile_s", "flops_per_step", "achieved_tflops", "mfu",
-    "peak_device_mem_mb", "device_kind", "device_count", "batch_size", "seq_len",
-    "num_prompt_tokens", "dtype", "method", "torch_examples_per_s", "jax_over_torch",
-    "torch_threads", "torch_device", "torch_peak_device_mem_mb",
+    "examples_per_s",
+    "step_ms_median",
+    "compile_s",
+    "flops_per_step",
+    "achieved_tflops",
+    "mfu",
+    "peak_device_mem_mb",
+    "device_kind",
+    "device_count",
+    "batch_size",
+    "seq_len",
+    "num_prompt_tokens",
+    "dtype",
+    "method",
+    "torch_examples_per_s",
+    "jax_over_torch",
+    "torch_threads",
+    "torch_device",
+    "torch_peak_device_mem_mb",
 }
 
 
@@ -27,8 +39,9 @@ RESULT_KEYS = {
 def result(tiny_roberta_dir):
     """One benchmark run with --compare_torch on the tiny RoBERTa, 2 timed steps."""
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    return bench.run_benchmark(config, BATCH, SEQ_LEN, num_steps=2, warmup_steps=1,
-                               compare_torch=True, torch_threads=1)
+    return bench.run_benchmark(
+        config, BATCH, SEQ_LEN, num_steps=2, warmup_steps=1, compare_torch=True, torch_threads=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +79,9 @@ def test_result_line_has_every_key_and_cpu_has_no_peak(result):
 def test_compare_torch_gives_a_positive_ratio(result):
     assert result["torch_examples_per_s"] > 0 and result["torch_threads"] == 1
     assert result["torch_device"] == "cpu" and result["torch_peak_device_mem_mb"] is None
-    np.testing.assert_allclose(result["jax_over_torch"],
-                               result["examples_per_s"] / result["torch_examples_per_s"])
+    np.testing.assert_allclose(
+        result["jax_over_torch"], result["examples_per_s"] / result["torch_examples_per_s"]
+    )
 
 
 def test_matmul_flops_counts_every_dot_with_its_gradient_and_nested_jaxprs():
@@ -85,10 +99,12 @@ def test_matmul_flops_counts_every_dot_with_its_gradient_and_nested_jaxprs():
     both = jax.make_jaxpr(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))))(x, w).jaxpr
     assert bench.matmul_flops(both) == 3.5 * one_pass
     batched = jax.make_jaxpr(lambda a, b: jnp.einsum("bij,bjk->bik", a, b))(
-        np.ones((3, 4, 5)), np.ones((3, 5, 6))).jaxpr
+        np.ones((3, 4, 5)), np.ones((3, 5, 6))
+    ).jaxpr
     assert bench.matmul_flops(batched) == 2 * 3 * 4 * 5 * 6
-    scanned = jax.make_jaxpr(lambda c: jax.lax.scan(lambda c, _: (c @ w @ w.T, None), c,
-                                                    length=7)[0])(x).jaxpr
+    scanned = jax.make_jaxpr(
+        lambda c: jax.lax.scan(lambda c, _: (c @ w @ w.T, None), c, length=7)[0]
+    )(x).jaxpr
     assert bench.matmul_flops(scanned) == 7 * one_pass
 
 
@@ -106,11 +122,21 @@ def test_flops_per_step_counts_the_whole_step_once(comps, result):
     assert 1.95 < ratio < 2.4, ratio
 
 
-@pytest.mark.parametrize("kind, peak", [
-    ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v6 lite", 918.0),
-    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
-    ("NVIDIA A100-SXM4-80GB", 312.0), ("cpu", None), ("TPU v4 lite", None),
-])
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("TPU v4", 275.0),
+        ("TPU v5 lite", 197.0),
+        ("TPU v5p", 459.0),
+        ("TPU v6 lite", 918.0),
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("cpu", None),
+        ("TPU v4 lite", None),
+    ],
+)
 def test_peak_tflops_by_device_kind(kind, peak):
     assert bench.peak_tflops(kind) == peak
 
@@ -161,13 +187,17 @@ def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, bat
     step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
     plain = torch_reference.to_torch(batch)
     source, z0 = step.unprompted_pass(plain)
-    cached = torch_reference.to_torch({**batch, "cached_source": source.numpy(),
-                                       "cached_z0": z0.numpy()})
-    assert cached["cached_source"].dtype == torch.float32 and cached["input_ids"].dtype == torch.int64
+    cached = torch_reference.to_torch(
+        {**batch, "cached_source": source.numpy(), "cached_z0": z0.numpy()}
+    )
+    assert (
+        cached["cached_source"].dtype == torch.float32 and cached["input_ids"].dtype == torch.int64
+    )
     with torch.no_grad():
         for name in ("logits", "ce"):
-            torch.testing.assert_close(step.terms(cached)[name], step.terms(plain)[name],
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(
+                step.terms(cached)[name], step.terms(plain)[name], rtol=0, atol=0
+            )
 
 
 def test_torch_reference_rejects_the_released_variant(comps):

@@ -14,11 +14,17 @@ from safetensors.torch import save_file
 from infoprompt_jax import encoder as enc_lib
 
 PARITY_ATOL = 1e-5
-TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=40,
-            # Larger than the 0.02 default so attention is far from uniform and a wrong mask,
-            # position or transpose shows up well above the tolerance.
-            initializer_range=0.3)
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=40,
+    # Larger than the 0.02 default so attention is far from uniform and a wrong mask,
+    # position or transpose shows up well above the tolerance.
+    initializer_range=0.3,
+)
 ROBERTA_TINY = dict(TINY, type_vocab_size=1)  # As roberta-base/large ship.
 # Row 0 is full; row 1 has trailing padding (RoBERTa pad id 1, BERT pad id 0).
 ROBERTA_IDS = np.array([[0, 5, 17, 42, 8, 99, 23, 2], [0, 64, 12, 2, 1, 1, 1, 1]])
@@ -66,13 +72,20 @@ def _check_parity(label, ckpt, ids, inputs_embeds, attention="einsum", **extra):
         with torch.no_grad():
             embeds = model.embeddings.word_embeddings(torch.as_tensor(ids)).numpy()
         ref = _torch_hidden(model, inputs_embeds=embeds, attention_mask=MASK, **extra)
-        ours = encoder.apply({"params": params}, inputs_embeds=jnp.asarray(embeds),
-                             attention_mask=jnp.asarray(MASK),
-                             **{k: jnp.asarray(v) for k, v in extra.items()})
+        ours = encoder.apply(
+            {"params": params},
+            inputs_embeds=jnp.asarray(embeds),
+            attention_mask=jnp.asarray(MASK),
+            **{k: jnp.asarray(v) for k, v in extra.items()},
+        )
     else:
         ref = _torch_hidden(model, input_ids=ids, attention_mask=MASK, **extra)
-        ours = encoder.apply({"params": params}, jnp.asarray(ids), jnp.asarray(MASK),
-                             **{k: jnp.asarray(v) for k, v in extra.items()})
+        ours = encoder.apply(
+            {"params": params},
+            jnp.asarray(ids),
+            jnp.asarray(MASK),
+            **{k: jnp.asarray(v) for k, v in extra.items()},
+        )
     diff = _max_diff(ours, ref)
     print(f"\n{label}: max abs diff vs transformers = {diff:.3g}")
     assert ours.shape == ref.shape and ours.dtype == jnp.float32
@@ -83,14 +96,24 @@ def _check_parity(label, ckpt, ids, inputs_embeds, attention="einsum", **extra):
 @pytest.mark.parametrize("attention", enc_lib.ATTENTION_KINDS)
 @pytest.mark.parametrize("inputs_embeds", [False, True], ids=["ids", "embeds"])
 def test_roberta_parity(ckpts, inputs_embeds, attention):
-    _check_parity(f"RoBERTa {'embeds' if inputs_embeds else 'ids'} {attention}", ckpts["roberta"],
-                  ROBERTA_IDS, inputs_embeds, attention)
+    _check_parity(
+        f"RoBERTa {'embeds' if inputs_embeds else 'ids'} {attention}",
+        ckpts["roberta"],
+        ROBERTA_IDS,
+        inputs_embeds,
+        attention,
+    )
 
 
 @pytest.mark.parametrize("inputs_embeds", [False, True], ids=["ids", "embeds"])
 def test_bert_parity(ckpts, inputs_embeds):
-    _check_parity(f"BERT {'embeds' if inputs_embeds else 'ids'}", ckpts["bert"], BERT_IDS,
-                  inputs_embeds, token_type_ids=TOKEN_TYPES)
+    _check_parity(
+        f"BERT {'embeds' if inputs_embeds else 'ids'}",
+        ckpts["bert"],
+        BERT_IDS,
+        inputs_embeds,
+        token_type_ids=TOKEN_TYPES,
+    )
 
 
 @pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
@@ -102,8 +125,9 @@ def test_output_rows_are_the_full_outputs_rows(ckpts, remat):
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
 
     def encode(embeds, output_rows=None):
-        return encoder.apply({"params": params}, inputs_embeds=embeds, attention_mask=MASK,
-                             output_rows=output_rows)
+        return encoder.apply(
+            {"params": params}, inputs_embeds=embeds, attention_mask=MASK, output_rows=output_rows
+        )
 
     full = encode(embeds)
     picked = encode(embeds, rows)
@@ -118,8 +142,9 @@ def test_output_rows_are_the_full_outputs_rows(ckpts, remat):
     np.testing.assert_allclose(grad_picked, grad_full, rtol=0, atol=1e-6 * scale)
 
 
-@pytest.mark.parametrize("dtype, atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 0.0)],
-                         ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "dtype, atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 0.0)], ids=["fp32", "bf16"]
+)
 def test_fused_attention_computes_the_einsum_attention(ckpts, dtype, atol):
     # On a CPU "fused" runs jax.nn.dot_product_attention's XLA kernel: the same products, mask
     # and fp32 softmax as the einsum path, in another order (token-major), so the outputs and
@@ -133,18 +158,22 @@ def test_fused_attention_computes_the_einsum_attention(ckpts, dtype, atol):
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
     rows = jnp.asarray([[0, 5], [3, 0]])
     for output_rows in (None, rows):
-        def encode(model, e):
-            return model.apply({"params": params}, inputs_embeds=e, attention_mask=MASK,
-                               output_rows=output_rows).astype(jnp.float32)
 
-        np.testing.assert_allclose(encode(fused, embeds), encode(einsum, embeds), rtol=0,
-                                   atol=atol)
+        def encode(model, e, output_rows=output_rows):
+            return model.apply(
+                {"params": params}, inputs_embeds=e, attention_mask=MASK, output_rows=output_rows
+            ).astype(jnp.float32)
+
+        np.testing.assert_allclose(encode(fused, embeds), encode(einsum, embeds), rtol=0, atol=atol)
         weights = jax.random.normal(jax.random.PRNGKey(1), encode(einsum, embeds).shape)
-        grads = [jax.grad(lambda e, m=m: jnp.sum(encode(m, e) * weights))(embeds)
-                 for m in (fused, einsum)]
+        grads = [
+            jax.grad(lambda e, m=m, w=weights: jnp.sum(encode(m, e) * w))(embeds)
+            for m in (fused, einsum)
+        ]
         assert float(jnp.abs(grads[1]).max()) > 0.1
-        np.testing.assert_allclose(grads[0], grads[1], rtol=0,
-                                   atol=max(atol, 1e-6) * float(jnp.abs(grads[1]).max()))
+        np.testing.assert_allclose(
+            grads[0], grads[1], rtol=0, atol=max(atol, 1e-6) * float(jnp.abs(grads[1]).max())
+        )
 
 
 def test_fused_attention_uses_cudnn_only_on_a_gpu_in_half_precision():
@@ -163,25 +192,30 @@ def test_explicit_position_ids_from_mask(ckpts):
     np.testing.assert_array_equal(positions[1], [2, 3, 4, 5, 1, 1, 1, 1])
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
     from_ids = encoder.apply({"params": params}, ROBERTA_IDS, MASK)
-    from_embeds = encoder.apply({"params": params}, inputs_embeds=embeds, attention_mask=MASK,
-                                position_ids=positions)
+    from_embeds = encoder.apply(
+        {"params": params}, inputs_embeds=embeds, attention_mask=MASK, position_ids=positions
+    )
     np.testing.assert_allclose(from_embeds, from_ids, atol=1e-6)
     bert_config = enc_lib.load_pretrained(ckpts["bert"][0])[0].config
-    np.testing.assert_array_equal(enc_lib.position_ids_from_mask(bert_config, MASK),
-                                  np.broadcast_to(np.arange(8), (2, 8)))
+    np.testing.assert_array_equal(
+        enc_lib.position_ids_from_mask(bert_config, MASK), np.broadcast_to(np.arange(8), (2, 8))
+    )
 
 
 def test_param_paths_follow_hf_names(ckpts):
     _, params = enc_lib.load_pretrained(ckpts["roberta"][0])
     paths = set(traverse_util.flatten_dict(params, sep="/"))
-    for path in ["embeddings/word_embeddings/embedding", "embeddings/LayerNorm/scale",
-                 "embeddings/position_embeddings/embedding",
-                 "embeddings/token_type_embeddings/embedding",
-                 "encoder/layer/1/attention/self/query/kernel",
-                 "encoder/layer/0/attention/output/dense/bias",
-                 "encoder/layer/0/attention/output/LayerNorm/bias",
-                 "encoder/layer/0/intermediate/dense/kernel",
-                 "encoder/layer/1/output/LayerNorm/scale"]:
+    for path in [
+        "embeddings/word_embeddings/embedding",
+        "embeddings/LayerNorm/scale",
+        "embeddings/position_embeddings/embedding",
+        "embeddings/token_type_embeddings/embedding",
+        "encoder/layer/1/attention/self/query/kernel",
+        "encoder/layer/0/attention/output/dense/bias",
+        "encoder/layer/0/attention/output/LayerNorm/bias",
+        "encoder/layer/0/intermediate/dense/kernel",
+        "encoder/layer/1/output/LayerNorm/scale",
+    ]:
         assert path in paths, path
     assert type(params) is dict  # A plain dict, not a FrozenDict.
     assert params["encoder"]["layer"]["0"]["intermediate"]["dense"]["kernel"].shape == (32, 37)
@@ -196,20 +230,24 @@ def test_mlm_checkpoint_and_transform(ckpts):
     lm_head = model.lm_head
     np.testing.assert_array_equal(head["dense"]["kernel"], lm_head.dense.weight.detach().numpy().T)
     np.testing.assert_array_equal(head["dense"]["bias"], lm_head.dense.bias.detach().numpy())
-    np.testing.assert_array_equal(head["layer_norm"]["scale"],
-                                  lm_head.layer_norm.weight.detach().numpy())
-    np.testing.assert_array_equal(head["layer_norm"]["bias"],
-                                  lm_head.layer_norm.bias.detach().numpy())
+    np.testing.assert_array_equal(
+        head["layer_norm"]["scale"], lm_head.layer_norm.weight.detach().numpy()
+    )
+    np.testing.assert_array_equal(
+        head["layer_norm"]["bias"], lm_head.layer_norm.bias.detach().numpy()
+    )
 
 
 def test_bert_mlm_transform(ckpts):
     path, model = ckpts["bert_mlm"]
     head = enc_lib.load_mlm_transform(path)
     transform = model.cls.predictions.transform
-    np.testing.assert_array_equal(head["dense"]["kernel"],
-                                  transform.dense.weight.detach().numpy().T)
-    np.testing.assert_array_equal(head["layer_norm"]["scale"],
-                                  transform.LayerNorm.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        head["dense"]["kernel"], transform.dense.weight.detach().numpy().T
+    )
+    np.testing.assert_array_equal(
+        head["layer_norm"]["scale"], transform.LayerNorm.weight.detach().numpy()
+    )
     assert enc_lib.load_mlm_transform(ckpts["bert"][0]) is None
 
 
@@ -244,14 +282,18 @@ def test_shape_mismatch_raises(ckpts, tmp_path):
     state = _torch_state(ckpts["roberta"])
     state["encoder.layer.0.output.dense.weight"] = torch.zeros(32, 36)
     path = _copy_with_state(ckpts["roberta"][0], tmp_path / "shape", state)
-    with pytest.raises(ValueError, match=r"encoder/layer/0/output/dense/kernel.*\(36, 32\).*"
-                                         r"\(37, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder/layer/0/output/dense/kernel.*\(36, 32\).*"
+        r"\(37, 32\)",
+    ):
         enc_lib.load_pretrained(path)
 
 
 def test_missing_config_raises(ckpts, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(
-        (ckpts["roberta"][0] / "model.safetensors").read_bytes())
+        (ckpts["roberta"][0] / "model.safetensors").read_bytes()
+    )
     with pytest.raises(FileNotFoundError, match="config.json"):
         enc_lib.load_pretrained(tmp_path)
 
@@ -282,8 +324,9 @@ def test_unsupported_configs_raise():
     with pytest.raises(ValueError, match="relative_key"):
         enc_lib.EncoderConfig.from_hf_config(hf)
     with pytest.raises(ValueError, match="attention='flash'.*einsum.*fused"):
-        enc_lib.EncoderConfig.from_hf_config(transformers.BertConfig(**TINY).to_dict(),
-                                             attention="flash")
+        enc_lib.EncoderConfig.from_hf_config(
+            transformers.BertConfig(**TINY).to_dict(), attention="flash"
+        )
 
 
 def test_ids_xor_embeds(ckpts):
@@ -325,23 +368,27 @@ def test_pytorch_bin_and_flax_msgpack(ckpts, tmp_path):
 
 
 def test_bf16_safetensors(ckpts, tmp_path):
-    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
-             for k, v in _torch_state(ckpts["roberta"]).items()}
+    state = {
+        k: v.to(torch.bfloat16) if v.is_floating_point() else v
+        for k, v in _torch_state(ckpts["roberta"]).items()
+    }
     path = _copy_with_state(ckpts["roberta"][0], tmp_path / "bf16", state)
     params = enc_lib.load_pretrained(path)[1]
     ref = enc_lib.load_pretrained(ckpts["roberta"][0])[1]
     kernel = params["encoder"]["layer"]["0"]["attention"]["self"]["key"]["kernel"]
     assert kernel.dtype == jnp.float32
     np.testing.assert_array_equal(
-        kernel, state["encoder.layer.0.attention.self.key.weight"].float().numpy().T)
+        kernel, state["encoder.layer.0.attention.self.key.weight"].float().numpy().T
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2), params, ref)
 
 
 def test_adapters_are_identity_at_init(ckpts):
     path = ckpts["roberta"][0]
     encoder, params = enc_lib.load_pretrained(path)
-    adapted, adapted_params = enc_lib.load_pretrained(path, adapter_size=8,
-                                                      rng=jax.random.PRNGKey(3))
+    adapted, adapted_params = enc_lib.load_pretrained(
+        path, adapter_size=8, rng=jax.random.PRNGKey(3)
+    )
     adapter = adapted_params["encoder"]["layer"]["1"]["output"]["adapter"]
     assert adapter["down"]["kernel"].shape == (32, 8) and adapter["up"]["kernel"].shape == (8, 32)
     assert float(jnp.std(adapter["down"]["kernel"])) > 0.005
@@ -363,8 +410,10 @@ def test_remat_matches(ckpts):
     def loss(p, model):
         return jnp.sum(model.apply({"params": p}, BERT_IDS, MASK, TOKEN_TYPES) ** 2)
 
-    np.testing.assert_array_equal(remat.apply({"params": params}, BERT_IDS, MASK, TOKEN_TYPES),
-                                  encoder.apply({"params": params}, BERT_IDS, MASK, TOKEN_TYPES))
+    np.testing.assert_array_equal(
+        remat.apply({"params": params}, BERT_IDS, MASK, TOKEN_TYPES),
+        encoder.apply({"params": params}, BERT_IDS, MASK, TOKEN_TYPES),
+    )
     grads, remat_grads = jax.grad(loss)(params, encoder), jax.grad(loss)(params, remat)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, grads)
 
@@ -385,8 +434,9 @@ def test_bf16_compute_is_close(ckpts):
 
 def test_init_with_inputs_embeds_has_full_tree(ckpts):
     encoder, params = enc_lib.load_pretrained(ckpts["bert"][0])
-    shapes = jax.eval_shape(encoder.init, jax.random.PRNGKey(0),
-                            inputs_embeds=jnp.zeros((1, 4, 32)))["params"]
+    shapes = jax.eval_shape(
+        encoder.init, jax.random.PRNGKey(0), inputs_embeds=jnp.zeros((1, 4, 32))
+    )["params"]
     assert jax.tree.structure(shapes) == jax.tree.structure(params)
 
 
@@ -404,9 +454,15 @@ def test_config_from_hf(ckpts):
     config = json.loads((ckpts["roberta"][0] / "config.json").read_text())
     cfg = enc_lib.EncoderConfig.from_hf_config(config, adapter_size=4)
     assert (cfg.family, cfg.pad_token_id, cfg.type_vocab_size, cfg.adapter_size) == (
-        "roberta", 1, 1, 4)
-    assert enc_lib.EncoderConfig.from_hf_config(dict(config, model_type="xlm-roberta")).family \
+        "roberta",
+        1,
+        1,
+        4,
+    )
+    assert (
+        enc_lib.EncoderConfig.from_hf_config(dict(config, model_type="xlm-roberta")).family
         == "roberta"
+    )
     bert = json.loads((ckpts["bert"][0] / "config.json").read_text())
     assert enc_lib.EncoderConfig.from_hf_config(bert).family == "bert"
 
@@ -424,14 +480,17 @@ def test_batch_sharded_on_explicit_mesh(ckpts):
     def prompted(p, ids, mask):
         embeds = enc_lib.embedding_lookup(p["embeddings"]["word_embeddings"]["embedding"], ids)
         positions = enc_lib.position_ids_from_mask(encoder.config, mask)
-        return encoder.apply({"params": p}, inputs_embeds=embeds, attention_mask=mask,
-                             position_ids=positions)
+        return encoder.apply(
+            {"params": p}, inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        )
 
     mesh = jax.make_mesh((n,), ("data",))
     with jax.set_mesh(mesh):
         batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         ids_s, mask_s = jax.device_put(ids, batch), jax.device_put(mask, batch)
-        from_ids = jax.jit(lambda p, i, m: encoder.apply({"params": p}, i, m))(params, ids_s, mask_s)
+        from_ids = jax.jit(lambda p, i, m: encoder.apply({"params": p}, i, m))(
+            params, ids_s, mask_s
+        )
         from_embeds = jax.jit(prompted)(params, ids_s, mask_s)
     assert from_ids.sharding.spec[0] == "data"
     np.testing.assert_allclose(from_ids, ref, atol=1e-5)

@@ -2,8 +2,8 @@
 
 import csv
 import io
-import os
 import json
+import os
 import pathlib
 import shlex
 import subprocess
@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from infoprompt_jax import experiments
-from infoprompt_jax import report
+from infoprompt_jax import experiments, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -521,7 +520,7 @@ def test_run_command_logs_and_returns_the_status(tmp_path):
     command = [
         sys.executable,
         "-c",
-        "import sys; print('out'); print('err', file=sys.stderr); " "sys.exit(3)",
+        "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)",
     ]
     assert experiments.run_command(command, log) == 3
     text = log.read_text()

@@ -4,22 +4,24 @@ import contextlib
 import json
 import shutil
 
-from absl import flags
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
-
 import sentiment_fixture
-from infoprompt_jax import checkpointing
-from infoprompt_jax import components
-from infoprompt_jax import encoder
-from infoprompt_jax import export
-from infoprompt_jax import partition
-from infoprompt_jax import predict
-from infoprompt_jax import sharding
-from infoprompt_jax import tasks
-from infoprompt_jax import train
+from absl import flags
+
+from infoprompt_jax import (
+    checkpointing,
+    components,
+    encoder,
+    export,
+    partition,
+    predict,
+    sharding,
+    tasks,
+    train,
+)
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
 
@@ -39,8 +41,9 @@ def write_sst2_data(directory, num_train: int):
     """SST-2 files: `num_train` training rows, and NUM_DEV dev rows that start 3 examples on."""
     directory.mkdir()
     sentiment_fixture.write_sst2_tsv(directory / "train.tsv", sentiment_fixture.examples(num_train))
-    sentiment_fixture.write_sst2_tsv(directory / "dev.tsv",
-                                     sentiment_fixture.examples(NUM_DEV + 3)[3:])
+    sentiment_fixture.write_sst2_tsv(
+        directory / "dev.tsv", sentiment_fixture.examples(NUM_DEV + 3)[3:]
+    )
     return directory
 
 
@@ -84,7 +87,8 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
         "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
-        "twice through train.predict_logits; update this recording if the loop changed.")
+        "twice through train.predict_logits; update this recording if the loop changed."
+    )
     return workdir, data_dir, saved, eval_logits[-1]
 
 
@@ -104,14 +108,18 @@ def dev_rows(data_dir):
 
 
 def eval_records(workdir):
-    metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [m for m in metrics if "eval_accuracy" in m]
 
 
 def test_export_writes_trainable_params_config_and_identity(trained, exported, tiny_roberta_dir):
     workdir, _, saved, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == [
-        "config.json", "export.json", "params.safetensors", "tokenizer"]
+        "config.json",
+        "export.json",
+        "params.safetensors",
+        "tokenizer",
+    ]
     tensors = safetensors.numpy.load_file(str(exported / "params.safetensors"))
     trainable = partition.flatten(saved[4])
     assert sorted(tensors) == sorted(trainable)
@@ -123,18 +131,27 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     evals = eval_records(workdir)
     best = max(evals, key=lambda m: m["eval_accuracy"])  # The first of equals, as training.
     assert info["format_version"] == export.FORMAT_VERSION
-    assert info["task"] == {"name": "sst2", "label_names": ["negative", "positive"],
-                            "text_fields": ["sentence"]}
+    assert info["task"] == {
+        "name": "sst2",
+        "label_names": ["negative", "positive"],
+        "text_fields": ["sentence"],
+    }
     assert (info["method"], info["step"]) == ("infoprompt", 4)
     assert info["encoder"] == {
-        "name": str(tiny_roberta_dir), "model_dir": str(tiny_roberta_dir.absolute()),
-        "weights_checksum": encoder.weights_checksum(tiny_roberta_dir)}
-    assert info["best"] == {"metric": "eval_accuracy", "score": best["eval_accuracy"],
-                            "step": best["step"]}
+        "name": str(tiny_roberta_dir),
+        "model_dir": str(tiny_roberta_dir.absolute()),
+        "weights_checksum": encoder.weights_checksum(tiny_roberta_dir),
+    }
+    assert info["best"] == {
+        "metric": "eval_accuracy",
+        "score": best["eval_accuracy"],
+        "step": best["step"],
+    }
     assert info["eval_metrics_at_step"]["eval_accuracy"] == evals[-1]["eval_accuracy"]
     assert info["params"]["num_parameters"] == sum(v.size for v in tensors.values())
     assert json.loads((exported / "config.json").read_text()) == json.loads(
-        (workdir / "config.json").read_text())
+        (workdir / "config.json").read_text()
+    )
 
 
 def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
@@ -142,8 +159,9 @@ def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
     sentences, gold = zip(*dev_rows(data_dir))
     # Batch 32 pads the 12 rows differently from training's batches of 8: same predictions.
     results = predict.InfoPromptClassifier.load(exported).predict(list(sentences))
-    probabilities = np.array([[r["probabilities"][n] for n in ("negative", "positive")]
-                              for r in results])
+    probabilities = np.array(
+        [[r["probabilities"][n] for n in ("negative", "positive")] for r in results]
+    )
     np.testing.assert_allclose(probabilities, predict.softmax(reference_logits), rtol=1e-5)
     label_ids = np.array([r["label_id"] for r in results])
     np.testing.assert_array_equal(label_ids, reference_logits.argmax(-1))
@@ -153,16 +171,22 @@ def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
 
 def test_predict_command_line_on_the_dev_file(trained, exported, tmp_path):
     _, data_dir, _, reference_logits = trained
-    run_command_line(predict, f"--export_dir={exported}", f"--input={data_dir / 'dev.tsv'}",
-                     f"--output={tmp_path / 'out.jsonl'}", "--batch_size=8")
-    records = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    run_command_line(
+        predict,
+        f"--export_dir={exported}",
+        f"--input={data_dir / 'dev.tsv'}",
+        f"--output={tmp_path / 'out.jsonl'}",
+        "--batch_size=8",
+    )
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     sentences, gold = zip(*dev_rows(data_dir))
     assert [r["input"] for r in records] == [{"sentence": s} for s in sentences]
     assert [r["line"] for r in records] == list(range(2, NUM_DEV + 2))
     assert [r["gold"] for r in records] == [("negative", "positive")[i] for i in gold]
     np.testing.assert_array_equal([r["label_id"] for r in records], reference_logits.argmax(-1))
-    probabilities = np.array([[r["probabilities"]["negative"], r["probabilities"]["positive"]]
-                              for r in records])
+    probabilities = np.array(
+        [[r["probabilities"]["negative"], r["probabilities"]["positive"]] for r in records]
+    )
     np.testing.assert_allclose(probabilities, predict.softmax(reference_logits), rtol=1e-5)
 
 
@@ -182,8 +206,9 @@ def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, 
     weights = safetensors.numpy.load_file(str(other / "model.safetensors"))
     name = sorted(weights)[0]
     weights[name] = weights[name] + np.asarray(1e-3, weights[name].dtype)
-    safetensors.numpy.save_file(weights, str(other / "model.safetensors"),
-                                metadata={"format": "pt"})
+    safetensors.numpy.save_file(
+        weights, str(other / "model.safetensors"), metadata={"format": "pt"}
+    )
     expected = json.loads((exported / "export.json").read_text())["encoder"]["weights_checksum"]
     found = encoder.weights_checksum(other)
     with pytest.raises(ValueError, match="Encoder mismatch") as error:
@@ -213,15 +238,19 @@ def rte_classifier(tiny_roberta_dir, tmp_path_factory):
     rng = np.random.default_rng(0)
     trainable = jax.tree.map(
         lambda x: rng.normal(0.0, 0.1, x.shape).astype(np.float32),
-        export.abstract_train_state(comps, sharding.make_mesh()).trainable)
+        export.abstract_train_state(comps, sharding.make_mesh()).trainable,
+    )
     directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", comps, trainable, 0)
     return predict.InfoPromptClassifier.load(directory)
 
 
 def test_pair_task_takes_pairs_and_names_the_arity(rte_classifier):
     assert rte_classifier.text_fields == ("sentence1", "sentence2")
-    with pytest.raises(ValueError, match=r"Input 1 is 'just one'.*2 text field\(s\) "
-                                         r"\['sentence1', 'sentence2'\].*tuple of 2 strings"):
+    with pytest.raises(
+        ValueError,
+        match=r"Input 1 is 'just one'.*2 text field\(s\) "
+        r"\['sentence1', 'sentence2'\].*tuple of 2 strings",
+    ):
         rte_classifier.predict([("a man", "a person"), "just one"])
     with pytest.raises(ValueError, match="Input 0 is"):
         rte_classifier.predict([("a", "b", "c")])
@@ -230,8 +259,12 @@ def test_pair_task_takes_pairs_and_names_the_arity(rte_classifier):
     with pytest.raises(TypeError, match="wrap a single input in a list"):
         rte_classifier.predict("a man walks")
     pairs = rte_classifier.predict([("a man walks", "a man moves"), ("it is dull", "it is fun")])
-    dicts = rte_classifier.predict([{"sentence1": "a man walks", "sentence2": "a man moves"},
-                                    {"sentence1": "it is dull", "sentence2": "it is fun"}])
+    dicts = rte_classifier.predict(
+        [
+            {"sentence1": "a man walks", "sentence2": "a man moves"},
+            {"sentence1": "it is dull", "sentence2": "it is fun"},
+        ]
+    )
     assert pairs == dicts
     for result in pairs:
         assert set(result["probabilities"]) == {"entailment", "not_entailment"}
@@ -245,25 +278,32 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
     test_tsv = tmp_path / "test.tsv"
     test_tsv.write_text("index\tsentence1\tsentence2\n0\tA man walks.\tA man moves.\n")
     rows = predict.read_inputs(test_tsv, rte, fields)
-    assert rows == [predict.InputRow({"sentence1": "A man walks.", "sentence2": "A man moves."},
-                                     None, 2)]
+    assert rows == [
+        predict.InputRow({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
+    ]
     plain = tmp_path / "pairs.txt"
     plain.write_text("a\tb\n\nc\td\n")
     assert [(r.fields["sentence2"], r.line) for r in predict.read_inputs(plain, rte, fields)] == [
-        ("b", 1), ("d", 3)]
+        ("b", 1),
+        ("d", 3),
+    ]
     plain.write_text("a\tb\nno tab here\n")
     with pytest.raises(ValueError, match=r"pairs.txt line 2: found 1 tab-separated"):
         predict.read_inputs(plain, rte, fields)
 
 
-@pytest.mark.parametrize("method, trained_prefixes", [
-    ("idpg", {"prompt_generator/", "task_head/"}),
-    ("warp", {"prompt", "task_head/"}),
-    ("adapter", {"encoder/", "task_head/"}),
-    ("finetune", {"encoder/", "task_head/"}),
-])
+@pytest.mark.parametrize(
+    "method, trained_prefixes",
+    [
+        ("idpg", {"prompt_generator/", "task_head/"}),
+        ("warp", {"prompt", "task_head/"}),
+        ("adapter", {"encoder/", "task_head/"}),
+        ("finetune", {"encoder/", "task_head/"}),
+    ],
+)
 def test_every_method_exports_and_predicts_as_its_training_eval(
-        method, trained_prefixes, tiny_roberta_dir, tmp_path):
+    method, trained_prefixes, tiny_roberta_dir, tmp_path
+):
     data_dir = write_sst2_data(tmp_path / "sst2", num_train=16)
     config = sentiment_fixture.tiny_config(tiny_roberta_dir, method)
     config.data.dir = str(data_dir)
@@ -281,5 +321,4 @@ def test_every_method_exports_and_predicts_as_its_training_eval(
     sentences, _ = zip(*dev_rows(data_dir))
     logits = classifier.predict_logits(list(sentences), batch_size=4)
     np.testing.assert_array_equal(logits.argmax(-1), eval_logits[-1].argmax(-1))
-    np.testing.assert_allclose(predict.softmax(logits), predict.softmax(eval_logits[-1]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(predict.softmax(logits), predict.softmax(eval_logits[-1]), rtol=1e-5)

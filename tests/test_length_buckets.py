@@ -5,12 +5,9 @@ import json
 import jax
 import numpy as np
 import pytest
-
 import sentiment_fixture
-from infoprompt_jax import components
-from infoprompt_jax import length_buckets
-from infoprompt_jax import sharding
-from infoprompt_jax import train
+
+from infoprompt_jax import components, length_buckets, sharding, train
 
 # Two rows of length 3 and 5 in an L = 8 batch; the plain input is one shorter (no prompt).
 ARRAYS = {
@@ -81,7 +78,8 @@ def run_metrics(model_dir, data_dir, workdir, buckets, cache_unprompted=False) -
 
 @pytest.mark.parametrize("cache_unprompted", [False, True], ids=["uncached", "cached"])
 def test_training_with_buckets_logs_what_training_at_max_len_logs(
-        tiny_roberta_dir, sst2_dir, tmp_path, cache_unprompted):
+    tiny_roberta_dir, sst2_dir, tmp_path, cache_unprompted
+):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(sst2_dir)
     comps = components.build_components(config)

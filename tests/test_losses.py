@@ -39,7 +39,8 @@ def test_mutual_information_bound_never_exceeds_log_k(seed):
     # A perfectly separated positive reaches the bound's ceiling.
     separated = jnp.zeros((1, k)).at[0, 0].set(1e4)
     np.testing.assert_allclose(
-        losses.mutual_information_bound(losses.info_nce(separated), k), [np.log(k)], atol=1e-6)
+        losses.mutual_information_bound(losses.info_nce(separated), k), [np.log(k)], atol=1e-6
+    )
 
 
 def test_cross_entropy_matches_log_softmax():
@@ -51,20 +52,28 @@ def test_cross_entropy_matches_log_softmax():
 
 def test_gaussian_kl_is_zero_for_standard_normal_and_matches_formula():
     np.testing.assert_allclose(
-        losses.gaussian_kl_to_standard_normal(jnp.zeros((1, 3)), jnp.ones((1, 3))), [0.0], atol=1e-7)
+        losses.gaussian_kl_to_standard_normal(jnp.zeros((1, 3)), jnp.ones((1, 3))), [0.0], atol=1e-7
+    )
     # 0.5 * (sigma^2 + mu^2 - 1 - log sigma^2) with mu = 1, sigma = 2: 0.5 * (4 + 1 - 1 - log 4).
     np.testing.assert_allclose(
         losses.gaussian_kl_to_standard_normal(jnp.ones((1, 1)), 2 * jnp.ones((1, 1))),
-        [0.5 * (4.0 - np.log(4.0))], rtol=1e-6)
+        [0.5 * (4.0 - np.log(4.0))],
+        rtol=1e-6,
+    )
 
 
 def test_objective_weights_and_clamp():
-    terms = {"ce": jnp.array([1.0, 3.0]), "nce_rep": jnp.array([4.0, 0.5]),
-             "nce_head": jnp.array([10.0, 1.0]), "kl": jnp.array([2.0, 2.0])}
+    terms = {
+        "ce": jnp.array([1.0, 3.0]),
+        "nce_rep": jnp.array([4.0, 0.5]),
+        "nce_head": jnp.array([10.0, 1.0]),
+        "kl": jnp.array([2.0, 2.0]),
+    }
     paper = losses.infoprompt_objective(terms, losses.ObjectiveWeights(beta=0.1, gamma=0.05))
     # mean(1 + 0.4 + 0.5, 3 + 0.05 + 0.05) = mean(1.9, 3.1) = 2.5.
     np.testing.assert_allclose(paper, 2.5, rtol=1e-6)
     released = losses.infoprompt_objective(
-        terms, losses.ObjectiveWeights(beta=0.2, gamma=0.1, nce_clamp=2.0, kl_weight=0.1))
+        terms, losses.ObjectiveWeights(beta=0.2, gamma=0.1, nce_clamp=2.0, kl_weight=0.1)
+    )
     # Row 0: 1 + 0.2 * 2 + 0.1 * 2 + 0.2 = 1.8; row 1: 3 + 0.1 + 0.1 + 0.2 = 3.4; mean 2.6.
     np.testing.assert_allclose(released, 2.6, rtol=1e-6)

@@ -6,8 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from infoprompt_jax import metrics
-from infoprompt_jax import tasks
+from infoprompt_jax import metrics, tasks
 
 # Binary case: TP = 2 (0, 4), FP = 1 (1), TN = 2 (2, 3), FN = 1 (5).
 PRED = [1, 1, 0, 0, 1, 0]
@@ -120,7 +119,10 @@ def _flip(label):
 
 def _perl_scorer(pred, gold):
     """semeval2010_task8_scorer-v1.2.pl, official part (iii), transcribed."""
-    strip = lambda l: re.sub(r"\(e[12],e[12]\)$", "", l)
+
+    def strip(label):
+        return re.sub(r"\(e[12],e[12]\)$", "", label)
+
     conf = defaultdict(lambda: defaultdict(int))
     proposed, answer = defaultdict(int), defaultdict(int)
     for p, g in zip(pred, gold):
@@ -185,7 +187,10 @@ def test_compute_metrics_per_task():
         {"accuracy": 4 / 6, "mcc": 1 / 3}
     )
     semeval = tasks.get_task("semeval")
-    ids = lambda ls: np.array([semeval.label_id(l) for l in ls])
+
+    def ids(labels):
+        return np.array([semeval.label_id(label) for label in labels])
+
     out = metrics.compute_metrics(semeval, ids(SEMEVAL_PRED), ids(SEMEVAL_GOLD))
     assert out == pytest.approx({"accuracy": 3 / 8, "macro_f1": 20 / 63})
     ace = tasks.get_task("ace_re").with_labels(("no_relation", "PHYS", "ART"))

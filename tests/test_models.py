@@ -20,5 +20,6 @@ def test_sampled_positions_do_not_depend_on_trailing_padding():
     key = jax.random.PRNGKey(3)
     allowed = jnp.array([[1, 1, 0, 1], [0, 1, 1, 1]])
     padded = jnp.pad(allowed, ((0, 0), (0, 12)))
-    np.testing.assert_array_equal(models.sample_positions(key, allowed, 31),
-                                  models.sample_positions(key, padded, 31))
+    np.testing.assert_array_equal(
+        models.sample_positions(key, allowed, 31), models.sample_positions(key, padded, 31)
+    )

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 import sentiment_fixture
 from test_train import REPO, read_jsonl
 
@@ -19,32 +18,61 @@ def free_port() -> int:
 
 
 def command(model_dir, data_dir, workdir) -> list[str]:
-    return [sys.executable, "-m", "infoprompt_jax.main", "--config=configs/sst2.py:tiny",
-            f"--workdir={workdir}", f"--config.model.name={model_dir}",
-            "--config.data.source=local", f"--config.data.dir={data_dir}",
-            "--config.data.few_shot=32", "--config.train.batch_size=8",
-            "--config.train.eval_batch_size=8"]
+    return [
+        sys.executable,
+        "-m",
+        "infoprompt_jax.main",
+        "--config=configs/sst2.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.model.name={model_dir}",
+        "--config.data.source=local",
+        f"--config.data.dir={data_dir}",
+        "--config.data.few_shot=32",
+        "--config.train.batch_size=8",
+        "--config.train.eval_batch_size=8",
+    ]
 
 
 def environment(devices: int, **extra) -> dict[str, str]:
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **extra,
+    )
 
 
 def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp_path):
     data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 32, 16)
     port = free_port()
-    workers = [subprocess.Popen(
-        command(tiny_roberta_dir, data_dir, tmp_path / "multi"), cwd=REPO,
-        env=environment(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                        JAX_PROCESS_ID=str(i)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            command(tiny_roberta_dir, data_dir, tmp_path / "multi"),
+            cwd=REPO,
+            env=environment(
+                4,
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [w.communicate()[1] for w in workers]
     for worker, stderr in zip(workers, outputs):
         assert worker.returncode == 0, stderr[-3000:]
     assert "JAX process 1/2" in outputs[1] and "4 local devices of 8" in outputs[1]
-    subprocess.run(command(tiny_roberta_dir, data_dir, tmp_path / "single"), cwd=REPO,
-                   env=environment(8), check=True, capture_output=True)
+    subprocess.run(
+        command(tiny_roberta_dir, data_dir, tmp_path / "single"),
+        cwd=REPO,
+        env=environment(8),
+        check=True,
+        capture_output=True,
+    )
     multi = read_jsonl(tmp_path / "multi" / "metrics.jsonl")
     single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
     assert [r["step"] for r in multi] == [r["step"] for r in single] and len(single) == 10

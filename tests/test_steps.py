@@ -3,15 +3,11 @@
 import jax
 import numpy as np
 import pytest
-
 import sentiment_fixture
 import tiny_models
-from infoprompt_jax import components
+
+from infoprompt_jax import components, partition, sharding, steps, train
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition
-from infoprompt_jax import sharding
-from infoprompt_jax import steps
-from infoprompt_jax import train
 
 BATCH = 8
 
@@ -30,8 +26,9 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices or jax.devices()[:1])
     optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, total_steps)
     state, frozen = train.build_state(comps, optimizer, mesh, arrays)
-    train_fn, eval_fn = steps.compile_steps(comps.model, optimizer, comps.method.weights, mesh,
-                                            state, frozen)
+    train_fn, eval_fn = steps.compile_steps(
+        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+    )
     batch = train.device_batch(arrays, np.arange(BATCH), mesh)
     return state, frozen, train_fn, eval_fn, batch
 
@@ -52,14 +49,21 @@ def test_frozen_encoder_is_bit_identical_and_never_in_the_optimizer(tiny_roberta
     state, frozen, train_fn, _, batch = build(tiny_roberta_dir)
     frozen_before, trainable_before = host_copy(frozen), host_copy(state.trainable)
     assert "encoder" in frozen and "encoder" not in state.trainable
-    opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
+    opt_paths = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
+    ]
     assert opt_paths and not [p for p in opt_paths if "encoder" in p or "mlm_transform" in p]
     state, _ = run(state, frozen, train_fn, batch, 5)
     for path, before in partition.flatten(frozen_before).items():
         np.testing.assert_array_equal(partition.flatten(frozen)[path], before, err_msg=path)
-    changed = [path for path, before in partition.flatten(trainable_before).items()
-               if not np.array_equal(partition.flatten(state.trainable)[path], before)]
-    assert sorted(changed) == sorted(partition.flatten(trainable_before)), "every trainable leaf moves"
+    changed = [
+        path
+        for path, before in partition.flatten(trainable_before).items()
+        if not np.array_equal(partition.flatten(state.trainable)[path], before)
+    ]
+    assert sorted(changed) == sorted(partition.flatten(trainable_before)), (
+        "every trainable leaf moves"
+    )
 
 
 @pytest.mark.parametrize("fsdp", [1, 2])
@@ -72,11 +76,17 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
     for m1, m8 in zip(history_1, history_8):
         for name in m1:
             np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 host_copy(state_8.trainable), host_copy(state_1.trainable))
-    np.testing.assert_allclose(sharded[3](state_8.trainable, sharded[1], sharded[4]),
-                               single[3](state_1.trainable, single[1], single[4]), rtol=1e-5,
-                               atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        host_copy(state_8.trainable),
+        host_copy(state_1.trainable),
+    )
+    np.testing.assert_allclose(
+        sharded[3](state_8.trainable, sharded[1], sharded[4]),
+        single[3](state_1.trainable, single[1], single[4]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # Loss after 30 steps (lr 1e-2) of the tiny sentiment task at seed 0 (CPU, float32). The untrained
@@ -93,15 +103,19 @@ def test_loss_falls_over_30_steps_to_the_golden_value(tiny_roberta_dir):
     print("loss trajectory:", [round(x, 4) for x in losses])
     print("ce trajectory:", [round(float(m["ce"]), 4) for m in history])
     assert losses[-1] < 0.75 * losses[0], (
-        f"the tiny task should be learnt: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        f"the tiny task should be learnt: loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    )
     assert history[-1]["ce"] < 0.9 * history[0]["ce"], "the task loss itself must fall"
     tokenizer = tiny_models.roberta_tokenizer_kind()
     np.testing.assert_allclose(
-        losses[-1], GOLDEN_FINAL_LOSS[tokenizer], rtol=2e-3,
+        losses[-1],
+        GOLDEN_FINAL_LOSS[tokenizer],
+        rtol=2e-3,
         err_msg=f"The 30-step loss ({tokenizer} tokenizer) moved from its golden value: a change "
-                "to the model, the losses, the optimizer or the data order changed the numbers. "
-                "If the change is intended, update GOLDEN_FINAL_LOSS with the new value printed "
-                "above.")
+        "to the model, the losses, the optimizer or the data order changed the numbers. "
+        "If the change is intended, update GOLDEN_FINAL_LOSS with the new value printed "
+        "above.",
+    )
 
 
 METHOD_TRAINABLE = {
@@ -135,9 +149,12 @@ def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
     plain = build(tiny_roberta_dir, "finetune")
     # Equal up to float rounding: XLA may fuse the adapter's exact zero into another kernel and
     # reassociate the sums around it.
-    np.testing.assert_allclose(adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
-                               plain[3](plain[0].trainable, plain[1], plain[4]),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
+        plain[3](plain[0].trainable, plain[1], plain[4]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
@@ -150,15 +167,20 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
     plain_batch = train.device_batch(arrays, np.arange(BATCH), mesh)
     cached_batch = train.device_batch(cached, np.arange(BATCH), mesh)
-    np.testing.assert_allclose(eval_fn(state.trainable, frozen, cached_batch),
-                               eval_fn(state.trainable, frozen, plain_batch), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        eval_fn(state.trainable, frozen, cached_batch),
+        eval_fn(state.trainable, frozen, plain_batch),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     state_copy = jax.tree.map(lambda x: x.copy(), state)
     _, uncached_history = run(state, frozen, train_fn, plain_batch, 3)
     _, cached_history = run(state_copy, frozen, train_fn, cached_batch, 3)
     for plain_metrics, cached_metrics in zip(uncached_history, cached_history):
         for name in plain_metrics:
-            np.testing.assert_allclose(cached_metrics[name], plain_metrics[name], rtol=1e-5,
-                                       atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(
+                cached_metrics[name], plain_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name
+            )
 
 
 def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_roberta_dir):

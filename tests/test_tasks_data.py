@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infoprompt_jax import data
-from infoprompt_jax import tasks
+from infoprompt_jax import data, tasks
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared/data/glue"
 
@@ -106,8 +105,7 @@ def test_mrpc_with_bom(tmp_path):
 def test_cola_no_header(tmp_path):
     write(
         tmp_path / "train.tsv",
-        "gj04\t1\t\tOur friends won't buy this analysis.\n"
-        "gj04\t0\t*\tThey drank the pub.\n",
+        "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n",
     )
     ex = data.load_split(tasks.get_task("cola"), "train", "local", tmp_path)
     assert [e.label for e in ex] == [1, 0]
@@ -130,9 +128,7 @@ def test_sst2_trailing_space_stripped(tmp_path):
 def test_tsv_wrong_column_count_names_file_and_line(tmp_path):
     path = write(
         tmp_path / "train.tsv",
-        "index\tsentence1\tsentence2\tlabel\n"
-        "0\ta\tb\tentailment\n"
-        "1\tonly two\tentailment\n",
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly two\tentailment\n",
     )
     with pytest.raises(ValueError) as err:
         data.load_split(tasks.get_task("rte"), "train", "local", tmp_path)

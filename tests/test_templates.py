@@ -15,12 +15,21 @@ from infoprompt_jax.templates import Template, TemplateError, TemplateTokenizer
 # The repo and ../shared sit side by side, here and in CI.
 ROBERTA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
 # That folder holds no tokenizer_config.json, so the special tokens must be named on load.
-ROBERTA_SPECIALS = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-                        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+ROBERTA_SPECIALS = dict(
+    bos_token="<s>",
+    eos_token="</s>",
+    sep_token="</s>",
+    cls_token="<s>",
+    unk_token="<unk>",
+    pad_token="<pad>",
+    mask_token="<mask>",
+)
 
-WORDS = ("it is great the movie was good bad and a film story yes no not very "
-         "this that plot actor acting fun boring long short scene music we they "
-         "liked hated ending located in of question answer").split()
+WORDS = (
+    "it is great the movie was good bad and a film story yes no not very "
+    "this that plot actor acting fun boring long short scene music we they "
+    "liked hated ending located in of question answer"
+).split()
 
 SINGLE = "<s> {sentence} {prompt} <mask> </s>"
 PAIR = "<s> {sentence1} {prompt} <mask> {sentence2} </s>"
@@ -38,11 +47,14 @@ def _train_byte_level_bpe() -> transformers.PreTrainedTokenizerFast:
     rng = random.Random(0)
     lines = ["It is great", "It was bad"] * 20 + [_sentence(rng, 12) for _ in range(60)]
     bpe = tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(lines, vocab_size=400, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                            show_progress=False)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer,
-                                                **ROBERTA_SPECIALS)
+    bpe.train_from_iterator(
+        lines,
+        vocab_size=400,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **ROBERTA_SPECIALS)
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +103,24 @@ def _runs(mask_T: np.ndarray) -> list[tuple[int, int]]:
 def _check_contract(tokenizer, encoded: dict[str, np.ndarray], max_len: int, n_p: int) -> None:
     """Everything the batch contract promises about one encoded example."""
     assert set(encoded) == {
-        "input_ids", "attention_mask", "token_type_ids", "prompt_positions", "mask_position",
-        "plain_input_ids", "plain_attention_mask", "plain_token_type_ids",
-        "plain_mask_position", "plain_context_mask"}
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "prompt_positions",
+        "mask_position",
+        "plain_input_ids",
+        "plain_attention_mask",
+        "plain_token_type_ids",
+        "plain_mask_position",
+        "plain_context_mask",
+    }
     for key, value in encoded.items():
         assert value.dtype == np.int32, key
-        expected_shape = {"prompt_positions": (n_p,), "mask_position": (),
-                          "plain_mask_position": ()}.get(key, (max_len,))
+        expected_shape = {
+            "prompt_positions": (n_p,),
+            "mask_position": (),
+            "plain_mask_position": (),
+        }.get(key, (max_len,))
         assert value.shape == expected_shape, key
     ids, plain_ids = encoded["input_ids"], encoded["plain_input_ids"]
     length = int(encoded["attention_mask"].sum())
@@ -113,12 +136,15 @@ def _check_contract(tokenizer, encoded: dict[str, np.ndarray], max_len: int, n_p
     assert np.sum(ids == tokenizer.mask_token_id) == 1
     # The plain input is the prompted one with the slots removed, padded to the same length.
     plain_length = length - n_p
-    np.testing.assert_array_equal(encoded["plain_attention_mask"],
-                                  np.arange(max_len) < plain_length)
+    np.testing.assert_array_equal(
+        encoded["plain_attention_mask"], np.arange(max_len) < plain_length
+    )
     np.testing.assert_array_equal(plain_ids[:plain_length], np.delete(ids[:length], slots))
     assert np.all(plain_ids[plain_length:] == tokenizer.pad_token_id)
-    np.testing.assert_array_equal(encoded["plain_token_type_ids"][:plain_length],
-                                  np.delete(encoded["token_type_ids"][:length], slots))
+    np.testing.assert_array_equal(
+        encoded["plain_token_type_ids"][:plain_length],
+        np.delete(encoded["token_type_ids"][:length], slots),
+    )
     assert np.all(encoded["token_type_ids"][length:] == 0)
     assert np.all(encoded["plain_token_type_ids"][plain_length:] == 0)
     assert plain_ids[encoded["plain_mask_position"]] == tokenizer.mask_token_id
@@ -138,7 +164,8 @@ def test_contract_holds_at_every_length(tokenizer, template):
     untruncated = TemplateTokenizer(tokenizer, template, n_p, max_len=1000).encode(example)
     full_length = int(untruncated["attention_mask"].sum())
     fixed_plain = untruncated["plain_input_ids"][
-        (untruncated["plain_attention_mask"] == 1) & (untruncated["plain_context_mask"] == 0)]
+        (untruncated["plain_attention_mask"] == 1) & (untruncated["plain_context_mask"] == 0)
+    ]
     min_length = len(fixed_plain) + n_p + len(fields)
     assert full_length == len(fixed_plain) + n_p + sum(map(len, full_tokens))
 
@@ -156,7 +183,7 @@ def test_contract_holds_at_every_length(tokenizer, template):
         assert len(runs) == len(fields)
         counts = [end - start for start, end in runs]
         for (start, end), tokens in zip(runs, full_tokens):
-            assert plain_ids[start:end].tolist() == tokens[:end - start]
+            assert plain_ids[start:end].tolist() == tokens[: end - start]
         real = encoded["plain_attention_mask"] == 1
         np.testing.assert_array_equal(plain_ids[real & (context == 0)], fixed_plain)
         # Truncation: only shrinks, cuts the longest field first (ties: the later one).
@@ -182,7 +209,7 @@ def test_roberta_ids_by_hand(roberta):
         assert [vocab[t] for t in tokens] == [0, 243, 16, 372, 3, 3, 50264, 2]
         expected = [0, 243, 16, 372, 3, 3, 50264, 2, 1, 1]
     else:
-        expected = ([0] + _field_tokens(roberta, "It is great") + [3, 3, 4, 2, 1, 1])
+        expected = [0] + _field_tokens(roberta, "It is great") + [3, 3, 4, 2, 1, 1]
     assert encoded["input_ids"].tolist() == expected
     assert encoded["attention_mask"].tolist() == [1] * 8 + [0] * 2
     assert encoded["prompt_positions"].tolist() == [4, 5]
@@ -198,9 +225,14 @@ def test_roberta_second_field_has_no_leading_space(roberta):
     example = {"sentence1": "It is great", "sentence2": "Hello there"}
     encoded = TemplateTokenizer(roberta, PAIR, 1, max_len=32).encode(example)
     first, second = (_field_tokens(roberta, text) for text in example.values())
-    expected = ([roberta.cls_token_id] + first + [roberta.unk_token_id, roberta.mask_token_id]
-                + second + [roberta.sep_token_id])
-    assert encoded["input_ids"][:len(expected)].tolist() == expected
+    expected = (
+        [roberta.cls_token_id]
+        + first
+        + [roberta.unk_token_id, roberta.mask_token_id]
+        + second
+        + [roberta.sep_token_id]
+    )
+    assert encoded["input_ids"][: len(expected)].tolist() == expected
     assert second != _field_tokens(roberta, " Hello there")  # "Hello", not "ĠHello"
     if ROBERTA_DIR.is_dir():
         # vocab.json: Hello 31414, Ġthere 89; HF's pair `<s> A </s></s> B </s>` ends the same.
@@ -214,7 +246,7 @@ def test_literal_words_are_tokenized_as_one_phrase(roberta):
     encoded = TemplateTokenizer(roberta, template, 1, max_len=16).encode({"sentence": "fun"})
     literal = _field_tokens(roberta, "It was")
     start = 1 + len(_field_tokens(roberta, "fun"))
-    assert encoded["input_ids"][start:start + len(literal)].tolist() == literal
+    assert encoded["input_ids"][start : start + len(literal)].tolist() == literal
     assert encoded["plain_context_mask"].sum() == len(_field_tokens(roberta, "fun"))
 
 
@@ -265,8 +297,10 @@ def test_token_types_follow_the_tokenizer_by_default(roberta, wordpiece):
 
 def test_encode_batch_stacks_encode(tokenizer):
     rng = random.Random(1)
-    examples = [{"sentence1": _sentence(rng, n), "sentence2": _sentence(rng, m), "label": "x"}
-                for n, m in ((3, 20), (25, 2), (0, 5), (10, 10))]
+    examples = [
+        {"sentence1": _sentence(rng, n), "sentence2": _sentence(rng, m), "label": "x"}
+        for n, m in ((3, 20), (25, 2), (0, 5), (10, 10))
+    ]
     template_tokenizer = TemplateTokenizer(tokenizer, PAIR_SEP, NUM_PROMPT_TOKENS, max_len=24)
     batch = template_tokenizer.encode_batch(examples)
     singles = [template_tokenizer.encode(example) for example in examples]
@@ -288,15 +322,18 @@ def test_zero_prompt_tokens_give_the_plain_input(wordpiece):
         np.testing.assert_array_equal(encoded[key], encoded["plain_" + key])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("<s> {sentence} {prompt} <mask> <mask> </s>", "2 <mask> items"),
-    ("<s> {sentence} <mask> </s>", "0 {prompt} items"),
-    ("<s> {sentence} {prompt} {prompt} <mask> </s>", "2 {prompt} items"),
-    ("<s> {prompt} <mask> </s>", "no text field"),
-    ("<s> {Sentence} {prompt} <mask> </s>", "'{Sentence}' is not a valid field"),
-    ("<s> {sentence}. {prompt} <mask> </s>", "'{sentence}.' mixes a placeholder"),
-    ("<s> {sentence} {prompt} <mask> {sentence} </s>", "['sentence'] more than once"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<s> {sentence} {prompt} <mask> <mask> </s>", "2 <mask> items"),
+        ("<s> {sentence} <mask> </s>", "0 {prompt} items"),
+        ("<s> {sentence} {prompt} {prompt} <mask> </s>", "2 {prompt} items"),
+        ("<s> {prompt} <mask> </s>", "no text field"),
+        ("<s> {Sentence} {prompt} <mask> </s>", "'{Sentence}' is not a valid field"),
+        ("<s> {sentence}. {prompt} <mask> </s>", "'{sentence}.' mixes a placeholder"),
+        ("<s> {sentence} {prompt} <mask> {sentence} </s>", "['sentence'] more than once"),
+    ],
+)
 def test_parse_errors_quote_the_template(text, message):
     with pytest.raises(TemplateError) as error:
         Template.parse(text)
@@ -307,7 +344,15 @@ def test_parse_segments():
     template = Template.parse(PAIR_SEP)
     assert template.fields == ("sentence1", "sentence2")
     assert [s.kind for s in template.segments] == [
-        "bos", "field", "sep", "sep", "field", "prompt", "mask", "sep"]
+        "bos",
+        "field",
+        "sep",
+        "sep",
+        "field",
+        "prompt",
+        "mask",
+        "sep",
+    ]
 
 
 def test_missing_field_names_the_field_and_the_needs(wordpiece):
@@ -350,7 +395,10 @@ def test_roberta_verbalizers_are_single_space_prefixed_tokens(roberta):
 def test_wordpiece_verbalizers(wordpiece):
     vocab = wordpiece.get_vocab()
     assert templates.verbalizer_token_ids(wordpiece, [" yes", "no", "greats"]) == [
-        [vocab["yes"]], [vocab["no"]], [vocab["great"], vocab["##s"]]]
+        [vocab["yes"]],
+        [vocab["no"]],
+        [vocab["great"], vocab["##s"]],
+    ]
     with pytest.raises(ValueError, match="'zzzq' maps to the unknown token"):
         templates.verbalizer_token_ids(wordpiece, ["yes", "zzzq"])
     with pytest.raises(ValueError, match="verbalizer word ' ' gives no tokens"):

@@ -10,12 +10,11 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+import sentiment_fixture
 from absl import flags
 from ml_collections import config_flags
 
-import sentiment_fixture
-from infoprompt_jax import checkpointing
-from infoprompt_jax import methods
+from infoprompt_jax import checkpointing, methods
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,18 +23,30 @@ def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
     """Parses `--config=... --config.x=y` exactly as main.py does."""
     flag_values = flags.FlagValues()
     # config_flags defines one flag per `--config.x=` it finds in argv, so it is given ours.
-    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
-                                    sys_argv=["prog"] + argv)
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=["prog"] + argv
+    )
     flag_values(["prog"] + argv)
     return flag_values["config"].value
 
 
 def test_config_overrides_and_tiny_variant():
-    config = parse_config(["--config=configs/rte.py:tiny", "--config.optim.lr=3e-4",
-                           "--config.loss.beta=0", "--config.model.name=/models/x",
-                           "--config.data.few_shot=64", "--config.method=warp"])
+    config = parse_config(
+        [
+            "--config=configs/rte.py:tiny",
+            "--config.optim.lr=3e-4",
+            "--config.loss.beta=0",
+            "--config.model.name=/models/x",
+            "--config.data.few_shot=64",
+            "--config.method=warp",
+        ]
+    )
     assert (config.task, config.optim.lr, config.loss.beta, config.model.name) == (
-        "rte", 3e-4, 0.0, "/models/x")
+        "rte",
+        3e-4,
+        0.0,
+        "/models/x",
+    )
     assert (config.data.few_shot, config.method, config.max_len) == (64, "warp", 32)
     assert parse_config(["--config=configs/sst2.py"]).task == "sst2"
     with pytest.raises(Exception, match="gama"):
@@ -68,15 +79,27 @@ def test_methods_resolve_to_their_loss_weights_and_prompts():
 
 
 def main_command(model_dir, data_dir, workdir) -> list[str]:
-    return [sys.executable, "-m", "infoprompt_jax.main", "--config=configs/sst2.py:tiny",
-            f"--workdir={workdir}", f"--config.model.name={model_dir}",
-            "--config.data.source=local", f"--config.data.dir={data_dir}",
-            "--config.train.checkpoint_every_steps=3", "--config.train.num_epochs=3"]
+    return [
+        sys.executable,
+        "-m",
+        "infoprompt_jax.main",
+        "--config=configs/sst2.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.model.name={model_dir}",
+        "--config.data.source=local",
+        f"--config.data.dir={data_dir}",
+        "--config.train.checkpoint_every_steps=3",
+        "--config.train.num_epochs=3",
+    ]
 
 
 def single_device_env() -> dict[str, str]:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
     return env
 
 
@@ -86,8 +109,14 @@ def run_until(command: list[str], marker: str, sig: int) -> tuple[int, str]:
     Returns:
         The exit code and the stderr printed after the marker.
     """
-    process = subprocess.Popen(command, cwd=REPO, env=single_device_env(), text=True,
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=single_device_env(),
+        text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     after = None
     for line in process.stderr:
         if after is not None:
@@ -107,14 +136,23 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 def uninterrupted(tiny_roberta_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     data_dir = sentiment_fixture.write_sst2(root / "data", 32, 16)
-    subprocess.run(main_command(tiny_roberta_dir, data_dir, root / "run"), cwd=REPO,
-                   env=single_device_env(), check=True, capture_output=True)
-    return data_dir, read_jsonl(root / "run" / "metrics.jsonl"), json.loads(
-        (root / "run" / "summary.json").read_text())
+    subprocess.run(
+        main_command(tiny_roberta_dir, data_dir, root / "run"),
+        cwd=REPO,
+        env=single_device_env(),
+        check=True,
+        capture_output=True,
+    )
+    return (
+        data_dir,
+        read_jsonl(root / "run" / "metrics.jsonl"),
+        json.loads((root / "run" / "summary.json").read_text()),
+    )
 
 
 def test_sigterm_and_sigkill_then_rerun_end_with_the_uninterrupted_metrics(
-        tiny_roberta_dir, tmp_path, uninterrupted):
+    tiny_roberta_dir, tmp_path, uninterrupted
+):
     data_dir, reference_metrics, reference_summary = uninterrupted
     command = main_command(tiny_roberta_dir, data_dir, tmp_path / "run")
     # Preemption: SIGTERM makes the run save at the next step and exit 143.

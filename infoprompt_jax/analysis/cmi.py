@@ -26,18 +26,15 @@ import functools
 import math
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import losses
-from infoprompt_jax import models
-from infoprompt_jax import train
-from infoprompt_jax.analysis import plotting
-from infoprompt_jax.analysis import prompt_eval
-from infoprompt_jax.analysis import runs
+from infoprompt_jax import losses, models, train
+from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
 
@@ -61,8 +58,9 @@ def random_prompt(table_VxD: np.ndarray, num_tokens: int, seed: int) -> np.ndarr
     return (mean_D + std_D * noise).astype(np.float32)
 
 
-def phrase_prompt(tokenizer: Any, table_VxD: np.ndarray, phrase: str,
-                  num_tokens: int) -> np.ndarray:
+def phrase_prompt(
+    tokenizer: Any, table_VxD: np.ndarray, phrase: str, num_tokens: int
+) -> np.ndarray:
     """`[n_p, D]`: the phrase's word embeddings, cycled or truncated to n_p tokens.
 
     The phrase is tokenized as WARP's phrase initialisation does (`config.prompt.init=phrase`).
@@ -73,8 +71,13 @@ def phrase_prompt(tokenizer: Any, table_VxD: np.ndarray, phrase: str,
     return table_VxD[[ids[i % len(ids)] for i in range(num_tokens)]].astype(np.float32)
 
 
-def batch_scores(model: models.InfoPromptModel, params: Any, batch: dict[str, np.ndarray],
-                 key: jax.Array, prompt_NxD: np.ndarray | None = None) -> jax.Array:
+def batch_scores(
+    model: models.InfoPromptModel,
+    params: Any,
+    batch: dict[str, np.ndarray],
+    key: jax.Array,
+    prompt_NxD: np.ndarray | None = None,
+) -> jax.Array:
     """The representation critic's scores `[B, K]` of one batch, the positive first.
 
     Args:
@@ -87,16 +90,22 @@ def batch_scores(model: models.InfoPromptModel, params: Any, batch: dict[str, np
     if prompt_NxD is None:
         prompts = np.asarray(prompt_eval.own_prompts_fn(model, params, batch))
     else:
-        prompts = np.broadcast_to(np.asarray(prompt_NxD, np.float32),
-                                  (batch_size,) + np.shape(prompt_NxD))
+        prompts = np.broadcast_to(
+            np.asarray(prompt_NxD, np.float32), (batch_size,) + np.shape(prompt_NxD)
+        )
     # Own and fixed prompts alike enter as [B, n_p, D] host arrays (alike in placement too),
     # so one compiled program scores both.
     return prompt_eval.representation_scores(model, params, batch, key, prompts)
 
 
-def estimate_cmi(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],
-                 key: jax.Array, batch_size: int, prompt_NxD: np.ndarray | None = None
-                 ) -> np.ndarray:
+def estimate_cmi(
+    model: models.InfoPromptModel,
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    key: jax.Array,
+    batch_size: int,
+    prompt_NxD: np.ndarray | None = None,
+) -> np.ndarray:
     """Per-example `log K - NCE_rep` `[N]` over every row of `arrays`.
 
     Args:
@@ -109,9 +118,8 @@ def estimate_cmi(model: models.InfoPromptModel, params: Any, arrays: dict[str, n
     padded, count = train.pad_to_multiple(arrays, batch_size)
     estimates = []
     for index, start in enumerate(range(0, len(padded["input_ids"]), batch_size)):
-        batch = {name: value[start:start + batch_size] for name, value in padded.items()}
-        scores_BxK = batch_scores(model, params, batch, jax.random.fold_in(key, index),
-                                  prompt_NxD)
+        batch = {name: value[start : start + batch_size] for name, value in padded.items()}
+        scores_BxK = batch_scores(model, params, batch, jax.random.fold_in(key, index), prompt_NxD)
         estimates.append(np.asarray(cmi_from_scores(scores_BxK)))
     return np.concatenate(estimates)[:count]
 
@@ -122,12 +130,19 @@ def require_representation_critic(config: ml_collections.ConfigDict, workdir: st
         raise ValueError(
             f"{workdir}: method={config.method}, loss.beta={config.loss.beta} has no trained "
             "representation critic, which the CMI estimate needs: pass InfoPrompt runs with "
-            "beta > 0 (the first one also scores the random and hand-written prompts).")
+            "beta > 0 (the first one also scores the random and hand-written prompts)."
+        )
 
 
-def compute(workdirs: Sequence[str], labels: Sequence[str] | None = None,
-            phrases: Sequence[str] = (), num_random: int = 1, max_examples: int = 0,
-            seed: int = 0, batch_size: int = 32) -> dict[str, np.ndarray]:
+def compute(
+    workdirs: Sequence[str],
+    labels: Sequence[str] | None = None,
+    phrases: Sequence[str] = (),
+    num_random: int = 1,
+    max_examples: int = 0,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
     """Per-example CMI estimates of every prompt source, in plot order.
 
     Returns:
@@ -180,16 +195,22 @@ def read_csv(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {source: np.asarray([v for _, v in sorted(pairs)]) for source, pairs in rows.items()}
 
 
-def plot(results: dict[str, np.ndarray], path: pathlib.Path,
-         num_candidates: int | None = None) -> None:
+def plot(
+    results: dict[str, np.ndarray], path: pathlib.Path, num_candidates: int | None = None
+) -> None:
     """A box per prompt source; a dashed line at the bound's ceiling `log K` when given."""
     plt = plotting.pyplot()
     figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(results), 4.5))
     axes.boxplot(list(results.values()), showfliers=True)
     axes.set_xticks(range(1, len(results) + 1), list(results), rotation=25, ha="right")
     if num_candidates:
-        axes.axhline(math.log(num_candidates), color="gray", linestyle="--", linewidth=1,
-                     label=f"log K (K={num_candidates})")
+        axes.axhline(
+            math.log(num_candidates),
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"log K (K={num_candidates})",
+        )
         axes.legend(loc="best")
     axes.set_ylabel("CMI estimate  log K - NCE_rep  (nats)")
     axes.set_title("I(P; Z | X) per dev example")
@@ -200,21 +221,39 @@ def plot(results: dict[str, np.ndarray], path: pathlib.Path,
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m infoprompt_jax.analysis.cmi",
-        description="CMI estimates of learned, random and hand-written prompts (Figure 1).")
-    parser.add_argument("--workdirs", required=True,
-                        help="Comma-separated InfoPrompt workdirs (beta > 0); the first one's "
-                             "model and critic also score the random and hand-written prompts.")
+        description="CMI estimates of learned, random and hand-written prompts (Figure 1).",
+    )
+    parser.add_argument(
+        "--workdirs",
+        required=True,
+        help="Comma-separated InfoPrompt workdirs (beta > 0); the first one's "
+        "model and critic also score the random and hand-written prompts.",
+    )
     parser.add_argument("--output", required=True, help="Directory for cmi.csv and cmi.png.")
-    parser.add_argument("--labels", default="",
-                        help="Comma-separated names of the runs (default: method, beta, gamma).")
-    parser.add_argument("--phrases", default=DEFAULT_PHRASES,
-                        help="Semicolon-separated hand-written prompts ('' for none).")
+    parser.add_argument(
+        "--labels",
+        default="",
+        help="Comma-separated names of the runs (default: method, beta, gamma).",
+    )
+    parser.add_argument(
+        "--phrases",
+        default=DEFAULT_PHRASES,
+        help="Semicolon-separated hand-written prompts ('' for none).",
+    )
     parser.add_argument("--num_random", type=int, default=1, help="Random prompts to draw.")
-    parser.add_argument("--max_examples", type=int, default=0,
-                        help="Use the first N dev examples (0: the run's whole dev set).")
+    parser.add_argument(
+        "--max_examples",
+        type=int,
+        default=0,
+        help="Use the first N dev examples (0: the run's whole dev set).",
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per forward pass.")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of the critic's sampling and of the random prompts.")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the critic's sampling and of the random prompts.",
+    )
     return parser.parse_args(argv)
 
 
@@ -223,9 +262,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     workdirs = runs.split_list(args.workdirs)
     if not workdirs:
         raise ValueError("--workdirs names no workdir.")
-    results = compute(workdirs, runs.split_list(args.labels) or None,
-                      runs.split_list(args.phrases, ";"), args.num_random, args.max_examples,
-                      args.seed, args.batch_size)
+    results = compute(
+        workdirs,
+        runs.split_list(args.labels) or None,
+        runs.split_list(args.phrases, ";"),
+        args.num_random,
+        args.max_examples,
+        args.seed,
+        args.batch_size,
+    )
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(results, output / "cmi.csv")

@@ -12,12 +12,12 @@ every run of the label logged.
 import argparse
 import pathlib
 import sys
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from infoprompt_jax.analysis import plotting
-from infoprompt_jax.analysis import runs
+from infoprompt_jax.analysis import plotting, runs
 
 BANDS = ("minmax", "std")
 
@@ -77,8 +77,9 @@ def aggregate(curves: Sequence[Curve], band: str = "minmax") -> Aggregate:
     return Aggregate(steps, mean, low, high, len(curves))
 
 
-def group_runs(workdirs: Sequence[str], metric: str,
-               labels: Sequence[str] | None = None) -> dict[str, list[Curve]]:
+def group_runs(
+    workdirs: Sequence[str], metric: str, labels: Sequence[str] | None = None
+) -> dict[str, list[Curve]]:
     """Curves grouped by label, in order of first appearance."""
     if labels and len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs.")
@@ -90,8 +91,9 @@ def group_runs(workdirs: Sequence[str], metric: str,
     return groups
 
 
-def plot(aggregates: dict[str, Aggregate], metric: str, path: pathlib.Path,
-         band: str = "minmax") -> None:
+def plot(
+    aggregates: dict[str, Aggregate], metric: str, path: pathlib.Path, band: str = "minmax"
+) -> None:
     """One mean line (with markers at logged steps) and shaded band per label."""
     plt = plotting.pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -99,8 +101,9 @@ def plot(aggregates: dict[str, Aggregate], metric: str, path: pathlib.Path,
         name = f"{label} (n={agg.num_runs})" if agg.num_runs > 1 else label
         (line,) = axes.plot(agg.steps, agg.mean, marker="o", markersize=3, label=name)
         if agg.num_runs > 1:
-            axes.fill_between(agg.steps, agg.low, agg.high, color=line.get_color(), alpha=0.2,
-                              linewidth=0)
+            axes.fill_between(
+                agg.steps, agg.low, agg.high, color=line.get_color(), alpha=0.2, linewidth=0
+            )
     axes.set_xlabel("training step")
     band_note = {"minmax": "band: min-max over runs", "std": "band: mean +- std over runs"}[band]
     axes.set_ylabel(metric)
@@ -114,16 +117,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m infoprompt_jax.analysis.curves",
         description="A metric against steps for several runs, runs of one label averaged "
-                    "(Figure 3).")
+        "(Figure 3).",
+    )
     parser.add_argument("--workdirs", required=True, help="Comma-separated workdirs.")
-    parser.add_argument("--metric", default="eval_accuracy",
-                        help="A key of metrics.jsonl, e.g. eval_accuracy, eval_f1, train_loss.")
+    parser.add_argument(
+        "--metric",
+        default="eval_accuracy",
+        help="A key of metrics.jsonl, e.g. eval_accuracy, eval_f1, train_loss.",
+    )
     parser.add_argument("--output", required=True, help="The PNG to write.")
-    parser.add_argument("--labels", default="",
-                        help="Comma-separated label per workdir; runs sharing one are averaged "
-                             "(default: method, with beta and gamma for InfoPrompt).")
-    parser.add_argument("--band", default="minmax", choices=BANDS,
-                        help="Band around the mean: the runs' min-max or +- one std.")
+    parser.add_argument(
+        "--labels",
+        default="",
+        help="Comma-separated label per workdir; runs sharing one are averaged "
+        "(default: method, with beta and gamma for InfoPrompt).",
+    )
+    parser.add_argument(
+        "--band",
+        default="minmax",
+        choices=BANDS,
+        help="Band around the mean: the runs' min-max or +- one std.",
+    )
     return parser.parse_args(argv)
 
 
@@ -136,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Aggregate]:
     aggregates = {label: aggregate(curves, args.band) for label, curves in groups.items()}
     plot(aggregates, args.metric, pathlib.Path(args.output), args.band)
     for label, agg in aggregates.items():
-        print(f"{label}: {agg.num_runs} run(s), final {args.metric} {agg.mean[-1]:.4f} "
-              f"at step {int(agg.steps[-1])}")
+        print(
+            f"{label}: {agg.num_runs} run(s), final {args.metric} {agg.mean[-1]:.4f} "
+            f"at step {int(agg.steps[-1])}"
+        )
     print(f"Wrote {args.output}.")
     return aggregates
 

@@ -25,21 +25,22 @@ import argparse
 import functools
 import pathlib
 import sys
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from infoprompt_jax import models
-from infoprompt_jax.analysis import plotting
-from infoprompt_jax.analysis import prompt_eval
-from infoprompt_jax.analysis import runs
+from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
-LOSS_TITLES = {"task_loss": "task loss (cross entropy)",
-               "representation_loss": "representation loss NCE_rep"}
+LOSS_TITLES = {
+    "task_loss": "task loss (cross entropy)",
+    "representation_loss": "representation loss NCE_rep",
+}
 
 
 class Plane(NamedTuple):
@@ -89,13 +90,19 @@ def grid_coordinates(grid_size: int, radius: float) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _mean_losses(model: models.InfoPromptModel, params: Any, batch: dict[str, jax.Array],
-                 prompts_PxNxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+def _mean_losses(
+    model: models.InfoPromptModel,
+    params: Any,
+    batch: dict[str, jax.Array],
+    prompts_PxNxD: jax.Array,
+    key: jax.Array,
+) -> dict[str, jax.Array]:
     """Sample-mean losses `[P]` for P prompts, the examples batched inside each prompt."""
 
     def losses_at(prompt_NxD):
-        terms = model.apply({"params": params}, batch, key, prompt_NxD,
-                            method=prompt_eval.prompt_terms)
+        terms = model.apply(
+            {"params": params}, batch, key, prompt_NxD, method=prompt_eval.prompt_terms
+        )
         out = {"task_loss": jnp.mean(terms["ce"])}
         if "nce_rep" in terms:
             out["representation_loss"] = jnp.mean(terms["nce_rep"])
@@ -106,9 +113,15 @@ def _mean_losses(model: models.InfoPromptModel, params: Any, batch: dict[str, ja
     return jax.vmap(losses_at)(prompts_PxNxD)
 
 
-def evaluate_points(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],
-                    plane: Plane, points_Px2: np.ndarray, key: jax.Array,
-                    points_per_batch: int = 16) -> dict[str, np.ndarray]:
+def evaluate_points(
+    model: models.InfoPromptModel,
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    plane: Plane,
+    points_Px2: np.ndarray,
+    key: jax.Array,
+    points_per_batch: int = 16,
+) -> dict[str, np.ndarray]:
     """Losses at arbitrary plane coordinates, averaged over the examples of `arrays`.
 
     Args:
@@ -131,14 +144,20 @@ def evaluate_points(model: models.InfoPromptModel, params: Any, arrays: dict[str
     batch = {name: jnp.asarray(value) for name, value in arrays.items()}
     chunks = []
     for start in range(0, padded, points_per_batch):
-        chunk = prompts_PxNxD[start:start + points_per_batch]
+        chunk = prompts_PxNxD[start : start + points_per_batch]
         chunks.append(jax.device_get(_mean_losses(model, params, batch, chunk, key)))
     return {name: np.concatenate([c[name] for c in chunks])[:count] for name in chunks[0]}
 
 
-def evaluate_grid(model: models.InfoPromptModel, params: Any, arrays: dict[str, np.ndarray],
-                  plane: Plane, coords_G: np.ndarray, key: jax.Array,
-                  points_per_batch: int = 16) -> dict[str, np.ndarray]:
+def evaluate_grid(
+    model: models.InfoPromptModel,
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    plane: Plane,
+    coords_G: np.ndarray,
+    key: jax.Array,
+    points_per_batch: int = 16,
+) -> dict[str, np.ndarray]:
     """Losses `[G, G]` over the grid; `loss[i, j]` is at (a, b) = (coords[j], coords[i])."""
     a_GxG, b_GxG = np.meshgrid(coords_G, coords_G)
     points = np.stack([a_GxG.ravel(), b_GxG.ravel()], axis=1)
@@ -169,20 +188,26 @@ def require_one_prompt_token(config: ml_collections.ConfigDict, workdir: str) ->
         raise ValueError(
             f"{workdir}: method={config.method}, prompt.num_tokens={config.prompt.num_tokens}; "
             "the landscape is drawn for prompt methods (infoprompt, idpg, warp) with one prompt "
-            "token (--config.prompt.num_tokens=1).")
+            "token (--config.prompt.num_tokens=1)."
+        )
 
 
 def sample_examples(comps, num_examples: int, seed: int) -> dict[str, np.ndarray]:
     """A fixed sample of `num_examples` training examples, tokenized."""
     arrays = runs.encode_examples(comps, "train")
     count = len(arrays["label"])
-    rows = np.sort(np.random.default_rng(seed).permutation(count)[:min(num_examples, count)])
+    rows = np.sort(np.random.default_rng(seed).permutation(count)[: min(num_examples, count)])
     return {name: value[rows] for name, value in arrays.items()}
 
 
-def plot(coords_G: np.ndarray, loss_GxG: np.ndarray, title: str, path: pathlib.Path,
-         trajectory: tuple[np.ndarray, np.ndarray] | None = None,
-         learned_2: np.ndarray | None = None) -> None:
+def plot(
+    coords_G: np.ndarray,
+    loss_GxG: np.ndarray,
+    title: str,
+    path: pathlib.Path,
+    trajectory: tuple[np.ndarray, np.ndarray] | None = None,
+    learned_2: np.ndarray | None = None,
+) -> None:
     """Filled contours of one loss, with the projected trajectory and learned prompt on top.
 
     Args:
@@ -191,17 +216,29 @@ def plot(coords_G: np.ndarray, loss_GxG: np.ndarray, title: str, path: pathlib.P
     plt = plotting.pyplot()
     figure, axes = plt.subplots(figsize=(6, 5))
     filled = axes.contourf(coords_G, coords_G, loss_GxG, levels=20, cmap="viridis")
-    axes.contour(coords_G, coords_G, loss_GxG, levels=10, colors="white", linewidths=0.4,
-                 alpha=0.6)
+    axes.contour(coords_G, coords_G, loss_GxG, levels=10, colors="white", linewidths=0.4, alpha=0.6)
     figure.colorbar(filled, ax=axes, label=title)
     if trajectory is not None and len(trajectory[0]):
         steps, points = trajectory
-        axes.plot(points[:, 0], points[:, 1], "-o", color="red", markersize=2.5, linewidth=1,
-                  label=f"trajectory, steps {int(steps[0])}-{int(steps[-1])}")
+        axes.plot(
+            points[:, 0],
+            points[:, 1],
+            "-o",
+            color="red",
+            markersize=2.5,
+            linewidth=1,
+            label=f"trajectory, steps {int(steps[0])}-{int(steps[-1])}",
+        )
         axes.plot(*points[0], "s", color="red", markersize=6)
     if learned_2 is not None:
-        axes.plot(*learned_2, "*", color="white", markeredgecolor="black", markersize=14,
-                  label="learned prompt")
+        axes.plot(
+            *learned_2,
+            "*",
+            color="white",
+            markeredgecolor="black",
+            markersize=14,
+            label="learned prompt",
+        )
     axes.set_xlabel("PC1 of the word embeddings")
     axes.set_ylabel("PC2 of the word embeddings")
     axes.set_aspect("equal")
@@ -211,9 +248,16 @@ def plot(coords_G: np.ndarray, loss_GxG: np.ndarray, title: str, path: pathlib.P
     plotting.save(figure, path)
 
 
-def compute(workdir: str, grid_size: int = 21, radius: float | None = None,
-            num_examples: int = 20, seed: int = 0, sample_seed: int = 0,
-            trajectory_steps: int = 0, points_per_batch: int = 16) -> dict[str, np.ndarray]:
+def compute(
+    workdir: str,
+    grid_size: int = 21,
+    radius: float | None = None,
+    num_examples: int = 20,
+    seed: int = 0,
+    sample_seed: int = 0,
+    trajectory_steps: int = 0,
+    points_per_batch: int = 16,
+) -> dict[str, np.ndarray]:
     """The landscape of a run: what `landscape.npz` holds.
 
     Args:
@@ -233,8 +277,12 @@ def compute(workdir: str, grid_size: int = 21, radius: float | None = None,
     own = prompt_eval.own_prompts_fn(comps.model, params, arrays)
     # A generator prompts each example differently: mark the sample's mean prompt.
     learned_2 = project(np.asarray(own).mean(axis=0), plane)[0]
-    result = {"pcs": plane.pcs_2xD, "mean": plane.mean_D, "stddevs": plane.stddevs_2,
-              "learned": learned_2}
+    result = {
+        "pcs": plane.pcs_2xD,
+        "mean": plane.mean_D,
+        "stddevs": plane.stddevs_2,
+        "learned": learned_2,
+    }
     marked = [learned_2[None]]
     trajectory = load_trajectory(workdir)
     if trajectory is not None:
@@ -244,14 +292,23 @@ def compute(workdir: str, grid_size: int = 21, radius: float | None = None,
         result["trajectory"] = project(prompts[keep, 0], plane)
         marked.append(result["trajectory"])
     else:
-        logging.info("No %s/prompt_trajectory.npz (train with --config.log_prompt_every=k to "
-                     "draw the trajectory).", workdir)
+        logging.info(
+            "No %s/prompt_trajectory.npz (train with --config.log_prompt_every=k to "
+            "draw the trajectory).",
+            workdir,
+        )
     radius = radius or default_radius(plane, np.concatenate(marked))
     coords = grid_coordinates(grid_size, radius)
-    losses = evaluate_grid(comps.model, params, arrays, plane, coords,
-                           jax.random.PRNGKey(seed), points_per_batch)
-    result.update(a=coords, b=coords, radius=np.float32(radius),
-                  num_examples=np.int32(len(arrays["label"])), **losses)
+    losses = evaluate_grid(
+        comps.model, params, arrays, plane, coords, jax.random.PRNGKey(seed), points_per_batch
+    )
+    result.update(
+        a=coords,
+        b=coords,
+        radius=np.float32(radius),
+        num_examples=np.int32(len(arrays["label"])),
+        **losses,
+    )
     for name, loss in losses.items():
         result[f"{name}_roughness"] = np.float64(roughness(loss))
     return result
@@ -266,8 +323,13 @@ def roughness(loss_GxG: np.ndarray) -> float:
     smoother than the task loss reads as a lower roughness.
     """
     loss_GxG = np.asarray(loss_GxG, np.float64)
-    laplacian = (loss_GxG[2:, 1:-1] + loss_GxG[:-2, 1:-1] + loss_GxG[1:-1, 2:]
-                 + loss_GxG[1:-1, :-2] - 4 * loss_GxG[1:-1, 1:-1])
+    laplacian = (
+        loss_GxG[2:, 1:-1]
+        + loss_GxG[:-2, 1:-1]
+        + loss_GxG[1:-1, 2:]
+        + loss_GxG[1:-1, :-2]
+        - 4 * loss_GxG[1:-1, 1:-1]
+    )
     spread = loss_GxG.max() - loss_GxG.min()
     return float(np.abs(laplacian).mean() / spread) if spread > 0 else 0.0
 
@@ -291,38 +353,68 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m infoprompt_jax.analysis.landscape",
         description="Task and representation loss over the word embeddings' top-2 PC plane "
-                    "(Figure 2), for a run with one prompt token.")
+        "(Figure 2), for a run with one prompt token.",
+    )
     parser.add_argument("--workdir", required=True, help="The run's workdir.")
     parser.add_argument("--output", required=True, help="Directory for the PNGs and the npz.")
     parser.add_argument("--grid_size", type=int, default=21, help="Grid points per side.")
-    parser.add_argument("--radius", type=float, default=None,
-                        help="Half-width of the grid (default: 3 standard deviations of the "
-                             "embeddings, widened to hold the trajectory and learned prompt).")
-    parser.add_argument("--num_examples", type=int, default=20,
-                        help="Training examples the losses are averaged over.")
-    parser.add_argument("--trajectory_steps", type=int, default=0,
-                        help="Draw the trajectory up to this step (0: all of it).")
-    parser.add_argument("--points_per_batch", type=int, default=16,
-                        help="Grid points per compiled call (lower it if memory runs out).")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of the representation loss's sampling key.")
+    parser.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        help="Half-width of the grid (default: 3 standard deviations of the "
+        "embeddings, widened to hold the trajectory and learned prompt).",
+    )
+    parser.add_argument(
+        "--num_examples",
+        type=int,
+        default=20,
+        help="Training examples the losses are averaged over.",
+    )
+    parser.add_argument(
+        "--trajectory_steps",
+        type=int,
+        default=0,
+        help="Draw the trajectory up to this step (0: all of it).",
+    )
+    parser.add_argument(
+        "--points_per_batch",
+        type=int,
+        default=16,
+        help="Grid points per compiled call (lower it if memory runs out).",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the representation loss's sampling key."
+    )
     parser.add_argument("--sample_seed", type=int, default=0, help="Seed of the example sample.")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    result = compute(args.workdir, args.grid_size, args.radius, args.num_examples, args.seed,
-                     args.sample_seed, args.trajectory_steps, args.points_per_batch)
+    result = compute(
+        args.workdir,
+        args.grid_size,
+        args.radius,
+        args.num_examples,
+        args.seed,
+        args.sample_seed,
+        args.trajectory_steps,
+        args.points_per_batch,
+    )
     output = pathlib.Path(args.output)
     paths = write(result, output)
-    print(f"Wrote {output / 'landscape.npz'} and {', '.join(str(p) for p in paths)} "
-          f"(radius {float(result['radius']):.4g}, {int(result['num_examples'])} examples).")
+    print(
+        f"Wrote {output / 'landscape.npz'} and {', '.join(str(p) for p in paths)} "
+        f"(radius {float(result['radius']):.4g}, {int(result['num_examples'])} examples)."
+    )
     for name in LOSS_TITLES:
         if name in result:
             loss = result[name]
-            print(f"{name}: min {loss.min():.4f}, max {loss.max():.4f}, roughness "
-                  f"{float(result[name + '_roughness']):.4f} (mean |Laplacian| / range)")
+            print(
+                f"{name}: min {loss.min():.4f}, max {loss.max():.4f}, roughness "
+                f"{float(result[name + '_roughness']):.4f} (mean |Laplacian| / range)"
+            )
     return result
 
 

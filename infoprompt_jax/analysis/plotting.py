@@ -9,9 +9,11 @@ def pyplot():
         import matplotlib
     except ImportError as error:
         raise ImportError(
-            "The analysis plots need matplotlib: pip install -e '.[analysis]'.") from error
+            "The analysis plots need matplotlib: pip install -e '.[analysis]'."
+        ) from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 

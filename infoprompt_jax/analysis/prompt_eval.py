@@ -9,19 +9,20 @@ them.
 """
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import losses
-from infoprompt_jax import models
+from infoprompt_jax import losses, models
 
 Batch = Mapping[str, jax.Array]
 
 
-def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
-                 prompts: jax.Array | None = None) -> dict[str, jax.Array]:
+def prompt_terms(
+    module: models.InfoPromptModel, batch: Batch, key: jax.Array, prompts: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Per-example task and representation terms, for the run's prompts or given ones.
 
     Args:
@@ -41,23 +42,30 @@ def prompt_terms(module: models.InfoPromptModel, batch: Batch, key: jax.Array,
     config = module.config
     plain = None
     if config.use_representation_critic or (
-            prompts is None and config.prompt_source == "generator"):
+        prompts is None and config.prompt_source == "generator"
+    ):
         plain = module.unprompted_pass(batch)
     if prompts is None:
         prompts_BxNxD = module.prompts(batch, plain["source"] if plain is not None else None)
     else:
-        shape = (batch["input_ids"].shape[0], config.num_prompt_tokens,
-                 module.encoder_config.hidden_size)
+        shape = (
+            batch["input_ids"].shape[0],
+            config.num_prompt_tokens,
+            module.encoder_config.hidden_size,
+        )
         if tuple(prompts.shape) not in (shape[1:], shape):
-            raise ValueError(f"Prompts of shape {tuple(prompts.shape)}; this model and batch "
-                             f"take [n_p, D] = {list(shape[1:])} or [B, n_p, D] = {list(shape)}.")
+            raise ValueError(
+                f"Prompts of shape {tuple(prompts.shape)}; this model and batch "
+                f"take [n_p, D] = {list(shape[1:])} or [B, n_p, D] = {list(shape)}."
+            )
         prompts_BxNxD = jnp.broadcast_to(prompts.astype(jnp.float32), shape)
     z_BxD = module.prompted_pass(batch, prompts_BxNxD)
     logits_BxC, _ = module.task_head(z_BxD, None)
     terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
     if config.use_representation_critic:
         terms["nce_rep"] = module.representation_nce(
-            jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key)
+            jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key
+        )
     return terms
 
 
@@ -66,8 +74,13 @@ def _is_representation_critic_call(module: Any, method_name: str) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def representation_scores(model: models.InfoPromptModel, params: Any, batch: Batch,
-                          key: jax.Array, prompts: jax.Array | None = None) -> jax.Array:
+def representation_scores(
+    model: models.InfoPromptModel,
+    params: Any,
+    batch: Batch,
+    key: jax.Array,
+    prompts: jax.Array | None = None,
+) -> jax.Array:
     """The representation critic's scores `[B, K]` (positive first) in `prompt_terms`.
 
     The scores are captured from the critic's own call, so the sampling of the positive and
@@ -76,9 +89,15 @@ def representation_scores(model: models.InfoPromptModel, params: Any, batch: Bat
     """
     if not model.config.use_representation_critic:
         raise ValueError("The model has no representation critic (it trained with beta = 0).")
-    _, state = model.apply({"params": params}, batch, key, prompts, method=prompt_terms,
-                           capture_intermediates=_is_representation_critic_call,
-                           mutable=["intermediates"])
+    _, state = model.apply(
+        {"params": params},
+        batch,
+        key,
+        prompts,
+        method=prompt_terms,
+        capture_intermediates=_is_representation_critic_call,
+        mutable=["intermediates"],
+    )
     (scores_BxK,) = state["intermediates"]["representation_critic"]["__call__"]
     return scores_BxK
 

@@ -6,19 +6,18 @@ encoder, which is rebuilt from the pretrained checkpoint named in the config).
 """
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
-from infoprompt_jax import checkpointing
+from infoprompt_jax import checkpointing, partition, steps
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition
-from infoprompt_jax import steps
 
 Params = dict[str, Any]
 
@@ -27,8 +26,10 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     """The run's config, as training wrote it to `WORKDIR/config.json`."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
-                                "writes config.json when a run starts).")
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a training workdir (train.py "
+            "writes config.json when a run starts)."
+        )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -54,8 +55,9 @@ def read_metrics(workdir: str | epath.Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def encode_examples(comps: components_lib.Components, split: str,
-                    max_examples: int = 0) -> dict[str, np.ndarray]:
+def encode_examples(
+    comps: components_lib.Components, split: str, max_examples: int = 0
+) -> dict[str, np.ndarray]:
     """Tokenized arrays of the run's `split` (train: its few-shot subset; dev: capped)."""
     examples = components_lib.load_examples(comps.config, comps.task, split)
     if max_examples:
@@ -65,9 +67,9 @@ def encode_examples(comps: components_lib.Components, split: str,
     return comps.encode(examples)
 
 
-def restore_run(workdir: str | epath.Path,
-                sample_arrays: dict[str, np.ndarray] | None = None
-                ) -> tuple[components_lib.Components, Params]:
+def restore_run(
+    workdir: str | epath.Path, sample_arrays: dict[str, np.ndarray] | None = None
+) -> tuple[components_lib.Components, Params]:
     """The run's components and its full parameter tree at the latest checkpoint.
 
     Args:
@@ -91,15 +93,18 @@ def restore_run(workdir: str | epath.Path,
     finally:
         manager.close()
     if restored is None:
-        raise FileNotFoundError(f"No checkpoint in {epath.Path(workdir) / 'checkpoints'}: the run "
-                                "must finish at least one epoch (or checkpoint_every_steps).")
+        raise FileNotFoundError(
+            f"No checkpoint in {epath.Path(workdir) / 'checkpoints'}: the run "
+            "must finish at least one epoch (or checkpoint_every_steps)."
+        )
     state, record = restored
     logging.info("Restored %s at step %d.", workdir, record["step"])
     return comps, partition.merge_params(state.trainable, frozen)
 
 
-def restore_target(comps: components_lib.Components,
-                   sample: dict[str, np.ndarray]) -> tuple[Any, Params]:
+def restore_target(
+    comps: components_lib.Components, sample: dict[str, np.ndarray]
+) -> tuple[Any, Params]:
     """(abstract train state, frozen params) of a run: what `checkpointing.restore_latest` needs.
 
     The state has the structure `train.build_state` gives (the checkpoint's), but is built with
@@ -109,28 +114,36 @@ def restore_target(comps: components_lib.Components,
     """
     abstract_params = jax.eval_shape(comps.init_params, sample)
     abstract_trainable, abstract_frozen = partition.split_params(abstract_params, comps.method.name)
-    pretrained = partition.flatten({"encoder": comps.encoder_params,
-                                    "task_head": {"mlm_transform": comps.mlm_transform or {}}})
+    pretrained = partition.flatten(
+        {"encoder": comps.encoder_params, "task_head": {"mlm_transform": comps.mlm_transform or {}}}
+    )
     frozen = {}
     for path, leaf in partition.flatten(abstract_frozen).items():
         value = pretrained.get(path)
         if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:
-            raise ValueError(f"Frozen parameter {path!r} {leaf.shape} {leaf.dtype} is not a "
-                             "pretrained leaf of the encoder checkpoint; restore_target must be "
-                             "taught where it comes from.")
+            raise ValueError(
+                f"Frozen parameter {path!r} {leaf.shape} {leaf.dtype} is not a "
+                "pretrained leaf of the encoder checkpoint; restore_target must be "
+                "taught where it comes from."
+            )
         frozen[path] = value
     # The optax state's structure does not depend on the schedule's length: any will do.
     optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr, 1, warmup_fraction=comps.config.optim.warmup_fraction,
-        weight_decay=comps.config.optim.weight_decay, clip_norm=comps.config.optim.clip_norm)
+        comps.method.peak_lr,
+        1,
+        warmup_fraction=comps.config.optim.warmup_fraction,
+        weight_decay=comps.config.optim.weight_decay,
+        clip_norm=comps.config.optim.clip_norm,
+    )
     abstract_state = jax.eval_shape(
-        lambda trainable: steps.create_train_state(trainable, optimizer,
-                                                   jax.random.PRNGKey(0)),
-        abstract_trainable)
+        lambda trainable: steps.create_train_state(trainable, optimizer, jax.random.PRNGKey(0)),
+        abstract_trainable,
+    )
     # Analysis runs in one process on one device, whatever mesh the run trained on.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state
+    )
     return abstract_state, jax.device_put(partition.unflatten(frozen), device)
 
 
@@ -148,7 +161,9 @@ def split_list(value: str | None, separator: str = ",") -> list[str]:
 def unique_labels(labels: Sequence[str], workdirs: Sequence[str]) -> list[str]:
     """`labels`, each one that repeats suffixed with its workdir's name so none collide."""
     counts = {label: labels.count(label) for label in labels}
-    out = [label if counts[label] == 1 else f"{label} [{epath.Path(w).name}]"
-           for label, w in zip(labels, workdirs)]
+    out = [
+        label if counts[label] == 1 else f"{label} [{epath.Path(w).name}]"
+        for label, w in zip(labels, workdirs)
+    ]
     # Two workdirs with the same final component: fall back to their position.
     return [label if out.count(label) == 1 else f"{label} #{i}" for i, label in enumerate(out)]
