@@ -68,6 +68,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from infoprompt_jax import compile_cache
+
 # Set by the grid's axes, never by overrides: a cell's directory name must say its value.
 AXIS_KEYS = {"seed": "seeds", "prompt.num_tokens": "num_tokens", "data.few_shot": "few_shot"}
 REQUIRED_KEYS = ("tasks", "rows", "num_tokens", "few_shot", "seeds")
@@ -566,6 +568,10 @@ def run(
             if not is_finished(cell, root):
                 out(shlex.join(cell.command(root)))
         return 0
+    # Cells with the same shapes compile once between them (compile_cache.py).
+    os.environ.setdefault(
+        compile_cache.ENV_VAR, str(pathlib.Path(root).absolute() / compile_cache.GRID_DIR)
+    )
     if max_parallel > 1:
         # JAX preallocates 75% of accelerator memory per process; concurrent cells must share it.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import train
+from infoprompt_jax import compile_cache, phase_timer, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _MULTIHOST = flags.DEFINE_bool(
@@ -20,6 +20,12 @@ _MULTIHOST = flags.DEFINE_bool(
     None,
     "Call jax.distributed.initialize() (default: when a TPU pod or a "
     "coordinator address in the environment says the run spans several processes).",
+)
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache",
+    None,
+    "Directory of JAX's persistent compilation cache, shared by runs with the same shapes; "
+    f"'off' disables it. Default: ${compile_cache.ENV_VAR}, else ~/.cache/infoprompt_jax/jax.",
 )
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/rte.py or configs/rte.py:tiny.", lock_config=True
@@ -62,6 +68,7 @@ def main(argv):
         # backends bring their own.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**_distributed_args_from_env())
+    compile_cache.enable(compile_cache.resolve_directory(_COMPILE_CACHE.value))
     logging.info(
         "JAX process %d/%d, %d local devices of %d: %s",
         jax.process_index(),
@@ -70,7 +77,9 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].device_kind,
     )
-    summary = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    timer = phase_timer.PhaseTimer()
+    timer.record_startup()
+    summary = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)
     if summary["preempted"]:
         sys.exit(143)  # The conventional status of a SIGTERM'd process: schedulers rerun it.
 

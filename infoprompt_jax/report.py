@@ -27,6 +27,7 @@ from typing import Any
 
 from absl import app, flags
 
+from infoprompt_jax import phase_timer
 from infoprompt_jax import tasks as tasks_lib
 
 TASK_NAMES = {
@@ -330,6 +331,19 @@ def write_report(root: str | pathlib.Path, select: str = "final") -> str:
     return markdown
 
 
+def timings_report(root: str | pathlib.Path) -> str:
+    """The seconds per phase (summary.json's `seconds`) summed over the cells under `root`."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root={root}: no such directory; give the --root of a grid run.")
+    summaries = [
+        _read_json(path.parent / "summary.json")
+        for path in sorted(root.rglob("cell.json"))
+        if (path.parent / "summary.json").exists()
+    ]
+    return phase_timer.format_timings(*phase_timer.sum_timings(summaries))
+
+
 def define_flags() -> None:
     """Defines the CLI's flags; at run time only, since experiments.py defines a --root too."""
     flags.DEFINE_string("root", None, "The grid's root directory (experiments.py --root).")
@@ -339,6 +353,11 @@ def define_flags() -> None:
         ["final", "best"],
         "final: last evaluation; best: best evaluation of the main metric.",
     )
+    flags.DEFINE_bool(
+        "timings",
+        False,
+        "Print the seconds per phase (start-up, compile, train...) summed over cells.",
+    )
     flags.mark_flags_as_required(["root"])
 
 
@@ -347,6 +366,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         print(write_report(flags.FLAGS.root, flags.FLAGS.select))
+        if flags.FLAGS.timings:
+            print(timings_report(flags.FLAGS.root))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"Error: {e}") from e
 

@@ -18,7 +18,15 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, length_buckets, metric_logging, partition, sharding, steps
+from infoprompt_jax import (
+    checkpointing,
+    length_buckets,
+    metric_logging,
+    partition,
+    phase_timer,
+    sharding,
+    steps,
+)
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
@@ -207,18 +215,30 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, timer: phase_timer.PhaseTimer | None = None
+) -> dict[str, Any]:
     """Trains and evaluates a config in `workdir`, resuming from its latest checkpoint.
 
+    Args:
+      config: the run config.
+      workdir: the run directory.
+      timer: where the phases' seconds go (main.py's has the process start-up); None: a new one.
+
     Returns:
-      The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics.
+      The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics, and
+      `seconds` per phase (`phase_timer.PHASES`).
     """
+    timer = timer or phase_timer.PhaseTimer()
     # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
     workdir_path = epath.Path(workdir)
-    comps = components_lib.build_components(config)
+    with timer.phase("encoder_load"):
+        comps = components_lib.build_components(config)
     config, task = comps.config, comps.task
+    timer.start("data")
     train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
     dev_arrays = comps.encode(components_lib.load_examples(config, task, "dev"))
+    timer.stop("data")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch_size = config.train.batch_size
     sharding.check_batch_size(batch_size, mesh)
@@ -239,10 +259,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         clip_norm=config.optim.clip_norm,
     )
     sample = {k: v[:batch_size] for k, v in train_arrays.items()}
+    timer.start("init")
     state, frozen = build_state(comps, optimizer, mesh, sample)
+    timer.stop("init")
     manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
     record = {"step": 0, "best_step": None, "best_score": None}
-    restored = checkpointing.restore_latest(manager, abstract_like(state))
+    with timer.phase("checkpoint"):
+        restored = checkpointing.restore_latest(manager, abstract_like(state))
     writer = metric_logging.MetricWriter(workdir_path)
     if restored is not None:
         state, record = restored
@@ -255,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
     lengths = run_lengths(config)
+    timer.start("unprompted_cache")
     if uses_cached_unprompted_pass(comps):
         train_arrays = cache_unprompted_pass(
             comps.model, frozen, train_arrays, batch_size, mesh, lengths
@@ -262,8 +286,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dev_arrays = cache_unprompted_pass(
             comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
-    train_fn, eval_fn = steps.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        jax.block_until_ready(train_arrays)
+    timer.stop("unprompted_cache")
+    train_fn, eval_fn = (
+        phase_timer.CompileTimed(fn, timer)
+        for fn in steps.compile_steps(
+            comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        )
     )
     progress = metric_logging.Progress(total_steps, batch_size)
     preemption = PreemptionFlag()
@@ -278,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     main_metric = f"eval_{task.main_metric}"
     interval_metrics, eval_scores = [], {}
     start_step, start_time = int(record["step"]), time.perf_counter()
+    timer.start("train")
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, steps_per_epoch)
         indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
@@ -291,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
         if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
-            eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
+            with timer.phase("eval"):
+                eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
             if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
                 record.update(best_step=done, best_score=eval_scores[main_metric])
             writer.write(done, {"epoch": epoch + 1, **eval_scores})
@@ -303,7 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             or preemption.raised
         ):
             record["step"] = done
-            checkpointing.save(manager, done, state, record)
+            with timer.phase("checkpoint"):
+                checkpointing.save(manager, done, state, record)
             logging.info("Saved checkpoint at step %d.", done)
         if preemption.raised:
             logging.warning(
@@ -312,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 workdir_path,
             )
             break
+    jax.block_until_ready(state)
+    timer.stop("train")
     progress.close()
     preemption.restore()
     manager.close()
@@ -322,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "best_step": record["best_step"],
         f"best_{main_metric}": record["best_score"],
         "train_seconds_this_run": time.perf_counter() - start_time,
+        "seconds": timer.as_dict(),
     }
     if jax.process_index() == 0 and not preemption.raised:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")

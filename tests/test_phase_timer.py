@@ -1,0 +1,101 @@
+"""Phase timings in summary.json, `report --timings`, and the persistent compilation cache."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+import sentiment_fixture
+
+from infoprompt_jax import compile_cache, phase_timer, report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_nested_phases_are_counted_once():
+    timer = phase_timer.PhaseTimer()
+    with timer.phase("train"):
+        time.sleep(0.02)
+        with timer.phase("eval"):
+            time.sleep(0.03)
+    assert 0.02 <= timer.seconds["train"] < 0.03 + 0.02
+    assert timer.seconds["eval"] >= 0.03
+    seconds = timer.as_dict()
+    assert list(seconds)[: len(phase_timer.PHASES)] == list(phase_timer.PHASES)
+    assert seconds["compile"] == 0.0
+    with pytest.raises(RuntimeError, match="while 'a' is open"):
+        timer.start("a")
+        timer.stop("b")
+
+
+def test_startup_is_measured_from_process_start():
+    timer = phase_timer.PhaseTimer()
+    timer.record_startup()
+    assert 0 < timer.seconds["startup"] < 24 * 3600
+
+
+def test_sum_and_format_timings(tmp_path):
+    for i, seconds in enumerate(({"train": 2.0, "compile": 1.0}, {"train": 4.0, "compile": 0.5})):
+        cell = tmp_path / f"cell{i}"
+        cell.mkdir()
+        (cell / "cell.json").write_text("{}")
+        (cell / "summary.json").write_text(json.dumps({"seconds": seconds}))
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "cell.json").write_text("{}")
+    text = report.timings_report(tmp_path)
+    assert "summed over 2 runs" in text
+    assert [line.split()[:3] for line in text.splitlines()[2:]] == [
+        ["train", "6.0", "3.00"],
+        ["compile", "1.5", "0.75"],
+        ["all", "7.5", "3.75"],
+    ]
+
+
+def test_compile_cache_directory_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.resolve_directory(None) == str(tmp_path / "infoprompt_jax" / "jax")
+    monkeypatch.setenv(compile_cache.ENV_VAR, "/env/dir")
+    assert compile_cache.resolve_directory(None) == "/env/dir"
+    assert compile_cache.resolve_directory("/flag/dir") == "/flag/dir"
+    assert compile_cache.resolve_directory("off") is None
+
+
+def _run_main(model_dir, data_dir, workdir, cache_dir) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "infoprompt_jax.main",
+        "--config=configs/sst2.py:tiny",
+        f"--workdir={workdir}",
+        f"--compile_cache={cache_dir}",
+        f"--config.model.name={model_dir}",
+        "--config.data.source=local",
+        f"--config.data.dir={data_dir}",
+        "--config.train.num_epochs=1",
+    ]
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO)
+    )
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def test_summary_timings_and_a_second_process_loads_its_compiled_steps(tiny_roberta_dir, tmp_path):
+    data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 16, 16)
+    cache = tmp_path / "cache"
+    first = _run_main(tiny_roberta_dir, data_dir, tmp_path / "first", cache)["seconds"]
+    entries = sorted(path.name for path in cache.iterdir())
+    second = _run_main(tiny_roberta_dir, data_dir, tmp_path / "second", cache)["seconds"]
+    print(f"\ncompile seconds: first cell {first['compile']:.2f}, second {second['compile']:.2f}")
+    print(f"first cell: {first}\nsecond cell: {second}")
+    assert set(phase_timer.PHASES) <= set(first)
+    for phase in ("startup", "encoder_load", "data", "init", "compile", "train", "eval"):
+        assert first[phase] > 0, phase
+    assert any(name.startswith("jit_train_step") for name in entries), entries
+    # Same shapes: every step comes from the cache, nothing new is written, compiling is loading.
+    assert sorted(path.name for path in cache.iterdir()) == entries
+    assert second["compile"] < 0.5 * first["compile"]
