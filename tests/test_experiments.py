@@ -215,7 +215,7 @@ _MAIN_STUB = """
 import json
 from absl import app
 from infoprompt_jax import train
-def fake_train(config, workdir):
+def fake_train(config, workdir, timer=None):
   print("PARSED " + json.dumps({"config": config.to_dict(), "workdir": workdir}))
   return {"preempted": False}
 train.train_and_evaluate = fake_train
