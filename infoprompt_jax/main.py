@@ -3,6 +3,10 @@
 Parses flags, sets up the platform (the distributed runtime on multi-host TPU/GPU), then calls
 `train.train_and_evaluate(config, workdir)`. Rerunning the same command resumes from the latest
 checkpoint in the workdir.
+
+`--seeds=0,1,2` trains those seeds of the config together in one process, one compiled step
+(`stacked_train.py`, docs/stacking.md): seed s writes `WORKDIR/seed<s>`, the same directory a
+separate run with `--config.seed=s --workdir=WORKDIR/seed<s>` writes.
 """
 
 import os
@@ -12,9 +16,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import compile_cache, phase_timer, train
+from infoprompt_jax import compile_cache, phase_timer, stacked_train, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_SEEDS = flags.DEFINE_list(
+    "seeds",
+    None,
+    "Train several seeds of --config together, as one stacked program (docs/stacking.md): "
+    "comma-separated distinct non-negative ints, e.g. 0,1,2, in place of config.seed. Seed s "
+    "writes WORKDIR/seed<s>, a complete run directory like a separate run's.",
+)
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
     None,
@@ -60,6 +71,33 @@ def _distributed_args_from_env() -> dict[str, int]:
     return args
 
 
+def parse_seeds(values: list[str]) -> list[int]:
+    """`--seeds` as ints, checked: distinct and non-negative."""
+    try:
+        seeds = [int(v) for v in values]
+    except ValueError as e:
+        raise app.UsageError(
+            f"--seeds={','.join(values)}: give comma-separated ints, e.g. 0,1,2."
+        ) from e
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise app.UsageError(
+            f"--seeds={','.join(values)}: give distinct non-negative ints, e.g. 0,1,2."
+        )
+    return seeds
+
+
+def train_seeds(config, workdir: str, seeds: list[int], timer) -> list[dict]:
+    """Trains `seeds` of `config` stacked; seed s in `workdir/seed<s>`."""
+    configs = []
+    for seed in seeds:
+        seed_config = config.copy_and_resolve_references()
+        with seed_config.unlocked():
+            seed_config.seed = seed
+        configs.append(seed_config)
+    workdirs = [os.path.join(workdir, f"seed{seed}") for seed in seeds]
+    return stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -79,9 +117,16 @@ def main(argv):
     )
     timer = phase_timer.PhaseTimer()
     timer.record_startup()
-    summary = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)
-    if summary["preempted"]:
+    if _SEEDS.value is not None:
+        seeds = parse_seeds(_SEEDS.value)
+        summaries = train_seeds(flags.FLAGS.config, _WORKDIR.value, seeds, timer)
+    else:
+        summaries = [train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)]
+    if any(summary.get("preempted") for summary in summaries):
         sys.exit(143)  # The conventional status of a SIGTERM'd process: schedulers rerun it.
+    failed = [s for s in summaries if s.get("failed")]
+    if failed:
+        sys.exit(f"{len(failed)} of {len(summaries)} stacked runs failed: {failed[0]['failed']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,358 @@
+"""The training loop of several seeds of one config at once: one process, one compiled step.
+
+`train_and_evaluate_stacked(configs, workdirs)` trains configs that differ only in `seed` as one
+stacked program (`stacking.py`): the encoder is read once, each batch shape compiles once, and
+every evaluation runs all the runs on the same dev batches. Each run still writes its own
+workdir exactly as `train.train_and_evaluate` does (config.json with its seed, metrics.jsonl,
+checkpoints, summary.json), so reports, export, predict and resume read it unchanged; a run
+directory may even be resumed by a separate `main.py` run, and the other way round.
+
+Each run sees what its separate run sees: its own few-shot subset, data order (`epoch_order` of
+its seed), initial parameters and critic draws (its RNG key, folded with the step).
+
+A run whose train loss turns non-finite fails alone: it stops writing (no summary.json; its last
+checkpoint stays), its slot keeps computing unread, and its siblings finish.
+"""
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from infoprompt_jax import checkpointing, metric_logging, phase_timer, sharding, stacking, train
+from infoprompt_jax import components as components_lib
+from infoprompt_jax import metrics as metrics_lib
+from infoprompt_jax import optimizer as optimizer_lib
+
+# Methods whose frozen tree depends on the seed (adapters load with the encoder) or that train
+# the encoder itself: nothing would be shared.
+UNSTACKABLE_METHODS = ("adapter", "finetune")
+
+
+def check_stackable(configs: Sequence[ml_collections.ConfigDict]) -> None:
+    """Raises ValueError unless the configs differ only in seed, and their method can stack."""
+    if len({int(c.seed) for c in configs}) != len(configs):
+        raise ValueError(f"Stacked runs need distinct seeds; got {[c.seed for c in configs]}.")
+    first = _without_seed(configs[0])
+    for config in configs[1:]:
+        other = _without_seed(config)
+        if other != first:
+            changed = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            raise ValueError(
+                f"Stacked runs must differ only in seed; seed {config.seed} also changes {changed}."
+            )
+    if configs[0].method in UNSTACKABLE_METHODS:
+        raise ValueError(
+            f"method={configs[0].method} cannot stack seeds (its encoder weights are per "
+            f"run); run its seeds separately. Stackable: methods other than {UNSTACKABLE_METHODS}."
+        )
+
+
+def _without_seed(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config.to_dict(), "")
+    flat.pop("seed")
+    return flat
+
+
+def seed_config(comps: components_lib.Components, seed: int) -> components_lib.Components:
+    """`comps` for another seed: the same encoder and model, the config's seed changed."""
+    config = comps.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.seed = seed
+    return dataclasses.replace(comps, config=config)
+
+
+@dataclasses.dataclass
+class RunSlot:
+    """One run of the stack and what is its own: workdir, data, writer, checkpoints, record."""
+
+    comps: components_lib.Components
+    workdir: epath.Path
+    train_arrays: dict[str, np.ndarray]
+    writer: metric_logging.MetricWriter
+    manager: ocp.CheckpointManager
+    record: dict[str, Any]
+    failure: str = ""
+    eval_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    trajectory: Any = None
+
+    @property
+    def active(self) -> bool:
+        return not self.failure
+
+
+def _restore_at(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
+    """(state, record) of the checkpoint at `step` (stacked runs resume from a common step)."""
+    if step not in manager.all_steps():
+        raise ValueError(
+            f"{manager.directory} has no checkpoint at step {step} (it has "
+            f"{sorted(manager.all_steps())}): the stacked runs stopped at different steps and "
+            "this one kept too few checkpoints; rerun its seed separately with main.py."
+        )
+    if step == manager.latest_step():
+        return checkpointing.restore_latest(manager, abstract_state)
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["record"])
+
+
+def train_and_evaluate_stacked(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str],
+    timer: phase_timer.PhaseTimer | None = None,
+) -> list[dict[str, Any]]:
+    """Trains configs that differ only in seed together; run i lives in `workdirs[i]`.
+
+    Runs whose summary.json exists are finished and not trained again. Resuming: every run
+    restarts from the latest step all of them have checkpointed.
+
+    Returns:
+      Each run's summary, as `train.train_and_evaluate` returns it, plus `stacked_runs` (how many
+      trained together) and, for a run that diverged, `failed` (the reason; no summary.json).
+    """
+    timer = timer or phase_timer.PhaseTimer()
+    configs = list(configs)
+    check_stackable(configs)
+    workdirs = [epath.Path(w) for w in workdirs]
+    summaries: dict[int, dict[str, Any]] = {}
+    for i, workdir in enumerate(workdirs):
+        if (workdir / "summary.json").exists():
+            logging.info("%s already finished; nothing to do for it.", workdir)
+            summaries[i] = json.loads((workdir / "summary.json").read_text())
+    todo = [i for i in range(len(configs)) if i not in summaries]
+    if todo:
+        results = _train_stack([configs[i] for i in todo], [workdirs[i] for i in todo], timer)
+        summaries.update(zip(todo, results))
+    return [summaries[i] for i in range(len(configs))]
+
+
+def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[str, Any]]:
+    num_runs = len(configs)
+    with timer.phase("encoder_load"):
+        shared = components_lib.build_components(configs[0])
+    run_comps = [seed_config(shared, int(c.seed)) for c in configs]
+    config, task = shared.config, shared.task
+    timer.start("data")
+    trains = [c.encode(components_lib.load_examples(c.config, task, "train")) for c in run_comps]
+    dev_arrays = shared.encode(components_lib.load_examples(config, task, "dev"))
+    timer.stop("data")
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    batch_size = config.train.batch_size
+    spread = stacking.spreads_runs(batch_size, num_runs, mesh)
+    sharding.check_batch_size(config.train.eval_batch_size, mesh)
+    num_train = len(trains[0]["label"])
+    if any(len(arrays["label"]) != num_train for arrays in trains):
+        raise ValueError("Stacked seeds drew training sets of different sizes; run them apart.")
+    steps_per_epoch = num_train // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{num_train} training examples make no batch of {batch_size}; lower "
+            "config.train.batch_size or raise config.data.few_shot."
+        )
+    total_steps = steps_per_epoch * config.train.num_epochs
+    optimizer = optimizer_lib.make_optimizer(
+        shared.method.peak_lr,
+        total_steps,
+        warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay,
+        clip_norm=config.optim.clip_norm,
+    )
+    timer.start("init")
+    run_states, frozen = [], None
+    for comps, arrays in zip(run_comps, trains):
+        sample = {k: v[:batch_size] for k, v in arrays.items()}
+        state, run_frozen = train.build_state(comps, optimizer, mesh, sample)
+        run_states.append(state)
+        frozen = run_frozen if frozen is None else frozen  # The first run's serves every run.
+        del run_frozen
+    abstract_state = train.abstract_like(run_states[0])
+    timer.stop("init")
+
+    slots = []
+    for comps, workdir, arrays in zip(run_comps, workdirs, trains):
+        manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
+        writer = metric_logging.MetricWriter(workdir)
+        record = {"step": 0, "best_step": None, "best_score": None}
+        slots.append(RunSlot(comps, workdir, arrays, writer, manager, record))
+    with timer.phase("checkpoint"):
+        start_step = min(slot.manager.latest_step() or 0 for slot in slots)
+        if start_step:
+            for i, slot in enumerate(slots):
+                run_states[i], slot.record = _restore_at(slot.manager, start_step, abstract_state)
+                slot.record["step"] = start_step
+            logging.info("Resumed %d stacked runs from step %d.", num_runs, start_step)
+    states = stacking.place_states(stacking.stack(run_states), mesh, spread)
+    del run_states
+    for slot in slots:
+        slot.writer.truncate_after(start_step)
+        if jax.process_index() == 0:
+            (slot.workdir / "config.json").write_text(
+                slot.comps.config.to_json_best_effort(indent=2)
+            )
+    lengths = train.run_lengths(config)
+    timer.start("unprompted_cache")
+    if train.uses_cached_unprompted_pass(shared):
+        for slot in slots:
+            slot.train_arrays = train.cache_unprompted_pass(
+                shared.model, frozen, slot.train_arrays, batch_size, mesh, lengths
+            )
+        dev_arrays = train.cache_unprompted_pass(
+            shared.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
+        )
+    timer.stop("unprompted_cache")
+    train_fn, eval_fn = (
+        phase_timer.CompileTimed(fn, timer)
+        for fn in stacking.compile_stacked_steps(
+            shared.model, optimizer, shared.method.weights, mesh, states, frozen, spread=spread
+        )
+    )
+    replicated = sharding.replicated(mesh)
+    betas = jax.device_put(np.full(num_runs, shared.method.weights.beta, np.float32), replicated)
+    gammas = jax.device_put(np.full(num_runs, shared.method.weights.gamma, np.float32), replicated)
+    if config.log_prompt_every:
+        for i, slot in enumerate(slots):
+            first_rows = train.device_batch(slot.train_arrays, np.arange(batch_size), mesh)
+            slot.trajectory = train.PromptTrajectory(
+                slot.workdir, config.log_prompt_every, shared.model, first_rows
+            )
+            if start_step == 0:
+                slot.trajectory.maybe_record(0, stacking.unstack(states.trainable, i), frozen)
+
+    progress = metric_logging.Progress(total_steps, batch_size * num_runs)
+    preemption = train.PreemptionFlag()
+    main_metric = f"eval_{task.main_metric}"
+    interval_metrics = []
+    start_time = time.perf_counter()
+    timer.start("train")
+    for step in range(start_step, total_steps):
+        epoch, index = divmod(step, steps_per_epoch)
+        runs_rows = []
+        for slot in slots:
+            indices = train.epoch_order(num_train, batch_size, slot.comps.config.seed, epoch)[index]
+            runs_rows.append({name: value[indices] for name, value in slot.train_arrays.items()})
+        batches = stacking.stacked_device_batch(runs_rows, mesh, spread, lengths)
+        states, step_metrics = train_fn(states, frozen, batches, betas, gammas)
+        interval_metrics.append(step_metrics)
+        done = step + 1
+        for i, slot in enumerate(slots):
+            if slot.active and slot.trajectory is not None:
+                slot.trajectory.maybe_record(done, stacking.unstack(states.trainable, i), frozen)
+        if done % config.train.log_every_steps == 0 or done == total_steps:
+            fetched = jax.device_get(interval_metrics)
+            for i, slot in enumerate(slots):
+                if not slot.active:
+                    continue
+                try:
+                    train.log_train_metrics(
+                        slot.writer,
+                        progress,
+                        done,
+                        epoch,
+                        [stacking.unstack(m, i) for m in fetched],
+                    )
+                except FloatingPointError as e:
+                    slot.failure = str(e)
+                    logging.error("Seed %s failed: %s", slot.comps.config.seed, e)
+            interval_metrics = []
+        if not any(slot.active for slot in slots):
+            break
+        epoch_end = done % steps_per_epoch == 0
+        if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
+            with timer.phase("eval"):
+                logits_NxRxC = train.predict_logits(
+                    eval_fn,
+                    states.trainable,
+                    frozen,
+                    dev_arrays,
+                    config.train.eval_batch_size,
+                    mesh,
+                    lengths,
+                )
+                for i, slot in enumerate(slots):
+                    if not slot.active:
+                        continue
+                    scores = metrics_lib.compute_metrics(
+                        task, logits_NxRxC[:, i].argmax(-1), dev_arrays["label"]
+                    )
+                    slot.eval_scores = {f"eval_{name}": value for name, value in scores.items()}
+                    record = slot.record
+                    if (
+                        record["best_score"] is None
+                        or slot.eval_scores[main_metric] > record["best_score"]
+                    ):
+                        record.update(best_step=done, best_score=slot.eval_scores[main_metric])
+                    slot.writer.write(done, {"epoch": epoch + 1, **slot.eval_scores})
+                    logging.info(
+                        "seed %s step %d epoch %d: %s",
+                        slot.comps.config.seed,
+                        done,
+                        epoch + 1,
+                        slot.eval_scores,
+                    )
+        every = config.train.checkpoint_every_steps
+        if (
+            (epoch_end if every == 0 else done % every == 0)
+            or done == total_steps
+            or preemption.raised
+        ):
+            with timer.phase("checkpoint"):
+                for i, slot in enumerate(slots):
+                    if slot.active:
+                        slot.record["step"] = done
+                        checkpointing.save(
+                            slot.manager, done, stacking.unstack(states, i), slot.record
+                        )
+            logging.info("Saved checkpoint at step %d.", done)
+        if preemption.raised:
+            logging.warning(
+                "SIGTERM: saved step %d of %d stacked runs; rerun the same command to resume.",
+                done,
+                num_runs,
+            )
+            break
+    jax.block_until_ready(states)
+    timer.stop("train")
+    progress.close()
+    preemption.restore()
+    train_seconds = time.perf_counter() - start_time
+    summaries = []
+    for i, slot in enumerate(slots):
+        slot.manager.close()
+        summary = {
+            "step": int(np.asarray(jax.device_get(states.step))[i]),
+            "preempted": preemption.raised,
+            **slot.eval_scores,
+            "best_step": slot.record["best_step"],
+            f"best_{main_metric}": slot.record["best_score"],
+            "train_seconds_this_run": train_seconds,
+            # The process's seconds, shared out: summed over a grid they add up to its wall time.
+            "seconds": timer.as_dict(scale=1.0 / num_runs),
+            "stacked_runs": num_runs,
+        }
+        if slot.failure:
+            summary["failed"] = slot.failure
+        elif jax.process_index() == 0 and not preemption.raised:
+            (slot.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summaries.append(summary)
+    return summaries

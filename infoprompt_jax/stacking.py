@@ -1,0 +1,183 @@
+"""Several runs as one program: the train step vmapped over a leading run axis.
+
+R runs that share a model, an optimizer and shapes (the seeds of a grid cell) train as one
+compiled step: their trainable params, optimizer states, RNG keys and batches gain a leading
+axis `[R, ...]`, while the frozen encoder is one tree passed to every run unbatched (never copied
+per run). `jax.vmap` of `steps.train_step` keeps each run's arithmetic its own: run r's numbers
+are those of its separate run up to float rounding (XLA may batch the matmuls differently).
+
+Shardings: the run axis composes with the `(data, fsdp)` mesh in one of two layouts.
+- batch split (default): each run's batch is split over the devices as a single run's is, and the
+  stacked state is replicated;
+- runs spread: when a run's batch is too small to split over the devices but the run count
+  divides them, whole runs go to devices (the run axis is sharded, batches are not split).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from infoprompt_jax import length_buckets, losses, models, sharding, steps
+
+Arrays = dict[str, np.ndarray]
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """The trees' leaves stacked on a new leading axis (host numpy arrays)."""
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Run `index` of a stacked tree."""
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def spreads_runs(batch_size: int, num_runs: int, mesh: Mesh) -> bool:
+    """Whether runs go whole to devices: a run's batch does not split over them, the runs do.
+
+    Raises:
+        ValueError: neither the batch nor the run count divides over the devices.
+    """
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % devices == 0:
+        return False
+    if num_runs % devices == 0:
+        return True
+    raise ValueError(
+        f"Neither the batch size {batch_size} nor the {num_runs} stacked runs divide over "
+        f"{devices} devices (mesh {dict(mesh.shape)}); use a batch size or a run count that is "
+        f"a multiple of {devices}."
+    )
+
+
+def run_axis_sharding(mesh: Mesh, spread: bool) -> NamedSharding:
+    """Sharding of a stacked state leaf: run axis over the devices when spread, else replicated."""
+    return NamedSharding(mesh, PartitionSpec(sharding.DATA_AXES if spread else None))
+
+
+def stacked_batch_sharding(mesh: Mesh, spread: bool) -> NamedSharding:
+    """Sharding of a `[R, B, ...]` batch: the run axis when spread, else each run's batch axis."""
+    spec = PartitionSpec(sharding.DATA_AXES) if spread else PartitionSpec(None, sharding.DATA_AXES)
+    return NamedSharding(mesh, spec)
+
+
+def stacked_device_batch(
+    runs_rows: Sequence[Arrays], mesh: Mesh, spread: bool, lengths: Sequence[int] = ()
+) -> dict[str, jax.Array]:
+    """The runs' batches `[B, ...]` as one `[R, B, ...]` batch on the mesh.
+
+    With bucket `lengths`, every run's batch is cut to the one length that holds all their rows
+    (only padding is cut, so a run's numbers are those of its own, shorter, cut up to rounding).
+    Each process contributes its share of the sharded axis, as `train.device_batch` does.
+    """
+    if len(lengths):
+        length = max(length_buckets.batch_length(rows, lengths) for rows in runs_rows)
+        runs_rows = [length_buckets.cut(rows, length) for rows in runs_rows]
+    stacked = {name: np.stack([rows[name] for rows in runs_rows]) for name in runs_rows[0]}
+    axis = 0 if spread else 1
+    size = next(iter(stacked.values())).shape[axis]
+    per_process = size // jax.process_count()
+    local = [slice(None)] * 2
+    local[axis] = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+    batch_sharding = stacked_batch_sharding(mesh, spread)
+    return {
+        name: jax.make_array_from_process_local_data(batch_sharding, value[tuple(local)])
+        for name, value in stacked.items()
+    }
+
+
+def stacked_train_step(
+    states: steps.TrainState,
+    frozen: Any,
+    batches: steps.Batch,
+    betas_R: jax.Array,
+    gammas_R: jax.Array,
+    *,
+    model: models.InfoPromptModel,
+    optimizer: optax.GradientTransformation,
+    weights: losses.ObjectiveWeights,
+    per_run_weights: bool,
+) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+    """`steps.train_step` of every run at once; metrics gain the run axis `[R]`.
+
+    Args:
+        states: the runs' stacked train states.
+        frozen: the one frozen tree, shared by every run.
+        batches: `[R, B, ...]`.
+        betas_R, gammas_R: per-run loss weights, read only when `per_run_weights` (rows that
+            differ in beta and gamma); otherwise `weights` is static, as in a single run.
+    """
+
+    def one_run(state, batch, beta, gamma):
+        run_weights = (
+            dataclasses.replace(weights, beta=beta, gamma=gamma) if per_run_weights else weights
+        )
+        return steps.train_step(
+            state, frozen, batch, model=model, optimizer=optimizer, weights=run_weights
+        )
+
+    return jax.vmap(one_run)(states, batches, betas_R, gammas_R)
+
+
+def stacked_eval_step(
+    trainables: Any, frozen: Any, batch: steps.Batch, *, model: models.InfoPromptModel
+) -> jax.Array:
+    """Logits `[B, R, C]` of every run on one shared batch (rows first, for map_in_batches)."""
+    logits_RxBxC = jax.vmap(
+        lambda trainable: steps.eval_step(trainable, frozen, batch, model=model)
+    )(trainables)
+    return jnp.swapaxes(logits_RxBxC, 0, 1)
+
+
+def compile_stacked_steps(
+    model: models.InfoPromptModel,
+    optimizer: optax.GradientTransformation,
+    weights: losses.ObjectiveWeights,
+    mesh: Mesh,
+    states: steps.TrainState,
+    frozen: Any,
+    *,
+    spread: bool,
+    per_run_weights: bool = False,
+) -> tuple[Callable, Callable]:
+    """Jitted `train(states, frozen, batches, betas_R, gammas_R)` and `eval(trainables, frozen,
+    batch)`, the stacked states donated; one compile per batch shape, shared by all the runs."""
+    state_sh = jax.tree.map(lambda _: run_axis_sharding(mesh, spread), states)
+    frozen_sh = sharding.param_shardings(mesh, frozen)
+    replicated = sharding.replicated(mesh)
+    train = jax.jit(
+        functools.partial(
+            stacked_train_step,
+            model=model,
+            optimizer=optimizer,
+            weights=weights,
+            per_run_weights=per_run_weights,
+        ),
+        in_shardings=(
+            state_sh,
+            frozen_sh,
+            stacked_batch_sharding(mesh, spread),
+            replicated,
+            replicated,
+        ),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+    evaluate = jax.jit(
+        functools.partial(stacked_eval_step, model=model),
+        in_shardings=(state_sh.trainable, frozen_sh, sharding.batch_sharding(mesh)),
+        out_shardings=replicated,
+    )
+    return train, evaluate
+
+
+def place_states(states: steps.TrainState, mesh: Mesh, spread: bool) -> steps.TrainState:
+    """Stacked host states on the mesh, in the layout `compile_stacked_steps` expects."""
+    return jax.device_put(states, run_axis_sharding(mesh, spread))

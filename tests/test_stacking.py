@@ -1,0 +1,171 @@
+"""Stacked seeds: one process, one compiled step, each seed's run directory as if run alone."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import sentiment_fixture
+
+from infoprompt_jax import stacked_train, train
+
+SEEDS = (0, 1)
+# Measured on this CPU: stacked vs separate eval accuracy differs by 0 and the train loss by
+# < 1e-6 relative (the vmapped matmuls round differently); see docs/stacking.md.
+LOSS_RTOL = 1e-4
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def seed_config(model_dir, data_dir, seed, **train_overrides):
+    config = sentiment_fixture.tiny_config(model_dir)
+    config.data.dir = str(data_dir)
+    config.data.few_shot = 24
+    config.seed = seed
+    config.train.num_epochs = 3
+    config.train.log_every_steps = 1
+    config.train.checkpoint_every_steps = 3
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_roberta_dir, tmp_path_factory):
+    """(data dir, separate workdirs, stacked workdirs) of a 2-seed tiny run, trained once."""
+    root = tmp_path_factory.mktemp("stacking")
+    data_dir = sentiment_fixture.write_sst2(root / "data", 40, 24)
+    separate = [root / "separate" / f"seed{s}" for s in SEEDS]
+    for seed, workdir in zip(SEEDS, separate):
+        train.train_and_evaluate(seed_config(tiny_roberta_dir, data_dir, seed), str(workdir))
+    stacked = [root / "stacked" / f"seed{s}" for s in SEEDS]
+    configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
+    summaries = stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in stacked])
+    assert [s["stacked_runs"] for s in summaries] == [2, 2]
+    return data_dir, separate, stacked
+
+
+def compare_metrics(separate: list[dict], stacked: list[dict]) -> tuple[float, float]:
+    """Largest relative train-loss and absolute eval-accuracy differences, record by record."""
+    assert [r["step"] for r in separate] == [r["step"] for r in stacked]
+    loss_diff = acc_diff = 0.0
+    for a, b in zip(separate, stacked):
+        assert set(a) == set(b)
+        if "train_loss" in a:
+            loss_diff = max(
+                loss_diff, abs(a["train_loss"] - b["train_loss"]) / abs(a["train_loss"])
+            )
+        if "eval_accuracy" in a:
+            acc_diff = max(acc_diff, abs(a["eval_accuracy"] - b["eval_accuracy"]))
+    return loss_diff, acc_diff
+
+
+def test_stacked_seeds_match_their_separate_runs(runs):
+    _, separate, stacked = runs
+    for seed, alone, together in zip(SEEDS, separate, stacked):
+        loss_diff, acc_diff = compare_metrics(
+            read_jsonl(alone / "metrics.jsonl"), read_jsonl(together / "metrics.jsonl")
+        )
+        print(f"\nseed {seed}: train loss rel. diff {loss_diff:.2e}, eval acc diff {acc_diff}")
+        assert loss_diff < LOSS_RTOL and acc_diff <= 0.01
+        config = json.loads((together / "config.json").read_text())
+        assert config["seed"] == seed
+        assert config == json.loads((alone / "config.json").read_text())
+        a, b = (json.loads((d / "summary.json").read_text()) for d in (alone, together))
+        assert (a["step"], a["best_step"]) == (b["step"], b["best_step"])
+        assert abs(a["eval_accuracy"] - b["eval_accuracy"]) <= 0.01
+        assert sorted(p.name for p in (alone / "checkpoints").iterdir()) == sorted(
+            p.name for p in (together / "checkpoints").iterdir()
+        )
+    # The seeds did train differently (different subsets, orders and inits).
+    losses = [read_jsonl(d / "metrics.jsonl")[0]["train_loss"] for d in stacked]
+    assert losses[0] != losses[1]
+
+
+def test_a_stacked_checkpoint_resumes_as_a_separate_run(runs, tiny_roberta_dir, tmp_path):
+    """A stacked run directory is a run directory: main.py's loop finishes it from a checkpoint."""
+    data_dir, separate, stacked = runs
+    config = seed_config(tiny_roberta_dir, data_dir, SEEDS[1])
+    # Copy the stacked seed's directory minus its summary and last checkpoint.
+    workdir = tmp_path / "seed1"
+    shutil.copytree(stacked[1], workdir)
+    (workdir / "summary.json").unlink()
+    last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    shutil.rmtree(workdir / "checkpoints" / str(last))
+    summary = train.train_and_evaluate(config, str(workdir))
+    reference = json.loads((separate[1] / "summary.json").read_text())
+    assert summary["step"] == reference["step"]
+    assert abs(summary["eval_accuracy"] - reference["eval_accuracy"]) <= 0.01
+
+
+def test_interrupted_stacked_run_resumes_to_the_unbroken_result(runs, tiny_roberta_dir, tmp_path):
+    data_dir, _, stacked = runs
+    workdirs = [str(tmp_path / f"seed{s}") for s in SEEDS]
+    # What SIGKILL during a save leaves: seed 0 saved step 6, seed 1 only step 3.
+    configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
+    original_save = stacked_train.checkpointing.save
+    saved_steps = []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(manager, step, state, record):
+        original_save(manager, step, state, record)
+        saved_steps.append(step)
+        # Die after the first seed's checkpoint at step 6: the seeds stop at different steps.
+        if step == 6:
+            raise Killed
+
+    stacked_train.checkpointing.save = save_then_die
+    try:
+        with pytest.raises(Killed):
+            stacked_train.train_and_evaluate_stacked(configs, workdirs)
+    finally:
+        stacked_train.checkpointing.save = original_save
+    assert saved_steps == [3, 3, 6]
+    assert not (tmp_path / "seed0" / "summary.json").exists()
+    stacked_train.train_and_evaluate_stacked(configs, workdirs)
+    for workdir, reference in zip(workdirs, stacked):
+        assert read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") == read_jsonl(
+            reference / "metrics.jsonl"
+        )
+        a, b = (
+            json.loads((pathlib.Path(d) / "summary.json").read_text()) for d in (workdir, reference)
+        )
+        for key in ("step", "eval_accuracy", "best_step", "best_eval_accuracy"):
+            assert a[key] == b[key], key
+
+
+def test_a_diverging_seed_fails_alone(runs, tiny_roberta_dir, tmp_path, monkeypatch):
+    data_dir, _, stacked = runs
+    configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
+    original = stacked_train.stacking.stacked_device_batch
+
+    def poison_seed1(runs_rows, *args, **kwargs):
+        runs_rows = [dict(rows) for rows in runs_rows]
+        runs_rows[1]["label"] = np.full_like(runs_rows[1]["label"], 10**6)  # NaN cross entropy.
+        return original(runs_rows, *args, **kwargs)
+
+    monkeypatch.setattr(stacked_train.stacking, "stacked_device_batch", poison_seed1)
+    workdirs = [tmp_path / f"seed{s}" for s in SEEDS]
+    summaries = stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
+    assert "Non-finite train loss" in summaries[1]["failed"]
+    assert not (workdirs[1] / "summary.json").exists()
+    assert "failed" not in summaries[0]
+    assert read_jsonl(workdirs[0] / "metrics.jsonl") == read_jsonl(stacked[0] / "metrics.jsonl")
+
+
+def test_configs_must_differ_only_in_seed(tiny_roberta_dir):
+    a, b = (sentiment_fixture.tiny_config(tiny_roberta_dir) for _ in range(2))
+    with pytest.raises(ValueError, match="distinct seeds"):
+        stacked_train.check_stackable([a, b])
+    b.seed, b.optim.lr = 1, 0.5
+    with pytest.raises(ValueError, match=r"only in seed; seed 1 also changes \['optim.lr'\]"):
+        stacked_train.check_stackable([a, b])
+    a.method = b.method = "adapter"
+    b.optim.lr = a.optim.lr
+    with pytest.raises(ValueError, match="method=adapter cannot stack"):
+        stacked_train.check_stackable([a, b])
