@@ -3,7 +3,7 @@
 Usage (from the repository root, where `configs/` is importable, as for `main.py`):
 
     python -m infoprompt_jax.experiments --grid=configs/grids/minilm_smoke.py --root=DIR \
-        [--shard=i/n] [--dry_run] [--max_parallel=1]
+        [--shard=i/n] [--dry_run] [--max_parallel=1] [--stack_seeds]
 
 then `python -m infoprompt_jax.report --root=DIR` for the tables.
 
@@ -46,6 +46,11 @@ Each cell runs in
 and `log.txt` (the run's stdout and stderr). A cell with `summary.json` is finished and skipped;
 an unfinished one resumes from its checkpoint. `--shard=i/n` runs the cells with
 `index % n == i`, so n hosts sharing ROOT (or copying their cells into one) split a grid.
+
+`--stack_seeds` trains the cells that differ only in seed in one process, one compiled step for
+all of them (main.py `--seeds`, docs/stacking.md); each still writes its own cell directory,
+and the group's output goes to `log.txt` beside them. Every cell shares JAX's persistent
+compilation cache in `ROOT/.jax_cache`, so cells with the same shapes compile once.
 """
 
 import concurrent.futures
@@ -68,7 +73,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax import compile_cache
+from infoprompt_jax import compile_cache, seed_stacks
 
 # Set by the grid's axes, never by overrides: a cell's directory name must say its value.
 AXIS_KEYS = {"seed": "seeds", "prompt.num_tokens": "num_tokens", "data.few_shot": "few_shot"}
@@ -465,6 +470,43 @@ def run_cell(cell: Cell, root: str | pathlib.Path) -> Outcome:
     return Outcome(cell, "failed", seconds, detail)
 
 
+def run_seed_stack(cells: Sequence[Cell], root: str | pathlib.Path) -> list[Outcome]:
+    """Runs cells that differ only in seed as one stacked main.py process (`--stack_seeds`).
+
+    Its output goes to `log.txt` beside the cells' directories; each cell's outcome is read from
+    its own directory, so one diverging seed fails alone.
+    """
+    if len(cells) == 1:
+        return [run_cell(cells[0], root)]
+    if _STOP.is_set():
+        return [
+            Outcome(cell, "stopped", 0.0, "not started: the grid got SIGTERM") for cell in cells
+        ]
+    for cell in cells:
+        write_cell_json(cell, root)
+    command = seed_stacks.stacked_command(cells[0].command(root), [cell.seed for cell in cells])
+    log_path = cells[0].workdir(root).parent / "log.txt"
+    start = time.perf_counter()
+    status = run_command(command, log_path)
+    seconds = (time.perf_counter() - start) / len(cells)
+    outcomes = []
+    for cell in cells:
+        if is_finished(cell, root):
+            outcomes.append(Outcome(cell, "ok", seconds))
+        elif status == PREEMPTED_STATUS:
+            outcomes.append(Outcome(cell, "preempted", seconds, "rerun the grid to resume"))
+        else:
+            outcomes.append(Outcome(cell, "failed", seconds, f"exit status {status}; {log_path}"))
+    return outcomes
+
+
+def stack_groups(cells: Sequence[Cell], root: str | pathlib.Path) -> list[list[Cell]]:
+    """The unfinished cells in the groups `--stack_seeds` runs together."""
+    return seed_stacks.group_by_seeds(
+        cells, lambda cell: parse_command(cell.command(root))[0].method
+    )
+
+
 def format_seconds(seconds: float) -> str:
     """`h:mm:ss`."""
     return str(datetime.timedelta(seconds=round(seconds)))
@@ -502,8 +544,12 @@ def run_cells(
     root: str | pathlib.Path,
     max_parallel: int = 1,
     out: Callable[[str], None] = print,
+    stack_seeds: bool = False,
 ) -> list[Outcome]:
-    """Runs the unfinished cells, `max_parallel` at a time; returns the ones that did not finish."""
+    """Runs the unfinished cells, `max_parallel` at a time; returns the ones that did not finish.
+
+    With `stack_seeds`, the cells that differ only in seed run as one process.
+    """
     todo = [cell for cell in cells if not is_finished(cell, root)]
     out(
         f"{plural(len(cells), 'cell')}, {len(cells) - len(todo)} finished already, "
@@ -512,12 +558,15 @@ def run_cells(
     progress = ProgressLog(len(cells), len(cells) - len(todo), max_parallel, out)
     unfinished = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
-        futures = [pool.submit(run_cell, cell, root) for cell in todo]
+        if stack_seeds:
+            futures = [pool.submit(run_seed_stack, g, root) for g in stack_groups(todo, root)]
+        else:
+            futures = [pool.submit(lambda c: [run_cell(c, root)], cell) for cell in todo]
         for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            progress.finished(outcome)
-            if outcome.status != "ok":
-                unfinished.append(outcome)
+            for outcome in future.result():
+                progress.finished(outcome)
+                if outcome.status != "ok":
+                    unfinished.append(outcome)
     return sorted(unfinished, key=lambda o: o.cell.index)
 
 
@@ -553,8 +602,12 @@ def run(
     dry_run: bool = False,
     max_parallel: int = 1,
     out: Callable[[str], None] = print,
+    stack_seeds: bool = False,
 ) -> int:
     """Expands, checks and runs (or prints) a grid's shard; returns the exit status.
+
+    `stack_seeds`: cells that differ only in seed train together in one process
+    (docs/stacking.md); a shard stacks the seeds it holds.
 
     Returns:
       0 when every cell of the shard has its summary; 1 when any failed or was preempted.
@@ -564,9 +617,12 @@ def run(
     cells = select_shard(expand(load_grid(grid_path)), shard)
     validate(cells, root)
     if dry_run:
-        for cell in cells:
-            if not is_finished(cell, root):
-                out(shlex.join(cell.command(root)))
+        todo = [cell for cell in cells if not is_finished(cell, root)]
+        for group in stack_groups(todo, root) if stack_seeds else [[cell] for cell in todo]:
+            command = group[0].command(root)
+            if len(group) > 1:
+                command = seed_stacks.stacked_command(command, [cell.seed for cell in group])
+            out(shlex.join(command))
         return 0
     # Cells with the same shapes compile once between them (compile_cache.py).
     os.environ.setdefault(
@@ -575,7 +631,7 @@ def run(
     if max_parallel > 1:
         # JAX preallocates 75% of accelerator memory per process; concurrent cells must share it.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    unfinished = run_cells(cells, root, max_parallel, out)
+    unfinished = run_cells(cells, root, max_parallel, out, stack_seeds)
     report_unfinished(unfinished, root, out)
     return 1 if unfinished else 0
 
@@ -590,6 +646,12 @@ def define_flags() -> None:
         "max_parallel",
         1,
         "Cells run at once (on one accelerator, only if they fit in its memory together).",
+    )
+    flags.DEFINE_bool(
+        "stack_seeds",
+        False,
+        "Train the cells that differ only in seed together: one process and one compiled step "
+        "per group (main.py --seeds; docs/stacking.md). Each cell keeps its own directory.",
     )
     flags.mark_flags_as_required(["grid", "root"])
 
@@ -607,6 +669,7 @@ def main(argv):
             FLAGS.dry_run,
             FLAGS.max_parallel,
             out=lambda line: print(line, flush=True),
+            stack_seeds=FLAGS.stack_seeds,
         )
     except GridError as e:
         sys.exit(f"Error: {e}")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import stacked_train, train
+from infoprompt_jax import compile_cache, experiments, report, stacked_train, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SEEDS = (0, 1)
 # Measured on this CPU: stacked vs separate eval accuracy differs by 0 and the train loss by
@@ -169,3 +171,52 @@ def test_configs_must_differ_only_in_seed(tiny_roberta_dir):
     b.optim.lr = a.optim.lr
     with pytest.raises(ValueError, match="method=adapter cannot stack"):
         stacked_train.check_stackable([a, b])
+
+
+TINY_GRID = """
+def get_grid():
+  return {{
+      "tasks": {{"sst2": {{"config": "configs/sst2.py", "overrides": {{
+          "data.source": "local", "data.dir": "{data}", "model.name": "{model}"}}}}}},
+      "rows": {{"InfoPrompt": {{"method": "infoprompt"}}, "Adapter": {{"method": "adapter"}}}},
+      "num_tokens": [2],
+      "few_shot": [16],
+      "seeds": [0, 1],
+      "overrides": {{"max_len": 32, "length_buckets": (16,), "train.num_epochs": 1,
+                    "train.batch_size": 8, "model.adapter_size": 4,
+                    "data.max_eval_examples": 16}},
+  }}
+"""
+
+
+def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    # experiments.run sets the cache directory in os.environ; undo it after the test.
+    monkeypatch.setenv(compile_cache.ENV_VAR, "")
+    monkeypatch.delenv(compile_cache.ENV_VAR)
+    data_dir = runs[0]
+    grid = tmp_path / "tiny.py"
+    grid.write_text(TINY_GRID.format(data=data_dir, model=tiny_roberta_dir))
+    root = tmp_path / "root"
+    lines = []
+    assert (
+        experiments.run(str(grid), str(root), dry_run=True, stack_seeds=True, out=lines.append) == 0
+    )
+    assert len(lines) == 3  # InfoPrompt's two seeds stacked; Adapter's seeds alone.
+    assert lines[0].endswith(" --seeds=0,1") and f"--workdir={root}/sst2/fs16/np2/infoprompt " in (
+        lines[0] + " "
+    )
+    assert all("--seeds" not in line for line in lines[1:])
+    assert experiments.run(str(grid), str(root), stack_seeds=True, out=lines.append) == 0, lines
+    for seed in SEEDS:
+        summary = json.loads(
+            (root / f"sst2/fs16/np2/infoprompt/seed{seed}/summary.json").read_text()
+        )
+        assert summary["stacked_runs"] == 2
+        assert (root / f"sst2/fs16/np2/adapter/seed{seed}/summary.json").exists()
+    assert (root / "sst2/fs16/np2/infoprompt/log.txt").exists()
+    assert any((root / ".jax_cache").iterdir())
+    assert "summed over 4 runs" in report.timings_report(root)
+    assert "SST-2" in report.write_report(root)
