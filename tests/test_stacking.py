@@ -4,11 +4,22 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import compile_cache, experiments, report, stacked_train, train
+from infoprompt_jax import (
+    compile_cache,
+    components,
+    experiments,
+    report,
+    sharding,
+    stacked_train,
+    stacking,
+    train,
+)
+from infoprompt_jax import optimizer as optimizer_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -220,3 +231,52 @@ def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
     assert any((root / ".jax_cache").iterdir())
     assert "summed over 4 runs" in report.timings_report(root)
     assert "SST-2" in report.write_report(root)
+
+
+def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=3):
+    """Per step, the stacked runs' losses `[R]` and eval logits, on a mesh over `devices`."""
+    config = sentiment_fixture.tiny_config(model_dir)
+    comps = components.build_components(config)
+    arrays = comps.encode(sentiment_fixture.examples(batch_size * num_runs))
+    mesh = sharding.make_mesh(fsdp=fsdp, devices=devices)
+    spread = stacking.spreads_runs(batch_size, num_runs, mesh)
+    optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, 30)
+    run_states, frozen = [], None
+    for seed in range(num_runs):
+        state, run_frozen = train.build_state(
+            stacked_train.seed_config(comps, seed), optimizer, mesh, arrays
+        )
+        run_states.append(state)
+        frozen = frozen or run_frozen
+    states = stacking.place_states(stacking.stack(run_states), mesh, spread)
+    train_fn, eval_fn = stacking.compile_stacked_steps(
+        comps.model, optimizer, comps.method.weights, mesh, states, frozen, spread=spread
+    )
+    rows = [
+        {k: v[r * batch_size : (r + 1) * batch_size] for k, v in arrays.items()}
+        for r in range(num_runs)
+    ]
+    batches = stacking.stacked_device_batch(rows, mesh, spread)
+    weights = np.zeros(num_runs, np.float32)  # Unread: the weights are static here.
+    losses = []
+    for _ in range(num_steps):
+        states, metrics = train_fn(states, frozen, batches, weights, weights)
+        losses.append(np.asarray(metrics["loss"]))
+    dev = train.device_batch(arrays, np.arange(8), mesh)
+    return spread, np.stack(losses), np.asarray(eval_fn(states.trainable, frozen, dev))
+
+
+@pytest.mark.parametrize(
+    "num_runs, batch_size, fsdp, spread",
+    [(2, 8, 1, False), (2, 8, 2, False), (8, 4, 1, True)],
+    ids=["batch-split", "batch-split-fsdp", "runs-spread"],
+)
+def test_the_run_axis_on_8_devices_equals_1_device(
+    tiny_roberta_dir, num_runs, batch_size, fsdp, spread
+):
+    assert jax.device_count() == 8  # conftest: 8 fake CPU devices.
+    one = stacked_history(tiny_roberta_dir, jax.devices()[:1], num_runs, batch_size)
+    eight = stacked_history(tiny_roberta_dir, jax.devices(), num_runs, batch_size, fsdp)
+    assert (one[0], eight[0]) == (False, spread)
+    np.testing.assert_allclose(eight[1], one[1], rtol=1e-5)
+    np.testing.assert_allclose(eight[2], one[2], rtol=1e-4, atol=1e-5)
