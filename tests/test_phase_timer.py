@@ -96,6 +96,8 @@ def test_summary_timings_and_a_second_process_loads_its_compiled_steps(tiny_robe
     for phase in ("startup", "encoder_load", "data", "init", "compile", "train", "eval"):
         assert first[phase] > 0, phase
     assert any(name.startswith("jit_train_step") for name in entries), entries
-    # Same shapes: every step comes from the cache, nothing new is written, compiling is loading.
-    assert sorted(path.name for path in cache.iterdir()) == entries
+    # Same shapes: the steps come from the cache (no new step entry), compiling is loading. Small
+    # helper jits near the 0.05 s threshold may be written by either process on a busy machine.
+    new = set(path.name for path in cache.iterdir()) - set(entries)
+    assert not [name for name in new if name.startswith(("jit_train_step", "jit_eval_step"))], new
     assert second["compile"] < 0.5 * first["compile"]
