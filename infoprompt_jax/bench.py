@@ -42,9 +42,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from infoprompt_jax import batching, sharding, train
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import sharding, train
 from infoprompt_jax import steps as steps_lib
 
 # bf16 dense peak TFLOP/s per chip, from the vendors' spec sheets: Google Cloud TPU system
@@ -277,7 +277,7 @@ def compile_train_step(
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
     if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
-    batch = train.device_batch(arrays, np.arange(batch_size), mesh)
+    batch = batching.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(
         comps.model, optimizer, comps.method.weights, mesh, state, frozen
     )

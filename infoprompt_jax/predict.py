@@ -24,11 +24,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from infoprompt_jax import batching, partition, sharding, steps, templates
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
-from infoprompt_jax import partition, sharding, steps, templates, train
 from infoprompt_jax import tasks as tasks_lib
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
@@ -245,14 +245,14 @@ class InfoPromptClassifier:
             return np.zeros((0, len(self.label_names)), np.float32)
         arrays = self.components.template_tokenizer.encode_batch(fields)
         # Batched as the training loop evaluates: shortest first, cut to the run's buckets.
-        return train.predict_logits(
+        return batching.predict_logits(
             self._logits_fn,
             self._trainable,
             self._frozen,
             arrays,
             batch_size,
             self._mesh,
-            train.run_lengths(self.components.config),
+            batching.run_lengths(self.components.config),
         )
 
     def as_fields(self, inputs: Sequence[Input]) -> list[dict[str, str]]:

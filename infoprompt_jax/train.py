@@ -7,9 +7,8 @@ checkpoint at step s continues exactly where an unbroken run would be.
 
 import functools
 import json
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -18,7 +17,15 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, length_buckets, metric_logging, partition, sharding, steps
+from infoprompt_jax import (
+    batching,
+    checkpointing,
+    metric_logging,
+    partition,
+    prompt_trajectory,
+    sharding,
+    steps,
+)
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
@@ -26,102 +33,19 @@ from infoprompt_jax import optimizer as optimizer_lib
 Arrays = dict[str, np.ndarray]
 
 
-def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """`[steps_per_epoch, batch_size]` example indices of an epoch (the remainder is dropped)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    steps_per_epoch = num_examples // batch_size
-    return order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-
-
-def device_batch(
-    arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh, lengths: Sequence[int] = ()
-) -> dict[str, jax.Array]:
-    """The global batch `arrays[indices]` as arrays sharded over the mesh.
-
-    Each process contributes only its own rows, so on a pod every host reads its share.
-
-    Args:
-        arrays: host arrays of every example (each process holds them all).
-        indices: `[B]` rows of the global batch.
-        mesh: the device mesh.
-        lengths: the bucket lengths (`length_buckets.bucket_lengths`); the batch is cut to the
-            shortest that holds its rows, decided from the global batch so that every process
-            cuts alike. Empty: no cut.
-    """
-    rows = {name: value[indices] for name, value in arrays.items()}
-    if len(lengths):
-        rows = length_buckets.cut(rows, length_buckets.batch_length(rows, lengths))
-    per_process = len(indices) // jax.process_count()
-    local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-    batch_sharding = sharding.batch_sharding(mesh)
-    return {
-        name: jax.make_array_from_process_local_data(batch_sharding, value[local])
-        for name, value in rows.items()
-    }
-
-
-def pad_to_multiple(arrays: Arrays, multiple: int) -> tuple[Arrays, int]:
-    """Pads every array's rows (repeating row 0) to a multiple; returns the true row count."""
-    count = len(next(iter(arrays.values())))
-    padded = -(-count // multiple) * multiple
-    rows = np.concatenate([np.arange(count), np.zeros(padded - count, np.int64)])
-    return {name: value[rows] for name, value in arrays.items()}, count
-
-
-def map_in_batches(
-    fn: Callable[[dict[str, jax.Array]], Any],
-    arrays: Arrays,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    lengths: Sequence[int] = (),
-) -> Any:
-    """`fn(batch)` over every row of `arrays`, `batch_size` rows at a time; outputs in row order.
-
-    With bucket `lengths`, rows are batched shortest first, so that most batches fit a short
-    bucket; the outputs are put back in the rows' order.
-
-    Returns:
-        `fn`'s output pytree with `[N, ...]` numpy leaves.
-    """
-    count = len(arrays["input_ids"])
-    order = length_buckets.order_by_length(arrays) if len(lengths) > 1 else np.arange(count)
-    padded, _ = pad_to_multiple({name: value[order] for name, value in arrays.items()}, batch_size)
-    outputs = [  # Dispatched all before any is fetched, so the host never waits in between.
-        fn(device_batch(padded, np.arange(start, start + batch_size), mesh, lengths))
-        for start in range(0, len(padded["input_ids"]), batch_size)
-    ]
-    in_order = np.argsort(order)
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:count][in_order], *jax.device_get(outputs))
-
-
-def predict_logits(
-    eval_fn: Callable,
-    trainable: Any,
-    frozen: Any,
-    arrays: Arrays,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    lengths: Sequence[int] = (),
-) -> np.ndarray:
-    """Logits `[N, C]` of every row of `arrays`, in order."""
-    return map_in_batches(
-        functools.partial(eval_fn, trainable, frozen), arrays, batch_size, mesh, lengths
-    )
-
-
-def run_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """The bucket lengths of a run's batches (`config.length_buckets`, then `max_len`)."""
-    # Configs written before length buckets existed have none: every batch at max_len.
-    return length_buckets.bucket_lengths(config.max_len, config.get("length_buckets", ()))
-
-
 def evaluate(
     eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays, mesh
 ) -> dict[str, float]:
     """The task's dev metrics, as `eval_<name>` keys."""
     config = comps.config
-    logits = predict_logits(
-        eval_fn, trainable, frozen, arrays, config.train.eval_batch_size, mesh, run_lengths(config)
+    logits = batching.predict_logits(
+        eval_fn,
+        trainable,
+        frozen,
+        arrays,
+        config.train.eval_batch_size,
+        mesh,
+        batching.run_lengths(config),
     )
     scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
     return {f"eval_{name}": value for name, value in scores.items()}
@@ -139,7 +63,7 @@ def cache_unprompted_pass(
         functools.partial(steps.unprompted_step, model=model),
         out_shardings=sharding.replicated(mesh),
     )
-    outputs = map_in_batches(
+    outputs = batching.map_in_batches(
         functools.partial(unprompted, frozen), arrays, batch_size, mesh, lengths
     )
     return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
@@ -148,47 +72,6 @@ def cache_unprompted_pass(
 def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
     """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
     return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
-
-
-class PromptTrajectory:
-    """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
-    with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
-
-    def __init__(self, workdir: epath.Path, every: int, model, batch: dict[str, jax.Array]):
-        self.path, self.every, self.batch = workdir / "prompt_trajectory.npz", every, batch
-        self._prompts_fn = jax.jit(functools.partial(steps.prompt_step, model=model))
-        self.steps, self.prompts = [], []
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                saved = np.load(f)
-                self.steps, self.prompts = list(saved["steps"]), list(saved["prompts"])
-
-    def maybe_record(self, step: int, trainable, frozen) -> None:
-        """Records the prompt at `step` if it is a multiple of k (step 0 included)."""
-        if not self.every or step % self.every or jax.process_index() != 0:
-            return
-        keep = [i for i, s in enumerate(self.steps) if s < step]  # A resumed run redraws the rest.
-        self.steps = [self.steps[i] for i in keep] + [step]
-        self.prompts = [self.prompts[i] for i in keep] + [
-            np.asarray(self._prompts_fn(trainable, frozen, self.batch))[0]
-        ]
-        with self.path.open("wb") as f:
-            np.savez(f, steps=np.asarray(self.steps), prompts=np.stack(self.prompts))
-
-
-class PreemptionFlag:
-    """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
@@ -254,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.truncate_after(record["step"])
     if jax.process_index() == 0:
         (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
-    lengths = run_lengths(config)
+    lengths = batching.run_lengths(config)
     if uses_cached_unprompted_pass(comps):
         train_arrays = cache_unprompted_pass(
             comps.model, frozen, train_arrays, batch_size, mesh, lengths
@@ -266,12 +149,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         comps.model, optimizer, comps.method.weights, mesh, state, frozen
     )
     progress = metric_logging.Progress(total_steps, batch_size)
-    preemption = PreemptionFlag()
-    trajectory = PromptTrajectory(
+    preemption = checkpointing.PreemptionFlag()
+    trajectory = prompt_trajectory.PromptTrajectory(
         workdir_path,
         config.log_prompt_every,
         comps.model,
-        device_batch(train_arrays, np.arange(batch_size), mesh),
+        batching.device_batch(train_arrays, np.arange(batch_size), mesh),
     )
     if int(record["step"]) == 0:
         trajectory.maybe_record(0, state.trainable, frozen)
@@ -280,8 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step, start_time = int(record["step"]), time.perf_counter()
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, steps_per_epoch)
-        indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
-        batch = device_batch(train_arrays, indices, mesh, lengths)
+        indices = batching.epoch_order(num_train, batch_size, config.seed, epoch)[index]
+        batch = batching.device_batch(train_arrays, indices, mesh, lengths)
         state, step_metrics = train_fn(state, frozen, batch)
         interval_metrics.append(step_metrics)
         done = step + 1

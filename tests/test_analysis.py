@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import losses, train
+from infoprompt_jax import batching, losses, train
 from infoprompt_jax.analysis import cmi, curves, landscape, prompt_eval, runs
 
 RTOL = 1e-5
@@ -124,7 +124,7 @@ def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
     dev = runs.encode_examples(comps, "dev")
     count = len(dev["label"])
     assert BATCH < count < 2 * BATCH, "two batches, the second one padded"
-    padded, _ = train.pad_to_multiple(dev, BATCH)
+    padded, _ = batching.pad_to_multiple(dev, BATCH)
     rng = jax.random.PRNGKey(3)
     critic_key = jax.random.split(rng, 3)[2]  # What InfoPromptModel.__call__ gives the critic.
     fixed = jnp.linspace(-0.1, 0.1, model.encoder_config.hidden_size)[None]

@@ -12,6 +12,7 @@ import sentiment_fixture
 from absl import flags
 
 from infoprompt_jax import (
+    batching,
     checkpointing,
     components,
     encoder,
@@ -49,16 +50,16 @@ def write_sst2_data(directory, num_train: int):
 
 @contextlib.contextmanager
 def recorded_eval_logits():
-    """Yields a list that collects every `train.predict_logits` result while the block runs:
+    """Yields a list that collects every `batching.predict_logits` result while the block runs:
     the training loop's own dev evaluations, the reference an export must reproduce."""
-    logits, predict_logits = [], train.predict_logits
+    logits, predict_logits = [], batching.predict_logits
 
     def recording_predict_logits(*args):
         logits.append(predict_logits(*args))
         return logits[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "predict_logits", recording_predict_logits)
+        patch.setattr(batching, "predict_logits", recording_predict_logits)
         yield logits
 
 
@@ -87,7 +88,7 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
         "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
-        "twice through train.predict_logits; update this recording if the loop changed."
+        "twice through batching.predict_logits; update this recording if the loop changed."
     )
     return workdir, data_dir, saved, eval_logits[-1]
 

@@ -6,7 +6,7 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import components, partition, sharding, steps, train
+from infoprompt_jax import batching, components, partition, sharding, steps, train
 from infoprompt_jax import optimizer as optimizer_lib
 
 BATCH = 8
@@ -29,7 +29,7 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
     train_fn, eval_fn = steps.compile_steps(
         comps.model, optimizer, comps.method.weights, mesh, state, frozen
     )
-    batch = train.device_batch(arrays, np.arange(BATCH), mesh)
+    batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
     return state, frozen, train_fn, eval_fn, batch
 
 
@@ -165,8 +165,8 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     arrays = comps.encode(sentiment_fixture.examples(BATCH))
     cached = train.cache_unprompted_pass(comps.model, frozen, arrays, 4, mesh)
     assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
-    plain_batch = train.device_batch(arrays, np.arange(BATCH), mesh)
-    cached_batch = train.device_batch(cached, np.arange(BATCH), mesh)
+    plain_batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
+    cached_batch = batching.device_batch(cached, np.arange(BATCH), mesh)
     np.testing.assert_allclose(
         eval_fn(state.trainable, frozen, cached_batch),
         eval_fn(state.trainable, frozen, plain_batch),

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import losses, models, train
+from infoprompt_jax import batching, losses, models
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
@@ -115,7 +115,7 @@ def estimate_cmi(
         batch_size: examples per forward pass (the last batch is padded).
         prompt_NxD: a fixed prompt for every example; None scores the run's own prompts.
     """
-    padded, count = train.pad_to_multiple(arrays, batch_size)
+    padded, count = batching.pad_to_multiple(arrays, batch_size)
     estimates = []
     for index, start in enumerate(range(0, len(padded["input_ids"]), batch_size)):
         batch = {name: value[start : start + batch_size] for name, value in padded.items()}
