@@ -30,7 +30,8 @@ from etils import epath
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition, sharding, steps
+from infoprompt_jax import sharding, steps
+from infoprompt_jax import trainable as trainable_lib
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
@@ -104,7 +105,7 @@ def abstract_train_state(
     )
 
     def initial_state():
-        trainable, _ = partition.split_params(comps.init_params(sample), comps.method.name)
+        trainable, _ = trainable_lib.split_params(comps.init_params(sample), comps.method.name)
         rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
         return steps.create_train_state(trainable, optimizer, rng)
 
@@ -159,7 +160,7 @@ def flat_float32(trainable: dict[str, Any]) -> dict[str, np.ndarray]:
                 leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf, np.float32
             )
         )
-        for path, leaf in partition.flatten(trainable).items()
+        for path, leaf in trainable_lib.flatten(trainable).items()
     }
 
 
@@ -224,7 +225,7 @@ def write_export(
     Args:
         output_dir: a local directory; created if needed, its export files overwritten.
         comps: the run's components.
-        trainable: the trainable params (`partition.split_params(...)[0]`).
+        trainable: the trainable params (`trainable_lib.split_params(...)[0]`).
         step: the training step the params are from.
         record: the checkpoint record (`best_step`, `best_score`), if known.
         eval_metrics: the dev scores at `step`, if known.

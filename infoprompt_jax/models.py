@@ -3,7 +3,7 @@
 `InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective of
 DESIGN.md section 1 (steps 1-6); `losses.infoprompt_objective` combines them (step 7). A method
 (InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is a `ModelConfig` plus a choice of
-trainable parameters (`partition.py`), never a different model.
+trainable parameters (`trainable.py`), never a different model.
 """
 
 import dataclasses

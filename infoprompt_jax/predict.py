@@ -24,12 +24,13 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, partition, sharding, steps, templates
+from infoprompt_jax import batching, sharding, steps, templates
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import tasks as tasks_lib
+from infoprompt_jax import trainable as trainable_lib
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
 # mapping of field name to string.
@@ -112,7 +113,7 @@ def load_trainable(path: pathlib.Path) -> dict[str, Any]:
     """The nested trainable params from `params.safetensors`."""
     import safetensors.numpy  # Deferred: only loading needs it.
 
-    return partition.unflatten(safetensors.numpy.load_file(str(path)))
+    return trainable_lib.unflatten(safetensors.numpy.load_file(str(path)))
 
 
 def frozen_params(comps: components_lib.Components) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def frozen_params(comps: components_lib.Components) -> dict[str, Any]:
     pretrained = {"encoder": comps.encoder_params}
     if comps.method.model.has_mlm_transform:
         pretrained["task_head"] = {"mlm_transform": comps.mlm_transform}
-    return partition.split_params(pretrained, comps.method.name)[1]
+    return trainable_lib.split_params(pretrained, comps.method.name)[1]
 
 
 def check_params(
@@ -133,8 +134,8 @@ def check_params(
 ) -> None:
     """Raises if `params` is not the tree the model expects (names, shapes)."""
     sample = export_lib.sample_batch(comps)
-    expected = partition.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
-    found = partition.flatten(params)
+    expected = trainable_lib.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
+    found = trainable_lib.flatten(params)
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     wrong = [
         f"{p}: {tuple(found[p].shape)} (model: {tuple(expected[p].shape)})"
@@ -201,7 +202,7 @@ class InfoPromptClassifier:
         params_path = export_dir / export_lib.PARAMS_FILE
         trainable = load_trainable(params_path)
         frozen = frozen_params(comps)
-        check_params(comps, partition.merge_params(trainable, frozen), params_path)
+        check_params(comps, trainable_lib.merge_params(trainable, frozen), params_path)
         return cls(comps, trainable, frozen, info)
 
     @property

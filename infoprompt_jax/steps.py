@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from infoprompt_jax import losses, models, partition, sharding
+from infoprompt_jax import losses, models, sharding
+from infoprompt_jax import trainable as trainable_lib
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -57,7 +58,7 @@ def train_step(
     step_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(trainable):
-        params = partition.merge_params(trainable, frozen)
+        params = trainable_lib.merge_params(trainable, frozen)
         terms = model.apply({"params": params}, batch, step_key)
         return losses.infoprompt_objective(terms, weights), terms
 
@@ -85,7 +86,7 @@ def eval_step(
     trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
 ) -> jax.Array:
     """Class logits `[B, C]`, deterministic."""
-    params = partition.merge_params(trainable, frozen)
+    params = trainable_lib.merge_params(trainable, frozen)
     return model.apply({"params": params}, batch)["logits"]
 
 
@@ -93,7 +94,7 @@ def prompt_step(
     trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
 ) -> jax.Array:
     """The prompts `[B, n_p, D]` the model places at the prompt slots for `batch`."""
-    params = partition.merge_params(trainable, frozen)
+    params = trainable_lib.merge_params(trainable, frozen)
 
     def prompts(module, batch):
         source = (

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses, models, partition
+from infoprompt_jax import losses, models
+from infoprompt_jax import trainable as trainable_lib
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -138,11 +139,11 @@ class TorchReferenceStep:
         self.encoder.eval().requires_grad_(False).to(self.device)
         self.params = {
             path: torch.nn.Parameter(_tensor(value, self.device))
-            for path, value in partition.flatten(trainable).items()
+            for path, value in trainable_lib.flatten(trainable).items()
         }
         self.mlm_transform = {
             path: _tensor(value, self.device)
-            for path, value in partition.flatten(mlm_transform or {}).items()
+            for path, value in trainable_lib.flatten(mlm_transform or {}).items()
         }
         self.optimizer = torch.optim.AdamW(
             self.params.values(),

@@ -21,7 +21,6 @@ from infoprompt_jax import (
     batching,
     checkpointing,
     metric_logging,
-    partition,
     prompt_trajectory,
     sharding,
     steps,
@@ -29,6 +28,7 @@ from infoprompt_jax import (
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import trainable as trainable_lib
 
 Arrays = dict[str, np.ndarray]
 
@@ -77,7 +77,7 @@ def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
 def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
     """(state, frozen) at step 0, placed on the mesh."""
     params = comps.init_params(sample_batch)
-    trainable, frozen = partition.split_params(params, comps.method.name)
+    trainable, frozen = trainable_lib.split_params(params, comps.method.name)
     rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
     state = steps.create_train_state(trainable, optimizer, rng)
     state = jax.device_put(state, steps.state_shardings(mesh, state))

@@ -9,7 +9,8 @@ import pytest
 import sentiment_fixture
 import torch
 
-from infoprompt_jax import bench, components, partition, torch_reference
+from infoprompt_jax import bench, components, torch_reference
+from infoprompt_jax import trainable as trainable_lib
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {
@@ -60,7 +61,7 @@ def trainable(comps, batch):
     shapes = jax.eval_shape(comps.init_params, batch)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
-    return partition.split_params(params, comps.method.name)[0]
+    return trainable_lib.split_params(params, comps.method.name)[0]
 
 
 def test_result_line_has_every_key_and_cpu_has_no_peak(result):
@@ -180,7 +181,7 @@ def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
         assert torch.equal(step.mlm_transform[name], before), name
     unchanged = [k for k, v in step.params.items() if torch.equal(v.detach(), trainable_before[k])]
     assert not unchanged, f"trainable tensors that did not move: {unchanged}"
-    assert set(trainable_before) == set(partition.flatten(trainable))
+    assert set(trainable_before) == set(trainable_lib.flatten(trainable))
 
 
 def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, batch, trainable):

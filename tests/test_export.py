@@ -17,12 +17,12 @@ from infoprompt_jax import (
     components,
     encoder,
     export,
-    partition,
     predict,
     sharding,
     tasks,
     train,
 )
+from infoprompt_jax import trainable as trainable_lib
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
 
@@ -122,7 +122,7 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
         "tokenizer",
     ]
     tensors = safetensors.numpy.load_file(str(exported / "params.safetensors"))
-    trainable = partition.flatten(saved[4])
+    trainable = trainable_lib.flatten(saved[4])
     assert sorted(tensors) == sorted(trainable)
     assert not [p for p in tensors if p.startswith("encoder/") or "mlm_transform" in p]
     for path, value in trainable.items():
@@ -196,7 +196,7 @@ def test_export_of_an_earlier_step(trained, tmp_path):
     early = export.export_checkpoint(str(workdir), str(tmp_path / "e2"), step=2)
     assert json.loads((early / "export.json").read_text())["step"] == 2
     tensors = safetensors.numpy.load_file(str(early / "params.safetensors"))
-    for path, value in partition.flatten(saved[2]).items():
+    for path, value in trainable_lib.flatten(saved[2]).items():
         np.testing.assert_array_equal(tensors[path], value, err_msg=path)
     with pytest.raises(ValueError, match=r"--step=3: .* steps \[2, 4\]"):
         export.export_checkpoint(str(workdir), str(tmp_path / "e3"), step=3)

@@ -6,8 +6,9 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import batching, components, partition, sharding, steps, train
+from infoprompt_jax import batching, components, sharding, steps, train
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import trainable as trainable_lib
 
 BATCH = 8
 
@@ -54,14 +55,14 @@ def test_frozen_encoder_is_bit_identical_and_never_in_the_optimizer(tiny_roberta
     ]
     assert opt_paths and not [p for p in opt_paths if "encoder" in p or "mlm_transform" in p]
     state, _ = run(state, frozen, train_fn, batch, 5)
-    for path, before in partition.flatten(frozen_before).items():
-        np.testing.assert_array_equal(partition.flatten(frozen)[path], before, err_msg=path)
+    for path, before in trainable_lib.flatten(frozen_before).items():
+        np.testing.assert_array_equal(trainable_lib.flatten(frozen)[path], before, err_msg=path)
     changed = [
         path
-        for path, before in partition.flatten(trainable_before).items()
-        if not np.array_equal(partition.flatten(state.trainable)[path], before)
+        for path, before in trainable_lib.flatten(trainable_before).items()
+        if not np.array_equal(trainable_lib.flatten(state.trainable)[path], before)
     ]
-    assert sorted(changed) == sorted(partition.flatten(trainable_before)), (
+    assert sorted(changed) == sorted(trainable_lib.flatten(trainable_before)), (
         "every trainable leaf moves"
     )
 
@@ -133,13 +134,15 @@ def test_each_method_changes_only_its_parameters(tiny_roberta_dir, method):
     assert set(state.trainable) == METHOD_TRAINABLE[method]
     before, frozen_before = host_copy(state.trainable), host_copy(frozen)
     state, _ = run(state, frozen, train_fn, batch, 3)
-    for path, value in partition.flatten(frozen_before).items():
-        np.testing.assert_array_equal(partition.flatten(frozen)[path], value, err_msg=path)
-    after = partition.flatten(host_copy(state.trainable))
-    unchanged = [p for p, v in partition.flatten(before).items() if np.array_equal(after[p], v)]
+    for path, value in trainable_lib.flatten(frozen_before).items():
+        np.testing.assert_array_equal(trainable_lib.flatten(frozen)[path], value, err_msg=path)
+    after = trainable_lib.flatten(host_copy(state.trainable))
+    unchanged = [p for p, v in trainable_lib.flatten(before).items() if np.array_equal(after[p], v)]
     assert not unchanged, f"{method}: trainable leaves that did not move: {unchanged}"
     if method == "adapter":
-        assert all("/adapter/" in p for p in partition.flatten(before) if p.startswith("encoder/"))
+        assert all(
+            "/adapter/" in p for p in trainable_lib.flatten(before) if p.startswith("encoder/")
+        )
     if method == "finetune":
         assert not frozen or set(frozen) == {"task_head"}
 
@@ -185,7 +188,7 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
 
 def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_roberta_dir):
     state, frozen, train_fn, _, batch = build(tiny_roberta_dir, variant="released")
-    flat = partition.flatten(state.trainable)
+    flat = trainable_lib.flatten(state.trainable)
     # Shared Linear(D, 32) -> GELU -> Linear(32, n_p * D) generator, rank 32.
     assert flat["prompt_generator/down/kernel"].shape == (32, 32)
     assert flat["prompt_generator/up/kernel"].shape == (32, 2 * 32)

@@ -15,9 +15,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, partition, steps
+from infoprompt_jax import checkpointing, steps
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import trainable as trainable_lib
 
 Params = dict[str, Any]
 
@@ -99,7 +100,7 @@ def restore_run(
         )
     state, record = restored
     logging.info("Restored %s at step %d.", workdir, record["step"])
-    return comps, partition.merge_params(state.trainable, frozen)
+    return comps, trainable_lib.merge_params(state.trainable, frozen)
 
 
 def restore_target(
@@ -113,12 +114,14 @@ def restore_target(
     ones, as `components.init_params` places them.
     """
     abstract_params = jax.eval_shape(comps.init_params, sample)
-    abstract_trainable, abstract_frozen = partition.split_params(abstract_params, comps.method.name)
-    pretrained = partition.flatten(
+    abstract_trainable, abstract_frozen = trainable_lib.split_params(
+        abstract_params, comps.method.name
+    )
+    pretrained = trainable_lib.flatten(
         {"encoder": comps.encoder_params, "task_head": {"mlm_transform": comps.mlm_transform or {}}}
     )
     frozen = {}
-    for path, leaf in partition.flatten(abstract_frozen).items():
+    for path, leaf in trainable_lib.flatten(abstract_frozen).items():
         value = pretrained.get(path)
         if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:
             raise ValueError(
@@ -144,7 +147,7 @@ def restore_target(
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state
     )
-    return abstract_state, jax.device_put(partition.unflatten(frozen), device)
+    return abstract_state, jax.device_put(trainable_lib.unflatten(frozen), device)
 
 
 def word_embedding_table(params: Params) -> np.ndarray:
