@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax import batching, sharding, train
+from infoprompt_jax import batching, run_state, sharding, train
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import steps as steps_lib
@@ -221,17 +221,6 @@ def timing_summary(seconds: list[float], batch_size: int, prefix: str = "") -> d
     }
 
 
-def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
-    """The training run's optimizer, over the benchmark's steps."""
-    return optimizer_lib.make_optimizer(
-        peak_lr,
-        total_steps,
-        warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay,
-        clip_norm=config.optim.clip_norm,
-    )
-
-
 @dataclasses.dataclass
 class CompiledStep:
     """The train step compiled for one batch, with what it runs on.
@@ -272,8 +261,8 @@ def compile_train_step(
     batch_size = len(arrays["label"])
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     sharding.check_batch_size(batch_size, mesh)
-    optimizer = make_optimizer(config, comps.method.peak_lr, total_steps)
-    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    optimizer = optimizer_lib.from_config(config, comps.method.peak_lr, total_steps)
+    state, frozen = run_state.build_state(comps, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
     if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)

@@ -21,7 +21,6 @@ import pathlib
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
@@ -29,8 +28,7 @@ from etils import epath
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import sharding, steps
+from infoprompt_jax import run_state, sharding, workdir_files
 from infoprompt_jax import trainable as trainable_lib
 
 FORMAT_VERSION = 1
@@ -38,17 +36,6 @@ PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-def load_run_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-    """The run config that training wrote to `WORKDIR/config.json`."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: --workdir must be the directory a training run wrote "
-            "(python -m infoprompt_jax.main --workdir=...), which holds config.json."
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def read_only_manager(workdir: str | epath.Path) -> ocp.CheckpointManager:
@@ -87,44 +74,6 @@ def choose_step(manager: ocp.CheckpointManager, workdir: Any, step: int | None) 
     return step
 
 
-def abstract_train_state(
-    comps: components_lib.Components, mesh: jax.sharding.Mesh
-) -> steps.TrainState:
-    """The train state's shapes, dtypes and shardings: the restore target, built without compute.
-
-    Mirrors `train.build_state`. The optimizer's state has the same structure for any number of
-    steps and any learning rate, so a one-step schedule stands in for the run's own.
-    """
-    sample = sample_batch(comps)
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr,
-        1,
-        warmup_fraction=comps.config.optim.warmup_fraction,
-        weight_decay=comps.config.optim.weight_decay,
-        clip_norm=comps.config.optim.clip_norm,
-    )
-
-    def initial_state():
-        trainable, _ = trainable_lib.split_params(comps.init_params(sample), comps.method.name)
-        rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
-        return steps.create_train_state(trainable, optimizer, rng)
-
-    # Replicated, as training keeps the state, on whatever devices this process has.
-    replicated = sharding.replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(initial_state),
-    )
-
-
-def sample_batch(comps: components_lib.Components) -> dict[str, np.ndarray]:
-    """A one-row batch of the model's input shapes (with a label), for tracing `init`."""
-    fields = {name: "a" for name in comps.template_tokenizer.template.fields}
-    arrays = comps.template_tokenizer.encode_batch([fields])
-    arrays["label"] = np.zeros((1,), np.int32)
-    return arrays
-
-
 def restore_trainable(
     workdir: str | epath.Path, comps: components_lib.Components, step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -138,7 +87,9 @@ def restore_trainable(
     manager = read_only_manager(workdir)
     try:
         step = choose_step(manager, workdir, step)
-        target = abstract_train_state(comps, sharding.make_mesh())
+        # Replicated, as training keeps the state, on whatever devices this process has.
+        replicated = sharding.replicated(sharding.make_mesh())
+        target = run_state.abstract_state(comps, run_state.sample_batch(comps), replicated)
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -166,15 +117,8 @@ def flat_float32(trainable: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def eval_metrics_at(workdir: str | epath.Path, step: int) -> dict[str, float] | None:
     """The dev scores logged at `step` in `WORKDIR/metrics.jsonl`, or None."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        record = json.loads(line) if line.strip() else {}
-        scores = {k: v for k, v in record.items() if k.startswith("eval_")}
-        if record.get("step") == step and scores:
-            return scores
-    return None
+    record = workdir_files.eval_record_at(workdir, step)
+    return {k: v for k, v in record.items() if k.startswith("eval_")} or None
 
 
 def export_info(
@@ -265,7 +209,7 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
         step = choose_step(manager, workdir, step)
     finally:
         manager.close()
-    comps = components_lib.build_components(load_run_config(workdir))
+    comps = components_lib.build_components(workdir_files.load_config(workdir))
     trainable, record, step = restore_trainable(workdir, comps, step)
     if jax.process_index() == 0:
         write_export(output_dir, comps, trainable, step, record, eval_metrics_at(workdir, step))

@@ -9,8 +9,10 @@ import dataclasses
 import ml_collections
 
 from infoprompt_jax import losses, models
+from infoprompt_jax import trainable as trainable_lib
 
-METHODS = ("infoprompt", "idpg", "warp", "adapter", "finetune")
+# Every method has one trainable/frozen rule table; the methods are its keys.
+METHODS = tuple(trainable_lib.METHOD_RULES)
 
 # The authors' released code, as knobs (DESIGN.md "The released reference code differs").
 RELEASED_VARIANT = {

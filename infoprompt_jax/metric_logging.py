@@ -10,6 +10,8 @@ from typing import Any
 import jax
 from etils import epath
 
+from infoprompt_jax import workdir_files
+
 
 def _tensorboard_writer(logdir: epath.Path):
     """A SummaryWriter from tensorboardX or torch, or None when neither is installed."""
@@ -31,15 +33,12 @@ class MetricWriter:
 
     def __init__(self, workdir: str | epath.Path, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.path = epath.Path(workdir) / workdir_files.METRICS_FILE
         self._records: list[dict[str, Any]] = []
         self._tensorboard = None
         if self.active:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                self._records = [
-                    json.loads(line) for line in self.path.read_text().splitlines() if line
-                ]
+            self._records = workdir_files.read_metrics(workdir, missing_ok=True)
             if tensorboard:
                 self._tensorboard = _tensorboard_writer(self.path.parent / "tensorboard")
 

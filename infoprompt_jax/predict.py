@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, sharding, steps, templates
+from infoprompt_jax import batching, run_state, sharding, steps, templates
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
@@ -116,39 +116,6 @@ def load_trainable(path: pathlib.Path) -> dict[str, Any]:
     return trainable_lib.unflatten(safetensors.numpy.load_file(str(path)))
 
 
-def frozen_params(comps: components_lib.Components) -> dict[str, Any]:
-    """The frozen params exactly as training had them, from the pretrained checkpoint alone.
-
-    Only the encoder and the MLM transform come from the checkpoint (`model_init.init_params`);
-    everything else is trainable, so splitting these two alone gives training's frozen tree
-    without initialising (or allocating) the rest of the model.
-    """
-    pretrained = {"encoder": comps.encoder_params}
-    if comps.method.model.has_mlm_transform:
-        pretrained["task_head"] = {"mlm_transform": comps.mlm_transform}
-    return trainable_lib.split_params(pretrained, comps.method.name)[1]
-
-
-def check_params(
-    comps: components_lib.Components, params: Mapping[str, Any], where: pathlib.Path
-) -> None:
-    """Raises if `params` is not the tree the model expects (names, shapes)."""
-    sample = export_lib.sample_batch(comps)
-    expected = trainable_lib.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
-    found = trainable_lib.flatten(params)
-    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    wrong = [
-        f"{p}: {tuple(found[p].shape)} (model: {tuple(expected[p].shape)})"
-        for p in sorted(expected.keys() & found.keys())
-        if tuple(found[p].shape) != tuple(expected[p].shape)
-    ]
-    if missing or extra or wrong:
-        raise ValueError(
-            f"{where} does not fit the exported config's model: missing {missing}, "
-            f"unexpected {extra}, wrong shapes {wrong}. Re-export the run."
-        )
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64."""
     shifted = np.asarray(logits, np.float64) - np.max(logits, axis=-1, keepdims=True)
@@ -201,8 +168,10 @@ class InfoPromptClassifier:
         comps = _with_exported_tokenizer(comps, export_dir / export_lib.TOKENIZER_DIR)
         params_path = export_dir / export_lib.PARAMS_FILE
         trainable = load_trainable(params_path)
-        frozen = frozen_params(comps)
-        check_params(comps, trainable_lib.merge_params(trainable, frozen), params_path)
+        frozen = run_state.pretrained_frozen(comps)
+        run_state.check_params(
+            comps, trainable_lib.merge_params(trainable, frozen), params_path, "Re-export the run."
+        )
         return cls(comps, trainable, frozen, info)
 
     @property

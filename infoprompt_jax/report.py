@@ -28,6 +28,7 @@ from typing import Any
 from absl import app, flags
 
 from infoprompt_jax import tasks as tasks_lib
+from infoprompt_jax import workdir_files
 
 TASK_NAMES = {
     "rte": "RTE",
@@ -80,19 +81,6 @@ def _read_json(path: pathlib.Path) -> Any:
         ) from e
 
 
-def _metrics_at_step(workdir: pathlib.Path, step: int) -> dict[str, Any]:
-    """The eval record of `step` in metrics.jsonl ({} when absent)."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    record = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line) if line.strip() else {}
-        if entry.get("step") == step and any(k.startswith("eval_") for k in entry):
-            record = entry
-    return record
-
-
 def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, float] | None:
     """The run's scores in [0, 1] units by metric name; None while summary.json is absent."""
     path = workdir / "summary.json"
@@ -103,7 +91,7 @@ def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, floa
     if select == "final":
         values = {m: summary.get(f"eval_{m}") for m in metrics}
     else:
-        at_best = _metrics_at_step(workdir, summary.get("best_step"))
+        at_best = workdir_files.eval_record_at(workdir, summary.get("best_step"))
         values = {m: at_best.get(f"eval_{m}") for m in metrics[1:]}
         values[metrics[0]] = summary.get(f"best_eval_{metrics[0]}")
     return {m: float(v) for m, v in values.items() if v is not None}

@@ -22,13 +22,14 @@ from infoprompt_jax import (
     checkpointing,
     metric_logging,
     prompt_trajectory,
+    run_state,
     sharding,
     steps,
+    workdir_files,
 )
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import trainable as trainable_lib
 
 Arrays = dict[str, np.ndarray]
 
@@ -74,22 +75,6 @@ def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
     return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
 
 
-def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
-    """(state, frozen) at step 0, placed on the mesh."""
-    params = comps.init_params(sample_batch)
-    trainable, frozen = trainable_lib.split_params(params, comps.method.name)
-    rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
-    state = steps.create_train_state(trainable, optimizer, rng)
-    state = jax.device_put(state, steps.state_shardings(mesh, state))
-    frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
-    return state, frozen
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a tree of arrays: Orbax's restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates a config in `workdir`, resuming from its latest checkpoint.
 
@@ -114,18 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "config.train.batch_size or raise config.data.few_shot."
         )
     total_steps = steps_per_epoch * config.train.num_epochs
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr,
-        total_steps,
-        warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay,
-        clip_norm=config.optim.clip_norm,
-    )
+    optimizer = optimizer_lib.from_config(config, comps.method.peak_lr, total_steps)
     sample = {k: v[:batch_size] for k, v in train_arrays.items()}
-    state, frozen = build_state(comps, optimizer, mesh, sample)
+    state, frozen = run_state.build_state(comps, optimizer, mesh, sample)
     manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
     record = {"step": 0, "best_step": None, "best_score": None}
-    restored = checkpointing.restore_latest(manager, abstract_like(state))
+    restored = checkpointing.restore_latest(manager, run_state.abstract_like(state))
     writer = metric_logging.MetricWriter(workdir_path)
     if restored is not None:
         state, record = restored
@@ -136,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return json.loads(summary_path.read_text())
     writer.truncate_after(record["step"])
     if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+        workdir_files.write_config(workdir_path, config)
     lengths = batching.run_lengths(config)
     if uses_cached_unprompted_pass(comps):
         train_arrays = cache_unprompted_pass(

@@ -18,6 +18,7 @@ from infoprompt_jax import (
     encoder,
     export,
     predict,
+    run_state,
     sharding,
     tasks,
     train,
@@ -174,6 +175,7 @@ def test_predict_command_line_on_the_dev_file(trained, exported, tmp_path):
     _, data_dir, _, reference_logits = trained
     run_command_line(
         predict,
+        run_state,
         f"--export_dir={exported}",
         f"--input={data_dir / 'dev.tsv'}",
         f"--output={tmp_path / 'out.jsonl'}",
@@ -239,7 +241,9 @@ def rte_classifier(tiny_roberta_dir, tmp_path_factory):
     rng = np.random.default_rng(0)
     trainable = jax.tree.map(
         lambda x: rng.normal(0.0, 0.1, x.shape).astype(np.float32),
-        export.abstract_train_state(comps, sharding.make_mesh()).trainable,
+        run_state.abstract_state(
+            comps, run_state.sample_batch(comps), sharding.replicated(sharding.make_mesh())
+        ).trainable,
     )
     directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", comps, trainable, 0)
     return predict.InfoPromptClassifier.load(directory)

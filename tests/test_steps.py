@@ -6,7 +6,7 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import batching, components, sharding, steps, train
+from infoprompt_jax import batching, components, run_state, sharding, steps, train
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import trainable as trainable_lib
 
@@ -26,7 +26,7 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
     arrays = comps.encode(sentiment_fixture.examples(BATCH))
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices or jax.devices()[:1])
     optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, total_steps)
-    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    state, frozen = run_state.build_state(comps, optimizer, mesh, arrays)
     train_fn, eval_fn = steps.compile_steps(
         comps.model, optimizer, comps.method.weights, mesh, state, frozen
     )

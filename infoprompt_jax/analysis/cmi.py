@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import batching, losses, models
+from infoprompt_jax import batching, losses, models, workdir_files
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
@@ -148,7 +148,7 @@ def compute(
     Returns:
         source name -> `[N]` estimates over the dev examples (the first N with max_examples).
     """
-    configs = [runs.load_config(w) for w in workdirs]
+    configs = [workdir_files.load_config(w) for w in workdirs]
     for config, workdir in zip(configs, workdirs):
         require_representation_critic(config, workdir)  # Before any slow restore.
     labels = list(labels) if labels else [runs.default_label(c) for c in configs]
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(results, output / "cmi.csv")
-    plot(results, output / "cmi.png", runs.load_config(workdirs[0]).loss.num_candidates)
+    plot(results, output / "cmi.png", workdir_files.load_config(workdirs[0]).loss.num_candidates)
     for source, values in results.items():
         print(f"{source}: median CMI {np.median(values):.4f} nats over {len(values)} examples")
     print(f"Wrote {output / 'cmi.csv'} and {output / 'cmi.png'}.")

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infoprompt_jax import models
+from infoprompt_jax import models, workdir_files
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 LOSS_TITLES = {
@@ -270,7 +270,7 @@ def compute(
         trajectory_steps: draw the trajectory up to this step (0: all of it).
         points_per_batch: grid points per compiled call.
     """
-    require_one_prompt_token(runs.load_config(workdir), workdir)
+    require_one_prompt_token(workdir_files.load_config(workdir), workdir)
     comps, params = runs.restore_run(workdir)
     arrays = sample_examples(comps, num_examples, sample_seed)
     plane = principal_directions(runs.word_embedding_table(params))
