@@ -8,7 +8,7 @@ import dataclasses
 
 import ml_collections
 
-from infoprompt_jax import losses, models
+from infoprompt_jax import models, objective
 from infoprompt_jax import trainable as trainable_lib
 
 # Every method has one trainable/frozen rule table; the methods are its keys.
@@ -33,7 +33,7 @@ class Method:
 
     name: str
     model: models.ModelConfig
-    weights: losses.ObjectiveWeights
+    weights: objective.ObjectiveWeights
     peak_lr: float
     adapter_size: int
 
@@ -83,7 +83,7 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         head_negatives=config.loss.head_negatives,
         head_bottleneck_dim=config.loss.head_bottleneck_dim,
     )
-    weights = losses.ObjectiveWeights(
+    weights = objective.ObjectiveWeights(
         beta=beta,
         gamma=gamma,
         nce_clamp=config.loss.nce_clamp or None,

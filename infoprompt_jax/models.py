@@ -1,7 +1,8 @@
 """The InfoPrompt model: prompt generator, task head, the two critics, and the forward pass.
 
-`InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective of
-DESIGN.md section 1 (steps 1-6); `losses.infoprompt_objective` combines them (step 7). A method
+`InfoPromptModel.__call__` computes, for one batch, the passes of the method (docs/design.md,
+steps 1-4) and, through `objective.py`, every per-example term of the objective (steps 5-6);
+`objective.infoprompt_objective` combines them (step 7). A method
 (InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is a `ModelConfig` plus a choice of
 trainable parameters (`trainable.py`), never a different model.
 """
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses
+from infoprompt_jax import losses, objective
 
 Batch = Mapping[str, jax.Array]
 
@@ -89,21 +90,6 @@ class ModelConfig:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
 
 
-def sample_positions(key: jax.Array, allowed_BxL: jax.Array, count: int) -> jax.Array:
-    """`[B, count]` positions drawn uniformly, with replacement, from each row's allowed ones.
-
-    Draw j of row b is the `floor(u * n_b)`-th allowed position of the row, `u ~ U[0, 1)` of
-    shape `[B, count]`: the random numbers do not depend on the row length L, so a batch cut to
-    a shorter length bucket (only padding removed) draws the same positions.
-    """
-    allowed_BxL = allowed_BxL.astype(jnp.int32)
-    cumulative_BxL = jnp.cumsum(allowed_BxL, axis=1)
-    uniform_BxN = jax.random.uniform(key, (allowed_BxL.shape[0], count))
-    ranks_BxN = jnp.floor(uniform_BxN * cumulative_BxL[:, -1:]).astype(jnp.int32)
-    # The rank-r allowed position is the first whose running count exceeds r.
-    return jnp.argmax(cumulative_BxL[:, None, :] > ranks_BxN[:, :, None], axis=-1)
-
-
 class PromptGenerator(nn.Module):
     """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
 
@@ -141,7 +127,7 @@ class TaskHead(nn.Module):
     """`h_theta`: frozen MLM transform (if any), then class vectors Theta (DESIGN.md step 4).
 
     The class vectors are overwritten after init with the verbalizer words' embeddings, and the
-    transform with the checkpoint's MLM head (see `train.init_params`).
+    transform with the checkpoint's MLM head (see `model_init.init_params`).
     """
 
     config: ModelConfig
@@ -348,54 +334,7 @@ class InfoPromptModel(nn.Module):
         outputs = {"logits": logits_BxC, "prompts": prompts_BxNxD}
         if rng is None:
             return outputs
-        zeros_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
-        prompt_mean_BxD = jnp.mean(prompts_BxNxD, axis=1)
-        outputs.update(
-            ce=losses.cross_entropy(logits_BxC, batch["label"]),
-            kl=kl_B,
-            nce_head=zeros_B,
-            nce_rep=zeros_B,
+        terms = objective.per_example_terms(
+            self, batch, prompts_BxNxD, z_BxD, plain.get("z0"), logits_BxC, kl_B, keys[1:]
         )
-        if cfg.use_head_critic:
-            outputs["nce_head"] = self.head_nce(batch, prompt_mean_BxD, keys[1])
-        if cfg.use_representation_critic:
-            outputs["nce_rep"] = self.representation_nce(
-                prompt_mean_BxD, z_BxD, plain["z0"], keys[2]
-            )
-        return outputs
-
-    def head_nce(self, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Array) -> jax.Array:
-        """Step 5: InfoNCE of P_bar against word embeddings of the example's context tokens."""
-        context_BxL = batch["plain_context_mask"].astype(bool)
-        # An example whose text was truncated away still has its non-padding tokens to draw from.
-        fallback_BxL = batch["plain_attention_mask"].astype(bool)
-        context_BxL = jnp.where(context_BxL.any(axis=1, keepdims=True), context_BxL, fallback_BxL)
-        theta_D = self.task_head.pooled_class_vector()
-        if self.config.head_negatives == "all_context":
-            negatives_BxLxD = self.word_embeddings(batch["plain_input_ids"])
-            candidates = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxLxD], axis=1)
-            scores_BxK = self.head_critic(candidates, theta_D)
-            valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
-            return losses.info_nce(jnp.where(valid_BxK, scores_BxK, -1e30))
-        positions_BxN = sample_positions(key, context_BxL, self.config.num_candidates - 1)
-        token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
-        negatives_BxNxD = self.word_embeddings(token_ids_BxN)
-        candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
-        return losses.info_nce(self.head_critic(candidates_BxKxD, theta_D))
-
-    def representation_nce(
-        self, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array, key: jax.Array
-    ) -> jax.Array:
-        """Step 6: InfoNCE of a posterior sample of Z against samples built from Z0."""
-        critic = self.representation_critic
-        positive_key, negative_key = jax.random.split(key)
-        mu_BxZ, sigma_BxZ = critic.posterior(z_BxD)
-        positive_BxZ = mu_BxZ + sigma_BxZ * jax.random.normal(positive_key, mu_BxZ.shape)
-        mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
-        num_negatives = self.config.num_candidates - 1
-        noise_BxNxZ = jax.random.normal(
-            negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1])
-        )
-        negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
-        candidates_BxKxZ = jnp.concatenate([positive_BxZ[:, None], negatives_BxNxZ], axis=1)
-        return losses.info_nce(critic(prompt_mean_BxD, candidates_BxKxZ))
+        return {**outputs, **terms}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from infoprompt_jax import losses, models, sharding
+from infoprompt_jax import models, objective, sharding
 from infoprompt_jax import trainable as trainable_lib
 
 Params = Any
@@ -51,7 +51,7 @@ def train_step(
     *,
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    weights: objective.ObjectiveWeights,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on the InfoPrompt objective."""
     # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
@@ -60,7 +60,7 @@ def train_step(
     def loss_fn(trainable):
         params = trainable_lib.merge_params(trainable, frozen)
         terms = model.apply({"params": params}, batch, step_key)
-        return losses.infoprompt_objective(terms, weights), terms
+        return objective.infoprompt_objective(terms, weights), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -122,7 +122,7 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
 def compile_steps(
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    weights: objective.ObjectiveWeights,
     mesh: Mesh,
     state: TrainState,
     frozen: Params,

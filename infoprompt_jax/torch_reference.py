@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses, models
+from infoprompt_jax import models, objective
 from infoprompt_jax import trainable as trainable_lib
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -108,7 +108,7 @@ class TorchReferenceStep:
         model_dir: str | pathlib.Path,
         model_config: models.ModelConfig,
         encoder_config: encoder_lib.EncoderConfig,
-        weights: losses.ObjectiveWeights,
+        weights: objective.ObjectiveWeights,
         trainable: Mapping[str, Any],
         mlm_transform: Mapping[str, Any] | None,
         hyper: Hyperparameters,
@@ -334,7 +334,7 @@ class TorchReferenceStep:
         }
 
     def objective(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """`mean(CE + beta NCE_rep + gamma NCE_head)`, clamped as `losses.infoprompt_objective`."""
+        """`mean(CE + beta NCE_rep + gamma NCE_head)`, clamped as `objective.infoprompt_objective`."""
         nce_rep_B, nce_head_B, clamp = terms["nce_rep"], terms["nce_head"], self.weights.nce_clamp
         if clamp is not None:
             nce_rep_B, nce_head_B = nce_rep_B.clamp(max=clamp), nce_head_B.clamp(max=clamp)

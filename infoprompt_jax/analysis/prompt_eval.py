@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import losses, models
+from infoprompt_jax import losses, models, objective
 
 Batch = Mapping[str, jax.Array]
 
@@ -29,7 +29,7 @@ def prompt_terms(
         module: the bound model (this is a `method=` of `InfoPromptModel.apply`).
         batch: a tokenized batch with `label`.
         key: randomness of the representation critic's positive and negatives, used as
-            `InfoPromptModel.representation_nce` uses its key (the third split of a training
+            `objective.representation_nce` uses its key (the third split of a training
             step's key).
         prompts: `[n_p, D]` (one prompt for every example) or `[B, n_p, D]`, placed at the
             prompt slots instead of the run's own prompts (a generator's output is
@@ -63,8 +63,8 @@ def prompt_terms(
     logits_BxC, _ = module.task_head(z_BxD, None)
     terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
     if config.use_representation_critic:
-        terms["nce_rep"] = module.representation_nce(
-            jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key
+        terms["nce_rep"] = objective.representation_nce(
+            module, jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key
         )
     return terms
 
