@@ -268,7 +268,7 @@ def compile_train_step(
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
     batch = batching.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        comps.model, optimizer, comps.method.loss_weights, mesh, state, frozen
     )
     progress(
         f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} device(s)"

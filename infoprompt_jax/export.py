@@ -75,13 +75,13 @@ def choose_step(manager: ocp.CheckpointManager, workdir: Any, step: int | None) 
 
 
 def restore_trainable(
-    workdir: str | epath.Path, comps: components_lib.Components, step: int | None = None
+    workdir: str | epath.Path, components: components_lib.Components, step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """(trainable params, checkpoint record, step) of a workdir's checkpoint.
 
     Args:
         workdir: the training run's directory (local or gs://).
-        comps: the run's components (`build_components` of its config).
+        components: the run's components (`build_components` of its config).
         step: the checkpoint step; None takes the latest.
     """
     manager = read_only_manager(workdir)
@@ -89,7 +89,9 @@ def restore_trainable(
         step = choose_step(manager, workdir, step)
         # Replicated, as training keeps the state, on whatever devices this process has.
         replicated = sharding.replicated(sharding.make_mesh())
-        target = run_state.abstract_state(comps, run_state.sample_batch(comps), replicated)
+        target = run_state.abstract_state(
+            components, run_state.sample_batch(components), replicated
+        )
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -122,7 +124,7 @@ def eval_metrics_at(workdir: str | epath.Path, step: int) -> dict[str, float] | 
 
 
 def export_info(
-    comps: components_lib.Components,
+    components: components_lib.Components,
     step: int,
     num_parameters: int,
     record: dict[str, Any] | None = None,
@@ -132,23 +134,23 @@ def export_info(
     best = None
     if record and record.get("best_score") is not None:
         best = {
-            "metric": f"eval_{comps.task.main_metric}",
+            "metric": f"eval_{components.task.main_metric}",
             "score": record["best_score"],
             "step": record["best_step"],
         }
     return {
         "format_version": FORMAT_VERSION,
         "task": {
-            "name": comps.task.name,
-            "label_names": list(comps.task.label_names),
-            "text_fields": list(comps.template_tokenizer.template.fields),
+            "name": components.task.name,
+            "label_names": list(components.task.label_names),
+            "text_fields": list(components.template_tokenizer.template.fields),
         },
-        "method": comps.method.name,
+        "method": components.method.name,
         "step": int(step),
         "encoder": {
-            "name": comps.config.model.name,
-            "model_dir": str(comps.model_dir.absolute()),
-            "weights_checksum": encoder_lib.weights_checksum(comps.model_dir),
+            "name": components.config.model.name,
+            "model_dir": str(components.model_dir.absolute()),
+            "weights_checksum": encoder_lib.weights_checksum(components.model_dir),
         },
         "params": {"file": PARAMS_FILE, "num_parameters": int(num_parameters)},
         "best": best,
@@ -158,7 +160,7 @@ def export_info(
 
 def write_export(
     output_dir: str | pathlib.Path,
-    comps: components_lib.Components,
+    components: components_lib.Components,
     trainable: dict[str, Any],
     step: int,
     record: dict[str, Any] | None = None,
@@ -168,7 +170,7 @@ def write_export(
 
     Args:
         output_dir: a local directory; created if needed, its export files overwritten.
-        comps: the run's components.
+        components: the run's components.
         trainable: the trainable params (`trainable_lib.split_params(...)[0]`).
         step: the training step the params are from.
         record: the checkpoint record (`best_step`, `best_score`), if known.
@@ -187,10 +189,12 @@ def write_export(
         output_dir / PARAMS_FILE,
         metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
     )
-    (output_dir / CONFIG_FILE).write_text(comps.config.to_json_best_effort(indent=2) + "\n")
-    info = export_info(comps, step, sum(t.size for t in tensors.values()), record, eval_metrics)
+    (output_dir / CONFIG_FILE).write_text(components.config.to_json_best_effort(indent=2) + "\n")
+    info = export_info(
+        components, step, sum(t.size for t in tensors.values()), record, eval_metrics
+    )
     (output_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    comps.tokenizer.save_pretrained(str(output_dir / TOKENIZER_DIR))
+    components.tokenizer.save_pretrained(str(output_dir / TOKENIZER_DIR))
     return output_dir
 
 
@@ -209,10 +213,12 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
         step = choose_step(manager, workdir, step)
     finally:
         manager.close()
-    comps = components_lib.build_components(workdir_files.load_config(workdir))
-    trainable, record, step = restore_trainable(workdir, comps, step)
+    components = components_lib.build_components(workdir_files.load_config(workdir))
+    trainable, record, step = restore_trainable(workdir, components, step)
     if jax.process_index() == 0:
-        write_export(output_dir, comps, trainable, step, record, eval_metrics_at(workdir, step))
+        write_export(
+            output_dir, components, trainable, step, record, eval_metrics_at(workdir, step)
+        )
         logging.info("Exported step %d of %s to %s.", step, workdir, output_dir)
     return pathlib.Path(output_dir)
 

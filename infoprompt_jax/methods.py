@@ -33,7 +33,7 @@ class Method:
 
     name: str
     model: models.ModelConfig
-    weights: objective.ObjectiveWeights
+    loss_weights: objective.ObjectiveWeights
     peak_lr: float
     adapter_size: int
 
@@ -83,7 +83,7 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         head_negatives=config.loss.head_negatives,
         head_bottleneck_dim=config.loss.head_bottleneck_dim,
     )
-    weights = objective.ObjectiveWeights(
+    loss_weights = objective.ObjectiveWeights(
         beta=beta,
         gamma=gamma,
         nce_clamp=config.loss.nce_clamp or None,
@@ -91,4 +91,4 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
     )
     peak_lr = config.optim.finetune_lr if name == "finetune" else config.optim.lr
     adapter_size = config.model.adapter_size if name == "adapter" else 0
-    return Method(name, model_config, weights, peak_lr, adapter_size)
+    return Method(name, model_config, loss_weights, peak_lr, adapter_size)

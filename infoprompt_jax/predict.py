@@ -164,15 +164,18 @@ class InfoPromptClassifier:
         export_dir = pathlib.Path(export_dir)
         info, config = read_export(export_dir)
         config.model.name = str(resolve_encoder(info, encoder_path))
-        comps = components_lib.build_components(config, task=task_from_export(info))
-        comps = _with_exported_tokenizer(comps, export_dir / export_lib.TOKENIZER_DIR)
+        components = components_lib.build_components(config, task=task_from_export(info))
+        components = _with_exported_tokenizer(components, export_dir / export_lib.TOKENIZER_DIR)
         params_path = export_dir / export_lib.PARAMS_FILE
         trainable = load_trainable(params_path)
-        frozen = run_state.pretrained_frozen(comps)
+        frozen = run_state.pretrained_frozen(components)
         run_state.check_params(
-            comps, trainable_lib.merge_params(trainable, frozen), params_path, "Re-export the run."
+            components,
+            trainable_lib.merge_params(trainable, frozen),
+            params_path,
+            "Re-export the run.",
         )
-        return cls(comps, trainable, frozen, info)
+        return cls(components, trainable, frozen, info)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -252,15 +255,15 @@ class InfoPromptClassifier:
 
 
 def _with_exported_tokenizer(
-    comps: components_lib.Components, tokenizer_dir: pathlib.Path
+    components: components_lib.Components, tokenizer_dir: pathlib.Path
 ) -> components_lib.Components:
     """The components with the tokenizer saved at export, which is the one training used."""
     import transformers  # Heavy import, deferred to where it is needed.
 
     if not tokenizer_dir.is_dir():
-        return comps
+        return components
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    previous = comps.template_tokenizer
+    previous = components.template_tokenizer
     template_tokenizer = templates.TemplateTokenizer(
         tokenizer,
         previous.template,
@@ -268,7 +271,9 @@ def _with_exported_tokenizer(
         previous.max_len,
         use_token_types=previous.use_token_types,
     )
-    return dataclasses.replace(comps, tokenizer=tokenizer, template_tokenizer=template_tokenizer)
+    return dataclasses.replace(
+        components, tokenizer=tokenizer, template_tokenizer=template_tokenizer
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -20,18 +20,18 @@ Arrays = dict[str, np.ndarray]
 
 
 def initial_state(
-    comps: components_lib.Components, optimizer, sample_batch: Arrays
+    components: components_lib.Components, optimizer, sample_batch: Arrays
 ) -> tuple[steps.TrainState, dict[str, Any]]:
     """(state, frozen) at step 0, unplaced: the model's init split by the method's rules."""
-    params = comps.init_params(sample_batch)
-    trainable, frozen = trainable_lib.split_params(params, comps.method.name)
-    rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
+    params = components.init_params(sample_batch)
+    trainable, frozen = trainable_lib.split_params(params, components.method.name)
+    rng = jax.random.fold_in(jax.random.PRNGKey(components.config.seed), 1)
     return steps.create_train_state(trainable, optimizer, rng), frozen
 
 
-def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
+def build_state(components: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
     """(state, frozen) at step 0, placed on the mesh."""
-    state, frozen = initial_state(comps, optimizer, sample_batch)
+    state, frozen = initial_state(components, optimizer, sample_batch)
     state = jax.device_put(state, steps.state_shardings(mesh, state))
     frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
     return state, frozen
@@ -43,7 +43,9 @@ def abstract_like(tree: Any) -> Any:
 
 
 def abstract_state(
-    comps: components_lib.Components, sample_batch: Arrays, state_sharding: jax.sharding.Sharding
+    components: components_lib.Components,
+    sample_batch: Arrays,
+    state_sharding: jax.sharding.Sharding,
 ) -> steps.TrainState:
     """The train state's shapes and dtypes, every leaf on `state_sharding`, built without compute.
 
@@ -52,45 +54,47 @@ def abstract_state(
     has the same structure for any number of steps, so a one-step schedule stands in for the
     run's own.
     """
-    optimizer = optimizer_lib.from_config(comps.config, comps.method.peak_lr, 1)
-    shapes = jax.eval_shape(lambda: initial_state(comps, optimizer, sample_batch)[0])
+    optimizer = optimizer_lib.from_config(components.config, components.method.peak_lr, 1)
+    shapes = jax.eval_shape(lambda: initial_state(components, optimizer, sample_batch)[0])
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding), shapes
     )
 
 
-def sample_batch(comps: components_lib.Components) -> Arrays:
+def sample_batch(components: components_lib.Components) -> Arrays:
     """A one-row batch of the model's input shapes (with a label), for tracing `init`."""
-    fields = {name: "a" for name in comps.template_tokenizer.template.fields}
-    arrays = comps.template_tokenizer.encode_batch([fields])
+    fields = {name: "a" for name in components.template_tokenizer.template.fields}
+    arrays = components.template_tokenizer.encode_batch([fields])
     arrays["label"] = np.zeros((1,), np.int32)
     return arrays
 
 
-def pretrained_frozen(comps: components_lib.Components) -> dict[str, Any]:
+def pretrained_frozen(components: components_lib.Components) -> dict[str, Any]:
     """The frozen params exactly as training had them, from the pretrained checkpoint alone.
 
     Only the encoder and the MLM transform come from the checkpoint (`model_init.init_params`);
     everything else is trainable, so splitting these two alone gives training's frozen tree
     without initialising (or allocating) the rest of the model.
     """
-    pretrained = {"encoder": comps.encoder_params}
-    if comps.method.model.has_mlm_transform:
-        pretrained["task_head"] = {"mlm_transform": comps.mlm_transform}
-    return trainable_lib.split_params(pretrained, comps.method.name)[1]
+    pretrained = {"encoder": components.encoder_params}
+    if components.method.model.has_mlm_transform:
+        pretrained["task_head"] = {"mlm_transform": components.mlm_transform}
+    return trainable_lib.split_params(pretrained, components.method.name)[1]
 
 
-def check_params(comps: components_lib.Components, params: Any, where: Any, hint: str = "") -> None:
+def check_params(
+    components: components_lib.Components, params: Any, where: Any, hint: str = ""
+) -> None:
     """Raises if `params` (arrays or ShapeDtypeStructs) is not the model's tree (names, shapes).
 
     Args:
-        comps: the run's components.
+        components: the run's components.
         params: the full tree, trainable and frozen merged.
         where: what the params came from, for the message.
         hint: what to do about a mismatch, for the message.
     """
-    sample = sample_batch(comps)
-    expected = trainable_lib.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
+    sample = sample_batch(components)
+    expected = trainable_lib.flatten(jax.eval_shape(lambda: components.init_params(sample)))
     found = trainable_lib.flatten(params)
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     wrong = [

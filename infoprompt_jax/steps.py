@@ -51,7 +51,7 @@ def train_step(
     *,
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: objective.ObjectiveWeights,
+    loss_weights: objective.ObjectiveWeights,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on the InfoPrompt objective."""
     # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
@@ -60,7 +60,7 @@ def train_step(
     def loss_fn(trainable):
         params = trainable_lib.merge_params(trainable, frozen)
         terms = model.apply({"params": params}, batch, step_key)
-        return objective.infoprompt_objective(terms, weights), terms
+        return objective.infoprompt_objective(terms, loss_weights), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -122,7 +122,7 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
 def compile_steps(
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: objective.ObjectiveWeights,
+    loss_weights: objective.ObjectiveWeights,
     mesh: Mesh,
     state: TrainState,
     frozen: Params,
@@ -130,7 +130,7 @@ def compile_steps(
     """Jitted `train_step(state, frozen, batch)` and `eval_step(trainable, frozen, batch)`.
 
     Args:
-        model, optimizer, weights: bound statically into the steps.
+        model, optimizer, loss_weights: bound statically into the steps.
         mesh: the device mesh.
         state, frozen: examples (arrays or ShapeDtypeStructs) that fix the shardings.
     """
@@ -139,7 +139,7 @@ def compile_steps(
     batch_sh = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     train = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, weights=weights),
+        functools.partial(train_step, model=model, optimizer=optimizer, loss_weights=loss_weights),
         in_shardings=(state_sh, frozen_sh, batch_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),

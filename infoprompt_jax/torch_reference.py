@@ -177,7 +177,7 @@ class TorchReferenceStep:
             comps.model_dir,
             method.model,
             comps.model.encoder_config,
-            method.weights,
+            method.loss_weights,
             trainable,
             mlm_transform,
             hyper,

@@ -35,10 +35,10 @@ Arrays = dict[str, np.ndarray]
 
 
 def evaluate(
-    eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays, mesh
+    eval_fn, trainable, frozen, components: components_lib.Components, arrays: Arrays, mesh
 ) -> dict[str, float]:
     """The task's dev metrics, as `eval_<name>` keys."""
-    config = comps.config
+    config = components.config
     logits = batching.predict_logits(
         eval_fn,
         trainable,
@@ -48,7 +48,7 @@ def evaluate(
         mesh,
         batching.run_lengths(config),
     )
-    scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
+    scores = metrics_lib.compute_metrics(components.task, logits.argmax(-1), arrays["label"])
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
@@ -70,9 +70,12 @@ def cache_unprompted_pass(
     return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
 
 
-def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
+def uses_cached_unprompted_pass(components: components_lib.Components) -> bool:
     """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
-    return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
+    return (
+        bool(components.config.cache_unprompted)
+        and components.method.model.prompt_source == "generator"
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -83,10 +86,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
     workdir_path = epath.Path(workdir)
-    comps = components_lib.build_components(config)
-    config, task = comps.config, comps.task
-    train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
-    dev_arrays = comps.encode(components_lib.load_examples(config, task, "dev"))
+    components = components_lib.build_components(config)
+    config, task = components.config, components.task
+    train_arrays = components.encode(components_lib.load_examples(config, task, "train"))
+    dev_arrays = components.encode(components_lib.load_examples(config, task, "dev"))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch_size = config.train.batch_size
     sharding.check_batch_size(batch_size, mesh)
@@ -99,9 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "config.train.batch_size or raise config.data.few_shot."
         )
     total_steps = steps_per_epoch * config.train.num_epochs
-    optimizer = optimizer_lib.from_config(config, comps.method.peak_lr, total_steps)
+    optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
     sample = {k: v[:batch_size] for k, v in train_arrays.items()}
-    state, frozen = run_state.build_state(comps, optimizer, mesh, sample)
+    state, frozen = run_state.build_state(components, optimizer, mesh, sample)
     manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
     record = {"step": 0, "best_step": None, "best_score": None}
     restored = checkpointing.restore_latest(manager, run_state.abstract_like(state))
@@ -117,22 +120,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         workdir_files.write_config(workdir_path, config)
     lengths = batching.run_lengths(config)
-    if uses_cached_unprompted_pass(comps):
+    if uses_cached_unprompted_pass(components):
         train_arrays = cache_unprompted_pass(
-            comps.model, frozen, train_arrays, batch_size, mesh, lengths
+            components.model, frozen, train_arrays, batch_size, mesh, lengths
         )
         dev_arrays = cache_unprompted_pass(
-            comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
+            components.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
     train_fn, eval_fn = steps.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
     progress = metric_logging.Progress(total_steps, batch_size)
     preemption = checkpointing.PreemptionFlag()
     trajectory = prompt_trajectory.PromptTrajectory(
         workdir_path,
         config.log_prompt_every,
-        comps.model,
+        components.model,
         batching.device_batch(train_arrays, np.arange(batch_size), mesh),
     )
     if int(record["step"]) == 0:
@@ -153,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
         if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
-            eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
+            eval_scores = evaluate(eval_fn, state.trainable, frozen, components, dev_arrays, mesh)
             if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
                 record.update(best_step=done, best_score=eval_scores[main_metric])
             writer.write(done, {"epoch": epoch + 1, **eval_scores})

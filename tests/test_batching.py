@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import batching, components, sharding, train
+from infoprompt_jax import batching, sharding, train
+from infoprompt_jax import components as components_lib
 
 # Two rows of length 3 and 5 in an L = 8 batch; the plain input is one shorter (no prompt).
 ARRAYS = {
@@ -82,8 +83,8 @@ def test_training_with_buckets_logs_what_training_at_max_len_logs(
 ):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(sst2_dir)
-    comps = components.build_components(config)
-    dev = comps.encode(sentiment_fixture.examples(12))
+    components = components_lib.build_components(config)
+    dev = components.encode(sentiment_fixture.examples(12))
     assert batching.row_lengths(dev).max() <= 16 < config.max_len  # The cut is real.
     full = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "full", (), cache_unprompted)
     cut = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "cut", (16,), cache_unprompted)

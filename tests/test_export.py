@@ -14,7 +14,6 @@ from absl import flags
 from infoprompt_jax import (
     batching,
     checkpointing,
-    components,
     encoder,
     export,
     predict,
@@ -23,6 +22,7 @@ from infoprompt_jax import (
     tasks,
     train,
 )
+from infoprompt_jax import components as components_lib
 from infoprompt_jax import trainable as trainable_lib
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
@@ -236,16 +236,18 @@ def rte_classifier(tiny_roberta_dir, tmp_path_factory):
     """An untrained RTE (pair task) export, loaded."""
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.task = "rte"
-    comps = components.build_components(config)
+    components = components_lib.build_components(config)
     # Random values in the trained tree's shapes: `init_params` would compile the whole init.
     rng = np.random.default_rng(0)
     trainable = jax.tree.map(
         lambda x: rng.normal(0.0, 0.1, x.shape).astype(np.float32),
         run_state.abstract_state(
-            comps, run_state.sample_batch(comps), sharding.replicated(sharding.make_mesh())
+            components,
+            run_state.sample_batch(components),
+            sharding.replicated(sharding.make_mesh()),
         ).trainable,
     )
-    directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", comps, trainable, 0)
+    directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", components, trainable, 0)
     return predict.InfoPromptClassifier.load(directory)
 
 

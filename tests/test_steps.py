@@ -6,7 +6,8 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import batching, components, run_state, sharding, steps, train
+from infoprompt_jax import batching, run_state, sharding, steps, train
+from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import trainable as trainable_lib
 
@@ -22,13 +23,13 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
             config[section][field] = value
         else:
             config[dotted] = value
-    comps = components.build_components(config)
-    arrays = comps.encode(sentiment_fixture.examples(BATCH))
+    components = components_lib.build_components(config)
+    arrays = components.encode(sentiment_fixture.examples(BATCH))
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices or jax.devices()[:1])
-    optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, total_steps)
-    state, frozen = run_state.build_state(comps, optimizer, mesh, arrays)
+    optimizer = optimizer_lib.make_optimizer(components.method.peak_lr, total_steps)
+    state, frozen = run_state.build_state(components, optimizer, mesh, arrays)
     train_fn, eval_fn = steps.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
     batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
     return state, frozen, train_fn, eval_fn, batch
@@ -163,10 +164,10 @@ def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
 def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     state, frozen, train_fn, eval_fn, _ = build(tiny_roberta_dir)
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    comps = components.build_components(config)
+    components = components_lib.build_components(config)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    arrays = comps.encode(sentiment_fixture.examples(BATCH))
-    cached = train.cache_unprompted_pass(comps.model, frozen, arrays, 4, mesh)
+    arrays = components.encode(sentiment_fixture.examples(BATCH))
+    cached = train.cache_unprompted_pass(components.model, frozen, arrays, 4, mesh)
     assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
     plain_batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
     cached_batch = batching.device_batch(cached, np.arange(BATCH), mesh)
@@ -205,13 +206,13 @@ def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_ro
 def test_config_chooses_the_attention_kernel(tiny_roberta_dir):
     # The kernels' equality is tested in test_encoder; here the config must reach the encoder.
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    assert components.build_components(config).model.encoder_config.attention == "einsum"
+    assert components_lib.build_components(config).model.encoder_config.attention == "einsum"
     config.model.attention = "fused"
-    assert components.build_components(config).model.encoder_config.attention == "fused"
+    assert components_lib.build_components(config).model.encoder_config.attention == "fused"
 
 
 def test_unknown_attention_names_the_config_key(tiny_roberta_dir):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.model.attention = "flash"
     with pytest.raises(ValueError, match=r"config.model.attention='flash'.*'einsum', 'fused'"):
-        components.build_components(config)
+        components_lib.build_components(config)

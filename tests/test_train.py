@@ -65,11 +65,15 @@ def test_every_task_config_loads_with_paper_defaults(name):
 def test_methods_resolve_to_their_loss_weights_and_prompts():
     config = parse_config(["--config=configs/rte.py"])
     infoprompt = methods.resolve(config, 2, has_mlm_transform=True)
-    assert (infoprompt.weights.beta, infoprompt.weights.gamma) == (0.1, 0.05)
+    assert (infoprompt.loss_weights.beta, infoprompt.loss_weights.gamma) == (0.1, 0.05)
     assert infoprompt.model.use_head_critic and infoprompt.model.use_representation_critic
     config.method = "warp"
     warp = methods.resolve(config, 2, has_mlm_transform=True)
-    assert (warp.model.prompt_source, warp.weights.beta, warp.weights.gamma) == ("free", 0, 0)
+    assert (warp.model.prompt_source, warp.loss_weights.beta, warp.loss_weights.gamma) == (
+        "free",
+        0,
+        0,
+    )
     config.method = "finetune"
     finetune = methods.resolve(config, 2, has_mlm_transform=True)
     assert finetune.peak_lr == config.optim.finetune_lr and finetune.model.num_prompt_tokens == 0

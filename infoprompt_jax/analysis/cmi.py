@@ -158,19 +158,21 @@ def compute(
     key = jax.random.PRNGKey(seed)
     learned, fixed = {}, {}
     for index, (workdir, label) in enumerate(zip(workdirs, labels)):
-        comps, params = runs.restore_run(workdir)
-        arrays = runs.encode_examples(comps, "dev", max_examples)
-        estimate = functools.partial(estimate_cmi, comps.model, params, arrays, key, batch_size)
+        components, params = runs.restore_run(workdir)
+        arrays = runs.encode_examples(components, "dev", max_examples)
+        estimate = functools.partial(
+            estimate_cmi, components.model, params, arrays, key, batch_size
+        )
         learned[f"learned: {label}"] = estimate()
         if index:
             continue
         table = runs.word_embedding_table(params)
-        num_tokens = comps.method.model.num_prompt_tokens
+        num_tokens = components.method.model.num_prompt_tokens
         for draw in range(num_random):
             name = "random" if num_random == 1 else f"random #{draw}"
             fixed[name] = estimate(random_prompt(table, num_tokens, seed=seed * 1000 + draw))
         for phrase in phrases:
-            prompt = phrase_prompt(comps.tokenizer, table, phrase, num_tokens)
+            prompt = phrase_prompt(components.tokenizer, table, phrase, num_tokens)
             fixed[f'phrase: "{phrase}"'] = estimate(prompt)
     return {**learned, **fixed}
 

@@ -36,15 +36,15 @@ def default_label(config: ml_collections.ConfigDict) -> str:
 
 
 def encode_examples(
-    comps: components_lib.Components, split: str, max_examples: int = 0
+    components: components_lib.Components, split: str, max_examples: int = 0
 ) -> dict[str, np.ndarray]:
     """Tokenized arrays of the run's `split` (train: its few-shot subset; dev: capped)."""
-    examples = components_lib.load_examples(comps.config, comps.task, split)
+    examples = components_lib.load_examples(components.config, components.task, split)
     if max_examples:
         examples = examples[:max_examples]
     if not examples:
-        raise ValueError(f"The {split} split of {comps.config.task} has no examples.")
-    return comps.encode(examples)
+        raise ValueError(f"The {split} split of {components.config.task} has no examples.")
+    return components.encode(examples)
 
 
 def restore_run(
@@ -62,11 +62,11 @@ def restore_run(
         merged in, on the first local device.
     """
     config = workdir_files.load_config(workdir)
-    comps = components_lib.build_components(config)
+    components = components_lib.build_components(config)
     if sample_arrays is None:
-        sample_arrays = encode_examples(comps, "dev", max_examples=1)
+        sample_arrays = encode_examples(components, "dev", max_examples=1)
     sample = {name: value[:1] for name, value in sample_arrays.items()}
-    abstract_state, frozen = restore_target(comps, sample)
+    abstract_state, frozen = restore_target(components, sample)
     manager = checkpointing.make_manager(workdir)
     try:
         restored = checkpointing.restore_latest(manager, abstract_state)
@@ -79,11 +79,11 @@ def restore_run(
         )
     state, record = restored
     logging.info("Restored %s at step %d.", workdir, record["step"])
-    return comps, trainable_lib.merge_params(state.trainable, frozen)
+    return components, trainable_lib.merge_params(state.trainable, frozen)
 
 
 def restore_target(
-    comps: components_lib.Components, sample: dict[str, np.ndarray]
+    components: components_lib.Components, sample: dict[str, np.ndarray]
 ) -> tuple[Any, Params]:
     """(abstract train state, frozen params) of a run: what `checkpointing.restore_latest` needs.
 
@@ -92,10 +92,12 @@ def restore_target(
     """
     # Analysis runs in one process on one device, whatever mesh the run trained on.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_state = run_state.abstract_state(comps, sample, device)
-    frozen = run_state.pretrained_frozen(comps)
+    abstract_state = run_state.abstract_state(components, sample, device)
+    frozen = run_state.pretrained_frozen(components)
     run_state.check_params(
-        comps, trainable_lib.merge_params(abstract_state.trainable, frozen), "The restored tree"
+        components,
+        trainable_lib.merge_params(abstract_state.trainable, frozen),
+        "The restored tree",
     )
     return abstract_state, jax.device_put(frozen, device)
 
