@@ -29,12 +29,12 @@ SEQUENCE_KEYS = (
     "input_ids",
     "attention_mask",
     "token_type_ids",
-    "plain_input_ids",
-    "plain_attention_mask",
-    "plain_token_type_ids",
-    "plain_context_mask",
+    "unprompted_input_ids",
+    "unprompted_attention_mask",
+    "unprompted_token_type_ids",
+    "unprompted_context_mask",
 )
-_MASK_KEYS = ("attention_mask", "plain_attention_mask")
+_MASK_KEYS = ("attention_mask", "unprompted_attention_mask")
 
 
 def bucket_lengths(max_len: int, buckets: Sequence[int]) -> tuple[int, ...]:
@@ -53,7 +53,7 @@ def bucket_lengths(max_len: int, buckets: Sequence[int]) -> tuple[int, ...]:
 
 
 def row_lengths(arrays: Arrays) -> np.ndarray:
-    """`[N]`: per row, one past its last attended position in either input (prompted, plain)."""
+    """`[N]`: per row, one past its last attended position in either input (prompted, unprompted)."""
     lengths = np.zeros(len(arrays["attention_mask"]), np.int64)
     for key in _MASK_KEYS:
         if key in arrays:

@@ -97,7 +97,7 @@ class PromptGenerator(nn.Module):
     hidden_size: int
 
     @nn.compact
-    def __call__(self, source_BxD: jax.Array) -> jax.Array:
+    def __call__(self, generator_input_BxD: jax.Array) -> jax.Array:
         cfg, d = self.config, self.hidden_size
         n, r = cfg.num_prompt_tokens, cfg.generator_rank
         # Entries of the rank-r code have unit scale for layer-normed inputs; the up projection
@@ -106,13 +106,14 @@ class PromptGenerator(nn.Module):
         up_init = nn.initializers.normal(stddev=cfg.prompt_init_scale * r**-0.5)
         if cfg.generator == "released":
             code_BxR = nn.gelu(
-                nn.Dense(r, kernel_init=down_init, name="down")(source_BxD), approximate=False
+                nn.Dense(r, kernel_init=down_init, name="down")(generator_input_BxD),
+                approximate=False,
             )
             flat_BxND = nn.Dense(n * d, kernel_init=up_init, name="up")(code_BxR)
             return flat_BxND.reshape(-1, n, d)
         down_NxDxR = self.param("down", down_init, (n, d, r))
         up_NxRxD = self.param("up", up_init, (n, r, d))
-        code_BxNxR = jnp.einsum("bd,ndr->bnr", source_BxD, down_NxDxR)
+        code_BxNxR = jnp.einsum("bd,ndr->bnr", generator_input_BxD, down_NxDxR)
         if cfg.generator_bias:
             code_BxNxR += self.param("down_bias", nn.initializers.zeros, (n, r))
         if cfg.generator_activation == "gelu":
@@ -266,23 +267,24 @@ class InfoPromptModel(nn.Module):
         """Step 1: P_src = H0[<s>], Z0 = H0[<mask>]; nothing is differentiated through it."""
         # Only the two rows read are computed in the last layer.
         rows_Bx2 = jnp.stack(
-            [jnp.zeros_like(batch["plain_mask_position"]), batch["plain_mask_position"]], axis=1
+            [jnp.zeros_like(batch["unprompted_mask_position"]), batch["unprompted_mask_position"]],
+            axis=1,
         )
         h0_Bx2xD = jax.lax.stop_gradient(
             self._encode(
-                input_ids=batch["plain_input_ids"],
-                attention_mask=batch["plain_attention_mask"],
-                token_type_ids=batch["plain_token_type_ids"],
+                input_ids=batch["unprompted_input_ids"],
+                attention_mask=batch["unprompted_attention_mask"],
+                token_type_ids=batch["unprompted_token_type_ids"],
                 output_rows=rows_Bx2,
             )
         )
-        return {"source": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
+        return {"generator_input": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
 
-    def prompts(self, batch: Batch, source_BxD: jax.Array | None) -> jax.Array:
+    def prompts(self, batch: Batch, generator_input_BxD: jax.Array | None) -> jax.Array:
         """Step 2: the n_p prompt vectors of each example, `[B, n_p, D]`."""
         batch_size = batch["input_ids"].shape[0]
         if self.config.prompt_source == "generator":
-            return self.prompt_generator(source_BxD)
+            return self.prompt_generator(generator_input_BxD)
         if self.config.prompt_source == "free":
             return jnp.broadcast_to(self.prompt, (batch_size,) + self.prompt.shape)
         return jnp.zeros((batch_size, 0, self.encoder_config.hidden_size), jnp.float32)
@@ -316,18 +318,21 @@ class InfoPromptModel(nn.Module):
         if self.is_initializing():
             # Creates the encoder's params (the word-embedding table above all) on every path.
             self._encode(
-                input_ids=batch["plain_input_ids"],
-                attention_mask=batch["plain_attention_mask"],
-                token_type_ids=batch["plain_token_type_ids"],
+                input_ids=batch["unprompted_input_ids"],
+                attention_mask=batch["unprompted_attention_mask"],
+                token_type_ids=batch["unprompted_token_type_ids"],
             )
-        needs_plain = cfg.prompt_source == "generator" or (
+        needs_unprompted = cfg.prompt_source == "generator" or (
             rng is not None and cfg.use_representation_critic
         )
-        if "cached_source" in batch:  # config.cache_unprompted: computed once per example.
-            plain = {"source": batch["cached_source"], "z0": batch["cached_z0"]}
+        if "cached_generator_input" in batch:  # config.cache_unprompted: computed once per example.
+            unprompted = {
+                "generator_input": batch["cached_generator_input"],
+                "z0": batch["cached_z0"],
+            }
         else:
-            plain = self.unprompted_pass(batch) if needs_plain else {}
-        prompts_BxNxD = self.prompts(batch, plain.get("source"))
+            unprompted = self.unprompted_pass(batch) if needs_unprompted else {}
+        prompts_BxNxD = self.prompts(batch, unprompted.get("generator_input"))
         z_BxD = self.prompted_pass(batch, prompts_BxNxD)
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
         logits_BxC, kl_B = self.task_head(z_BxD, keys[0])
@@ -335,6 +340,6 @@ class InfoPromptModel(nn.Module):
         if rng is None:
             return outputs
         terms = objective.per_example_terms(
-            self, batch, prompts_BxNxD, z_BxD, plain.get("z0"), logits_BxC, kl_B, keys[1:]
+            self, batch, prompts_BxNxD, z_BxD, unprompted.get("z0"), logits_BxC, kl_B, keys[1:]
         )
         return {**outputs, **terms}

@@ -45,19 +45,19 @@ def sample_positions(key: jax.Array, allowed_BxL: jax.Array, count: int) -> jax.
 
 def head_nce(model: Any, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Array) -> jax.Array:
     """Step 5: InfoNCE of P_bar against word embeddings of the example's context tokens."""
-    context_BxL = batch["plain_context_mask"].astype(bool)
+    context_BxL = batch["unprompted_context_mask"].astype(bool)
     # An example whose text was truncated away still has its non-padding tokens to draw from.
-    fallback_BxL = batch["plain_attention_mask"].astype(bool)
+    fallback_BxL = batch["unprompted_attention_mask"].astype(bool)
     context_BxL = jnp.where(context_BxL.any(axis=1, keepdims=True), context_BxL, fallback_BxL)
     theta_D = model.task_head.pooled_class_vector()
     if model.config.head_negatives == "all_context":
-        negatives_BxLxD = model.word_embeddings(batch["plain_input_ids"])
+        negatives_BxLxD = model.word_embeddings(batch["unprompted_input_ids"])
         candidates = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxLxD], axis=1)
         scores_BxK = model.head_critic(candidates, theta_D)
         valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
         return losses.info_nce(jnp.where(valid_BxK, scores_BxK, -1e30))
     positions_BxN = sample_positions(key, context_BxL, model.config.num_candidates - 1)
-    token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
+    token_ids_BxN = jnp.take_along_axis(batch["unprompted_input_ids"], positions_BxN, axis=1)
     negatives_BxNxD = model.word_embeddings(token_ids_BxN)
     candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
     return losses.info_nce(model.head_critic(candidates_BxKxD, theta_D))

@@ -97,12 +97,12 @@ def prompt_step(
     params = trainable_lib.merge_params(trainable, frozen)
 
     def prompts(module, batch):
-        source = (
-            module.unprompted_pass(batch)["source"]
+        generator_input = (
+            module.unprompted_pass(batch)["generator_input"]
             if module.config.prompt_source == "generator"
             else None
         )
-        return module.prompts(batch, source)
+        return module.prompts(batch, generator_input)
 
     return model.apply({"params": params}, batch, method=prompts)
 

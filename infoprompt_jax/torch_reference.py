@@ -216,23 +216,23 @@ class TorchReferenceStep:
         self, batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`P_src = H0[<s>]` and `Z0 = H0[<mask>]`, or their cache (`config.cache_unprompted`)."""
-        if "cached_source" in batch:
-            return batch["cached_source"], batch["cached_z0"]
+        if "cached_generator_input" in batch:
+            return batch["cached_generator_input"], batch["cached_z0"]
         with torch.no_grad():  # Nothing is differentiated through the unprompted pass.
             h0_BxLxD = self.encode(
-                batch["plain_attention_mask"],
-                input_ids=batch["plain_input_ids"],
-                token_type_ids=batch["plain_token_type_ids"],
+                batch["unprompted_attention_mask"],
+                input_ids=batch["unprompted_input_ids"],
+                token_type_ids=batch["unprompted_token_type_ids"],
             )
         rows_B = torch.arange(h0_BxLxD.shape[0], device=self.device)
-        return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["plain_mask_position"]]
+        return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["unprompted_mask_position"]]
 
-    def prompts(self, source_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def prompts(self, generator_input_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """`[B, n_p, D]`: per token `W_up_i (W_down_i P_src)`, or the free prompt (WARP)."""
         p, cfg = self.params, self.model_config
         if cfg.prompt_source == "free":
             return p["prompt"].expand(batch_size, -1, -1)
-        code_BxNxR = torch.einsum("bd,ndr->bnr", source_BxD, p["prompt_generator/down"])
+        code_BxNxR = torch.einsum("bd,ndr->bnr", generator_input_BxD, p["prompt_generator/down"])
         if cfg.generator_bias:
             code_BxNxR = code_BxNxR + p["prompt_generator/down_bias"]
         if cfg.generator_activation == "gelu":
@@ -261,8 +261,8 @@ class TorchReferenceStep:
         self, batch: Mapping[str, torch.Tensor], prompt_mean_BxD: torch.Tensor
     ) -> torch.Tensor:
         """InfoNCE of P_bar against K-1 sampled context-token embeddings, `c^T W1 theta`."""
-        context_BxL = batch["plain_context_mask"].bool()
-        fallback_BxL = batch["plain_attention_mask"].bool()
+        context_BxL = batch["unprompted_context_mask"].bool()
+        fallback_BxL = batch["unprompted_attention_mask"].bool()
         context_BxL = torch.where(context_BxL.any(dim=1, keepdim=True), context_BxL, fallback_BxL)
         positions_BxN = torch.multinomial(
             context_BxL.float(),
@@ -271,7 +271,7 @@ class TorchReferenceStep:
             generator=self.generator,
         )
         negatives_BxNxD = self.word_embeddings(
-            torch.gather(batch["plain_input_ids"], 1, positions_BxN)
+            torch.gather(batch["unprompted_input_ids"], 1, positions_BxN)
         )
         candidates_BxKxD = torch.cat([prompt_mean_BxD[:, None], negatives_BxNxD], dim=1)
         theta_D = self.params["task_head/class_vectors"].mean(dim=0)
@@ -307,9 +307,11 @@ class TorchReferenceStep:
         cfg = self.model_config
         rows_B = torch.arange(batch["input_ids"].shape[0], device=self.device)
         # WARP without the representation critic reads nothing from the unprompted pass.
-        needs_plain = cfg.prompt_source == "generator" or cfg.use_representation_critic
-        source_BxD, z0_BxD = self.unprompted_pass(batch) if needs_plain else (None, None)
-        prompts_BxNxD = self.prompts(source_BxD, len(rows_B))
+        needs_unprompted = cfg.prompt_source == "generator" or cfg.use_representation_critic
+        generator_input_BxD, z0_BxD = (
+            self.unprompted_pass(batch) if needs_unprompted else (None, None)
+        )
+        prompts_BxNxD = self.prompts(generator_input_BxD, len(rows_B))
         embeds_BxLxD = self.word_embeddings(batch["input_ids"]).index_put(
             (rows_B[:, None], batch["prompt_positions"]), prompts_BxNxD
         )

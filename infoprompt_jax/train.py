@@ -55,7 +55,7 @@ def evaluate(
 def cache_unprompted_pass(
     model, frozen, arrays: Arrays, batch_size: int, mesh, lengths: Sequence[int] = ()
 ) -> Arrays:
-    """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
+    """`arrays` plus `cached_generator_input` and `cached_z0`: the unprompted pass of every example.
 
     The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
     computing it once saves one of the step's two encoder forwards.
@@ -67,7 +67,11 @@ def cache_unprompted_pass(
     outputs = batching.map_in_batches(
         functools.partial(unprompted, frozen), arrays, batch_size, mesh, lengths
     )
-    return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
+    return {
+        **arrays,
+        "cached_generator_input": outputs["generator_input"],
+        "cached_z0": outputs["z0"],
+    }
 
 
 def uses_cached_unprompted_pass(components: components_lib.Components) -> bool:

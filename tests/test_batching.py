@@ -10,11 +10,11 @@ import sentiment_fixture
 from infoprompt_jax import batching, sharding, train
 from infoprompt_jax import components as components_lib
 
-# Two rows of length 3 and 5 in an L = 8 batch; the plain input is one shorter (no prompt).
+# Two rows of length 3 and 5 in an L = 8 batch; the unprompted input is one shorter (no prompt).
 ARRAYS = {
     "input_ids": np.arange(16).reshape(2, 8),
     "attention_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]),
-    "plain_attention_mask": np.array([[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]),
+    "unprompted_attention_mask": np.array([[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]),
     "mask_position": np.array([2, 4]),
     "prompt_positions": np.array([[1], [3]]),
     "label": np.array([0, 1]),
@@ -34,7 +34,7 @@ def test_a_batch_is_cut_to_the_shortest_bucket_holding_its_longest_row():
     assert batching.batch_length(ARRAYS, (4, 6, 8)) == 6
     assert batching.batch_length({k: v[:1] for k, v in ARRAYS.items()}, (4, 6, 8)) == 4
     cut = batching.cut(ARRAYS, 6)
-    assert cut["input_ids"].shape == (2, 6) and cut["plain_attention_mask"].shape == (2, 6)
+    assert cut["input_ids"].shape == (2, 6) and cut["unprompted_attention_mask"].shape == (2, 6)
     for per_row in ("mask_position", "prompt_positions", "label"):
         np.testing.assert_array_equal(cut[per_row], ARRAYS[per_row])
     with pytest.raises(ValueError, match="needs 5 positions"):

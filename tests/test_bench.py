@@ -149,8 +149,10 @@ def test_synthetic_batch_has_the_real_layout_and_full_attention(comps, batch):
     assert (batch["attention_mask"] == 1).all(), "the prompted input fills max_len"
     assert (batch["input_ids"][rows, batch["prompt_positions"]] == unk).all()
     assert (batch["input_ids"][rows[:, 0], batch["mask_position"]] == mask).all()
-    assert (batch["plain_input_ids"][rows[:, 0], batch["plain_mask_position"]] == mask).all()
-    assert batch["plain_context_mask"].sum(axis=1).min() > SEQ_LEN // 2
+    assert (
+        batch["unprompted_input_ids"][rows[:, 0], batch["unprompted_mask_position"]] == mask
+    ).all()
+    assert batch["unprompted_context_mask"].sum(axis=1).min() > SEQ_LEN // 2
     assert set(np.unique(batch["label"])) <= {0, 1}
     assert len({tuple(r) for r in batch["input_ids"]}) == BATCH, "rows differ"
 
@@ -186,18 +188,19 @@ def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
 
 def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, batch, trainable):
     step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
-    plain = torch_reference.to_torch(batch)
-    source, z0 = step.unprompted_pass(plain)
+    uncached = torch_reference.to_torch(batch)
+    generator_input, z0 = step.unprompted_pass(uncached)
     cached = torch_reference.to_torch(
-        {**batch, "cached_source": source.numpy(), "cached_z0": z0.numpy()}
+        {**batch, "cached_generator_input": generator_input.numpy(), "cached_z0": z0.numpy()}
     )
     assert (
-        cached["cached_source"].dtype == torch.float32 and cached["input_ids"].dtype == torch.int64
+        cached["cached_generator_input"].dtype == torch.float32
+        and cached["input_ids"].dtype == torch.int64
     )
     with torch.no_grad():
         for name in ("logits", "ce"):
             torch.testing.assert_close(
-                step.terms(cached)[name], step.terms(plain)[name], rtol=0, atol=0
+                step.terms(cached)[name], step.terms(uncached)[name], rtol=0, atol=0
             )
 
 

@@ -1,5 +1,7 @@
 """Tests of the compiled train step: frozen weights, sharding, learning, methods."""
 
+from typing import Any, NamedTuple
+
 import jax
 import numpy as np
 import pytest
@@ -14,8 +16,18 @@ from infoprompt_jax import trainable as trainable_lib
 BATCH = 8
 
 
+class Built(NamedTuple):
+    """A compiled run at step 0."""
+
+    state: steps.TrainState
+    frozen: Any
+    train_fn: Any
+    eval_fn: Any
+    batch: dict[str, jax.Array]
+
+
 def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, **overrides):
-    """(state, frozen, compiled train step, device batch) on a mesh over `devices`."""
+    """The state, frozen tree, compiled steps and a device batch on a mesh over `devices`."""
     config = sentiment_fixture.tiny_config(model_dir, method)
     for dotted, value in overrides.items():
         if "__" in dotted:
@@ -32,7 +44,7 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
         components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
     batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
-    return state, frozen, train_fn, eval_fn, batch
+    return Built(state, frozen, train_fn, eval_fn, batch)
 
 
 def run(state, frozen, train_fn, batch, num_steps):
@@ -73,8 +85,8 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     single = build(tiny_roberta_dir)
     sharded = build(tiny_roberta_dir, devices=jax.devices(), fsdp=fsdp)
-    state_1, history_1 = run(single[0], single[1], single[2], single[4], 3)
-    state_8, history_8 = run(sharded[0], sharded[1], sharded[2], sharded[4], 3)
+    state_1, history_1 = run(single.state, single.frozen, single.train_fn, single.batch, 3)
+    state_8, history_8 = run(sharded.state, sharded.frozen, sharded.train_fn, sharded.batch, 3)
     for m1, m8 in zip(history_1, history_8):
         for name in m1:
             np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -84,8 +96,8 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
         host_copy(state_1.trainable),
     )
     np.testing.assert_allclose(
-        sharded[3](state_8.trainable, sharded[1], sharded[4]),
-        single[3](state_1.trainable, single[1], single[4]),
+        sharded.eval_fn(state_8.trainable, sharded.frozen, sharded.batch),
+        single.eval_fn(state_1.trainable, single.frozen, single.batch),
         rtol=1e-5,
         atol=1e-6,
     )
@@ -145,17 +157,17 @@ def test_each_method_changes_only_its_parameters(tiny_roberta_dir, method):
             "/adapter/" in p for p in trainable_lib.flatten(before) if p.startswith("encoder/")
         )
     if method == "finetune":
-        assert not frozen or set(frozen) == {"task_head"}
+        assert frozen == {}, f"finetune trains every parameter; frozen: {list(frozen)}"
 
 
 def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
     adapter = build(tiny_roberta_dir, "adapter")
-    plain = build(tiny_roberta_dir, "finetune")
+    finetune = build(tiny_roberta_dir, "finetune")
     # Equal up to float rounding: XLA may fuse the adapter's exact zero into another kernel and
     # reassociate the sums around it.
     np.testing.assert_allclose(
-        adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
-        plain[3](plain[0].trainable, plain[1], plain[4]),
+        adapter.eval_fn(adapter.state.trainable, adapter.frozen, adapter.batch),
+        finetune.eval_fn(finetune.state.trainable, finetune.frozen, finetune.batch),
         rtol=1e-5,
         atol=1e-7,
     )
@@ -168,22 +180,25 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     arrays = components.encode(sentiment_fixture.examples(BATCH))
     cached = train.cache_unprompted_pass(components.model, frozen, arrays, 4, mesh)
-    assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
-    plain_batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
+    assert cached["cached_generator_input"].shape == (BATCH, 32) and cached["cached_z0"].shape == (
+        BATCH,
+        32,
+    )
+    uncached_batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
     cached_batch = batching.device_batch(cached, np.arange(BATCH), mesh)
     np.testing.assert_allclose(
         eval_fn(state.trainable, frozen, cached_batch),
-        eval_fn(state.trainable, frozen, plain_batch),
+        eval_fn(state.trainable, frozen, uncached_batch),
         rtol=1e-6,
         atol=1e-6,
     )
     state_copy = jax.tree.map(lambda x: x.copy(), state)
-    _, uncached_history = run(state, frozen, train_fn, plain_batch, 3)
+    _, uncached_history = run(state, frozen, train_fn, uncached_batch, 3)
     _, cached_history = run(state_copy, frozen, train_fn, cached_batch, 3)
-    for plain_metrics, cached_metrics in zip(uncached_history, cached_history):
-        for name in plain_metrics:
+    for uncached_metrics, cached_metrics in zip(uncached_history, cached_history):
+        for name in uncached_metrics:
             np.testing.assert_allclose(
-                cached_metrics[name], plain_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name
+                cached_metrics[name], uncached_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name
             )
 
 
