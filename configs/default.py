@@ -1,7 +1,7 @@
 """Default configuration: InfoPrompt on RTE with roberta-large, the paper's hyperparameters.
 
 Every field is overridable from the command line, e.g. `--config.optim.lr=3e-4`.
-Variants: `--config=configs/default.py:tiny` is a seconds-long debug run (see `tiny_overrides`).
+Variants: `--config=configs/default.py:tiny` is a seconds-long debug run (see `apply_variant`).
 """
 
 import ml_collections

@@ -18,8 +18,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
     None,
-    "Call jax.distributed.initialize() (default: when a TPU pod or a "
-    "coordinator address in the environment says the run spans several processes).",
+    "Call jax.distributed.initialize() (default: when env variables say the run spans hosts).",
 )
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/rte.py or configs/rte.py:tiny.", lock_config=True

@@ -189,7 +189,7 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
 
 
 def format_stat(stat: Stat) -> str:
-    """ "72.0 ± 2.0", "72.0" (one seed) or "–"."""
+    """A statistic as text: "72.0 ± 2.0", "72.0" (one seed) or "–"."""
     if stat.mean is None:
         return MISSING
     return f"{stat.mean:.1f}" if stat.std is None else f"{stat.mean:.1f} ± {stat.std:.1f}"
@@ -207,7 +207,7 @@ def format_cell(table: Table, row: str, task: str) -> str:
 
 
 def column_name(task: str) -> str:
-    """ "RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
+    """A task's column header: "RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
     name = TASK_NAMES.get(task, task.upper())
     metrics = task_metrics(task)
     return name if len(metrics) == 1 else f"{name} ({'/'.join(METRIC_SHORT[m] for m in metrics)})"

@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
-def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -> dict[str, float]:
+def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -> None:
     """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
     fetched = jax.device_get(interval)
     means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -209,4 +209,3 @@ def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -
     writer.write(step, means)
     line = progress.update(step, epoch, fetched[-1])
     logging.log_every_n_seconds(logging.INFO, line, 30)
-    return means
