@@ -9,8 +9,9 @@ import pytest
 import sentiment_fixture
 import torch
 
-from infoprompt_jax import bench, components, torch_reference
+from infoprompt_jax import components
 from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.tools import bench, torch_reference
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {

@@ -35,8 +35,6 @@ from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import models, objective
 from infoprompt_jax import trainable as trainable_lib
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 def to_torch(
     arrays: Mapping[str, np.ndarray], device: str | torch.device = "cpu"

@@ -1,6 +1,6 @@
 """Throughput of the compiled train step, optionally against the same step in PyTorch eager.
 
-    python -m infoprompt_jax.bench --config=configs/sst2.py --config.model.name=DIR \
+    python -m infoprompt_jax.tools.bench --config=configs/sst2.py --config.model.name=DIR \
         --batch_size=8 --seq_len=128 --steps=20 [--compare_torch] [--config.x=y ...]
 
 Builds the run the config describes (`components.build_components`, state on a mesh over all
@@ -378,7 +378,7 @@ def benchmark_torch(
     """
     import torch  # Optional dependency: only --compare_torch needs it.
 
-    from infoprompt_jax import torch_reference
+    from infoprompt_jax.tools import torch_reference
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable, device)
