@@ -17,6 +17,7 @@ from infoprompt_jax import (
     encoder,
     export,
     predict,
+    readers,
     run_state,
     sharding,
     tasks,
@@ -286,7 +287,7 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
     test_tsv.write_text("index\tsentence1\tsentence2\n0\tA man walks.\tA man moves.\n")
     rows = predict.read_inputs(test_tsv, rte, fields)
     assert rows == [
-        predict.InputRow({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
+        readers.Record({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
     ]
     plain = tmp_path / "pairs.txt"
     plain.write_text("a\tb\n\nc\td\n")
