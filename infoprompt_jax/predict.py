@@ -24,9 +24,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, readers, run_state, sharding, steps, templates
+from infoprompt_jax import batching, pretrained, readers, run_state, sharding, steps, templates
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import tasks as tasks_lib
 from infoprompt_jax import trainable as trainable_lib
@@ -75,14 +74,14 @@ def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) ->
     else:
         candidate = recorded["name"]
     try:
-        model_dir = encoder_lib.resolve_model_dir(candidate)
+        model_dir = pretrained.resolve_model_dir(candidate)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"Cannot find the encoder this export was trained with ({recorded['name']!r}, "
             f"exported from {recorded['model_dir']}): {e} Pass its checkpoint directory with "
             "encoder_path= (--encoder_path=DIR)."
         ) from e
-    checksum = encoder_lib.weights_checksum(model_dir)
+    checksum = pretrained.weights_checksum(model_dir)
     if checksum != recorded["weights_checksum"]:
         raise ValueError(
             f"Encoder mismatch: {model_dir} has weights checksum {checksum}, but the export was "

@@ -14,9 +14,9 @@ from absl import flags
 from infoprompt_jax import (
     batching,
     checkpointing,
-    encoder,
     export,
     predict,
+    pretrained,
     readers,
     run_state,
     sharding,
@@ -143,7 +143,7 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     assert info["encoder"] == {
         "name": str(tiny_roberta_dir),
         "model_dir": str(tiny_roberta_dir.absolute()),
-        "weights_checksum": encoder.weights_checksum(tiny_roberta_dir),
+        "weights_checksum": pretrained.weights_checksum(tiny_roberta_dir),
     }
     assert info["best"] == {
         "metric": "eval_accuracy",
@@ -214,7 +214,7 @@ def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, 
         weights, str(other / "model.safetensors"), metadata={"format": "pt"}
     )
     expected = json.loads((exported / "export.json").read_text())["encoder"]["weights_checksum"]
-    found = encoder.weights_checksum(other)
+    found = pretrained.weights_checksum(other)
     with pytest.raises(ValueError, match="Encoder mismatch") as error:
         predict.InfoPromptClassifier.load(exported, encoder_path=str(other))
     message = str(error.value)
