@@ -27,8 +27,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import run_state, sharding, workdir_files
+from infoprompt_jax import pretrained, run_state, sharding, workdir_files
 from infoprompt_jax import trainable as trainable_lib
 
 FORMAT_VERSION = 1
@@ -150,7 +149,7 @@ def export_info(
         "encoder": {
             "name": components.config.model.name,
             "model_dir": str(components.model_dir.absolute()),
-            "weights_checksum": encoder_lib.weights_checksum(components.model_dir),
+            "weights_checksum": pretrained.weights_checksum(components.model_dir),
         },
         "params": {"file": PARAMS_FILE, "num_parameters": int(num_parameters)},
         "best": best,

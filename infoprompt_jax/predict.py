@@ -24,10 +24,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, run_state, sharding, steps, templates
+from infoprompt_jax import batching, pretrained, readers, run_state, sharding, steps, templates
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import data as data_lib
-from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import tasks as tasks_lib
 from infoprompt_jax import trainable as trainable_lib
@@ -76,14 +74,14 @@ def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) ->
     else:
         candidate = recorded["name"]
     try:
-        model_dir = encoder_lib.resolve_model_dir(candidate)
+        model_dir = pretrained.resolve_model_dir(candidate)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"Cannot find the encoder this export was trained with ({recorded['name']!r}, "
             f"exported from {recorded['model_dir']}): {e} Pass its checkpoint directory with "
             "encoder_path= (--encoder_path=DIR)."
         ) from e
-    checksum = encoder_lib.weights_checksum(model_dir)
+    checksum = pretrained.weights_checksum(model_dir)
     if checksum != recorded["weights_checksum"]:
         raise ValueError(
             f"Encoder mismatch: {model_dir} has weights checksum {checksum}, but the export was "
@@ -280,18 +278,9 @@ def _with_exported_tokenizer(
 # Input files.
 
 
-@dataclasses.dataclass(frozen=True)
-class InputRow:
-    """One input of a file: its fields, its gold label name if the file has one, its line."""
-
-    fields: dict[str, str]
-    gold: str | None
-    line: int
-
-
 def read_inputs(
     path: str | pathlib.Path, task: tasks_lib.TaskSpec, text_fields: Sequence[str]
-) -> list[InputRow]:
+) -> list[readers.Record]:
     """The inputs of a file, in order.
 
     Formats, tried in this order:
@@ -306,62 +295,15 @@ def read_inputs(
     if not path.is_file():
         raise FileNotFoundError(f"--input={path}: no such file.")
     if path.name in {name for _, name in task.local_files}:
-        return [
-            InputRow(dict(raw.fields), raw.label, raw.line)
-            for raw in data_lib._read_raw(task, path)
-        ]  # pylint: disable=protected-access
-    if path.suffix == ".tsv":
-        rows = _read_glue_tsv(path, task)
-        if rows is not None:
-            return rows
-    return _read_plain_text(path, text_fields)
-
-
-def _read_glue_tsv(path: pathlib.Path, task: tasks_lib.TaskSpec) -> list[InputRow] | None:
-    """The text (and label) columns of a GLUE TSV by header name; None without such a header."""
-    fmt = data_lib._TSV_FORMATS.get(task.file_format)  # pylint: disable=protected-access
-    lines = data_lib._read_lines(path)  # pylint: disable=protected-access
-    if fmt is None or not lines:
-        return None
-    header = [c.strip() for c in lines[0].split("\t")]
-    columns = {field: fmt.columns[i] for field, i in fmt.text.items()}
-    if not all(name in header for name in columns.values()):
-        return None
-    text_at = {field: header.index(name) for field, name in columns.items()}
-    label_name = fmt.columns[fmt.label]
-    label_at = header.index(label_name) if label_name in header else None
-    rows = []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) != len(header):
-            raise ValueError(
-                f"{path} line {lineno}: expected {len(header)} tab-separated "
-                f"columns ({' '.join(header)}), found {len(cols)}."
-            )
-        gold = None
-        if label_at is not None:
-            raw = cols[label_at].strip()
-            gold = fmt.label_map.get(raw, raw) if fmt.label_map else raw
-        rows.append(InputRow({f: cols[i].strip() for f, i in text_at.items()}, gold, lineno))
-    return rows
-
-
-def _read_plain_text(path: pathlib.Path, text_fields: Sequence[str]) -> list[InputRow]:
-    rows = []
-    lines = data_lib._read_lines(path)  # pylint: disable=protected-access
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        texts = line.split("\t")
-        if len(texts) != len(text_fields):
-            raise ValueError(
-                f"{path} line {lineno}: found {len(texts)} tab-separated text(s); the task "
-                f"reads {len(text_fields)} ({'<TAB>'.join(text_fields)}) per line."
-            )
-        rows.append(InputRow(dict(zip(text_fields, texts)), None, lineno))
-    return rows
+        records = readers.read_task_file(task, path)
+    else:
+        fmt = readers.TSV_FORMATS.get(task.file_format)
+        records = None
+        if path.suffix == ".tsv" and fmt is not None:
+            records = readers.read_glue_tsv(path, fmt, labelled=False)
+        if records is None:
+            records = readers.read_plain_lines(path, text_fields)
+    return records
 
 
 def predict_file(
@@ -385,16 +327,16 @@ def predict_file(
         with open(output, "w", encoding="utf-8") as f:
             for row, result in zip(rows, results):
                 record = {"line": row.line, "input": row.fields, **result}
-                if row.gold is not None:
-                    record["gold"] = row.gold
+                if row.label is not None:
+                    record["gold"] = row.label
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     _log_accuracy(rows, results)
     return len(rows)
 
 
-def _log_accuracy(rows: Sequence[InputRow], results: Sequence[Mapping[str, Any]]) -> None:
+def _log_accuracy(rows: Sequence[readers.Record], results: Sequence[Mapping[str, Any]]) -> None:
     golds = [
-        (row.gold, result["label"]) for row, result in zip(rows, results) if row.gold is not None
+        (row.label, result["label"]) for row, result in zip(rows, results) if row.label is not None
     ]
     if golds:
         correct = sum(gold == label for gold, label in golds)

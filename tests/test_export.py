@@ -14,9 +14,10 @@ from absl import flags
 from infoprompt_jax import (
     batching,
     checkpointing,
-    encoder,
     export,
     predict,
+    pretrained,
+    readers,
     run_state,
     sharding,
     tasks,
@@ -142,7 +143,7 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     assert info["encoder"] == {
         "name": str(tiny_roberta_dir),
         "model_dir": str(tiny_roberta_dir.absolute()),
-        "weights_checksum": encoder.weights_checksum(tiny_roberta_dir),
+        "weights_checksum": pretrained.weights_checksum(tiny_roberta_dir),
     }
     assert info["best"] == {
         "metric": "eval_accuracy",
@@ -213,7 +214,7 @@ def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, 
         weights, str(other / "model.safetensors"), metadata={"format": "pt"}
     )
     expected = json.loads((exported / "export.json").read_text())["encoder"]["weights_checksum"]
-    found = encoder.weights_checksum(other)
+    found = pretrained.weights_checksum(other)
     with pytest.raises(ValueError, match="Encoder mismatch") as error:
         predict.InfoPromptClassifier.load(exported, encoder_path=str(other))
     message = str(error.value)
@@ -286,7 +287,7 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
     test_tsv.write_text("index\tsentence1\tsentence2\n0\tA man walks.\tA man moves.\n")
     rows = predict.read_inputs(test_tsv, rte, fields)
     assert rows == [
-        predict.InputRow({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
+        readers.Record({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
     ]
     plain = tmp_path / "pairs.txt"
     plain.write_text("a\tb\n\nc\td\n")
