@@ -68,6 +68,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from infoprompt_jax import cli
+
 # Set by the grid's axes, never by overrides: a cell's directory name must say its value.
 AXIS_KEYS = {"seed": "seeds", "prompt.num_tokens": "num_tokens", "data.few_shot": "few_shot"}
 REQUIRED_KEYS = ("tasks", "rows", "num_tokens", "few_shot", "seeds")
@@ -593,20 +595,17 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _forward_sigterm)
     FLAGS = flags.FLAGS
-    try:
-        status = run(
-            FLAGS.grid,
-            FLAGS.root,
-            FLAGS.shard,
-            FLAGS.dry_run,
-            FLAGS.max_parallel,
-            out=lambda line: print(line, flush=True),
-        )
-    except GridError as e:
-        sys.exit(f"Error: {e}")
+    status = run(
+        FLAGS.grid,
+        FLAGS.root,
+        FLAGS.shard,
+        FLAGS.dry_run,
+        FLAGS.max_parallel,
+        out=lambda line: print(line, flush=True),
+    )
     sys.exit(PREEMPTED_STATUS if _STOP.is_set() else status)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

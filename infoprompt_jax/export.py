@@ -27,10 +27,10 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
+from infoprompt_jax import cli, partition, sharding, steps
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition, sharding, steps
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
@@ -301,4 +301,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))

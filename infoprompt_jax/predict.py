@@ -24,11 +24,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from infoprompt_jax import cli, partition, sharding, steps, templates, train
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
-from infoprompt_jax import partition, sharding, steps, templates, train
 from infoprompt_jax import tasks as tasks_lib
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
@@ -480,4 +480,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))
