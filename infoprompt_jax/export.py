@@ -237,10 +237,13 @@ def write_export(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = flat_float32(trainable)
-    safetensors.numpy.save_file(
-        tensors,
-        output_dir / PARAMS_FILE,
-        metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+    # save() and a plain write, not save_file(): that writes through a private temporary file,
+    # so the export would be mode 0600, unreadable to the other users of a shared machine.
+    (output_dir / PARAMS_FILE).write_bytes(
+        safetensors.numpy.save(
+            tensors,
+            metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+        )
     )
     (output_dir / CONFIG_FILE).write_text(comps.config.to_json_best_effort(indent=2) + "\n")
     info = export_info(comps, step, sum(t.size for t in tensors.values()), record, eval_metrics)
