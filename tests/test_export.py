@@ -2,7 +2,9 @@
 
 import contextlib
 import json
+import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -152,6 +154,15 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     assert json.loads((exported / "config.json").read_text()) == json.loads(
         (workdir / "config.json").read_text()
     )
+
+
+def test_export_files_are_readable_by_other_users(exported):
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [exported, *exported.rglob("*")]
+    modes = {p.relative_to(exported).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    expected = {name: (0o777 if (exported / name).is_dir() else 0o666) & ~umask for name in modes}
+    assert modes == expected  # 0644 files and 0755 folders under the usual umask 022.
 
 
 def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
