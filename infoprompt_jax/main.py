@@ -79,14 +79,18 @@ def show_config() -> str:
 
 def closing_line(summary: dict, workdir: str, wall_seconds: float) -> str:
     """What a finished run says last: its scores, its time and where its outputs are."""
-    main_metric = next(key[len("best_") :] for key in summary if key.startswith("best_eval_"))
-    final, best = summary.get(main_metric), summary[f"best_{main_metric}"]
-    final_text = "not evaluated" if final is None else f"{final:.4f}"
-    best_text = "none" if best is None else f"{best:.4f} at step {summary['best_step']}"
+    scores = ""
+    best_key = next((key for key in summary if key.startswith("best_eval_")), None)
+    if best_key is not None:
+        main_metric, best = best_key[len("best_") :], summary[best_key]
+        final = summary.get(main_metric)
+        scores = f": {main_metric} " + ("not evaluated" if final is None else f"{final:.4f}")
+        scores += " (best " + (
+            "none)" if best is None else f"{best:.4f} at step {summary['best_step']})"
+        )
     return (
-        f"Finished at step {summary['step']}: {main_metric} {final_text} (best {best_text})"
-        f" in {wall_seconds:.0f} s. Outputs in {workdir}:"
-        " metrics.jsonl, summary.json, checkpoints/, tensorboard/."
+        f"Finished at step {summary.get('step')}{scores} in {wall_seconds:.0f} s."
+        f" Outputs in {workdir}: metrics.jsonl, summary.json, checkpoints/, tensorboard/."
     )
 
 
