@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
-from infoprompt_jax import grids
+from infoprompt_jax import cli, grids
 
 # main.py's exit status after SIGTERM: checkpoint saved, rerun to resume.
 PREEMPTED_STATUS = 143
@@ -219,20 +219,17 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _forward_sigterm)
     FLAGS = flags.FLAGS
-    try:
-        status = run(
-            FLAGS.grid,
-            FLAGS.root,
-            FLAGS.shard,
-            FLAGS.dry_run,
-            FLAGS.max_parallel,
-            out=lambda line: print(line, flush=True),
-        )
-    except grids.GridError as e:
-        sys.exit(f"Error: {e}")
+    status = run(
+        FLAGS.grid,
+        FLAGS.root,
+        FLAGS.shard,
+        FLAGS.dry_run,
+        FLAGS.max_parallel,
+        out=lambda line: print(line, flush=True),
+    )
     sys.exit(PREEMPTED_STATUS if _STOP.is_set() else status)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

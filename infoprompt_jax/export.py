@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
+from infoprompt_jax import cli, pretrained, run_state, sharding, workdir_files
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import pretrained, run_state, sharding, workdir_files
 from infoprompt_jax import trainable as trainable_lib
 
 FORMAT_VERSION = 1
@@ -183,10 +183,13 @@ def write_export(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = flat_float32(trainable)
-    safetensors.numpy.save_file(
-        tensors,
-        output_dir / PARAMS_FILE,
-        metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+    # save() and a plain write, not save_file(): that writes through a private temporary file,
+    # so the export would be mode 0600, unreadable to the other users of a shared machine.
+    (output_dir / PARAMS_FILE).write_bytes(
+        safetensors.numpy.save(
+            tensors,
+            metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+        )
     )
     (output_dir / CONFIG_FILE).write_text(components.config.to_json_best_effort(indent=2) + "\n")
     info = export_info(
@@ -251,4 +254,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))

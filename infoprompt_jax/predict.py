@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, pretrained, readers, run_state, sharding, steps, templates
+from infoprompt_jax import batching, cli, pretrained, readers, run_state, sharding, steps, templates
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import tasks as tasks_lib
@@ -397,4 +397,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))

@@ -27,6 +27,7 @@ from typing import Any
 
 from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax import tasks as tasks_lib
 from infoprompt_jax import workdir_files
 
@@ -333,12 +334,9 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        print(write_report(flags.FLAGS.root, flags.FLAGS.select))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"Error: {e}") from e
+    print(write_report(flags.FLAGS.root, flags.FLAGS.select))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

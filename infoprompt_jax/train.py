@@ -30,6 +30,7 @@ from infoprompt_jax import (
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import progress as progress_lib
 
 Arrays = dict[str, np.ndarray]
 
@@ -90,6 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
     workdir_path = epath.Path(workdir)
+    logging.info("Loading the %s encoder and the %s data.", config.model.name, config.task)
     components = components_lib.build_components(config)
     config, task = components.config, components.task
     train_arrays = components.encode(components_lib.load_examples(config, task, "train"))
@@ -125,6 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir_files.write_config(workdir_path, config)
     lengths = batching.run_lengths(config)
     if uses_cached_unprompted_pass(components):
+        logging.info(
+            "Caching the unprompted pass of %d train and %d dev examples.",
+            num_train,
+            len(dev_arrays["label"]),
+        )
         train_arrays = cache_unprompted_pass(
             components.model, frozen, train_arrays, batch_size, mesh, lengths
         )
@@ -134,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_fn, eval_fn = steps.compile_steps(
         components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
-    progress = metric_logging.Progress(total_steps, batch_size)
+    logging.info("Compiling the train step (the first step takes longest).")
+    progress = progress_lib.Progress(total_steps, steps_per_epoch, batch_size, int(record["step"]))
     preemption = checkpointing.PreemptionFlag()
     trajectory = prompt_trajectory.PromptTrajectory(
         workdir_path,
@@ -156,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         done = step + 1
         trajectory.maybe_record(done, state.trainable, frozen)
         if done % config.train.log_every_steps == 0 or done == total_steps:
-            log_train_metrics(writer, progress, done, epoch, interval_metrics)
+            log_train_metrics(writer, progress, done, interval_metrics)
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
         if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
@@ -172,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             or preemption.raised
         ):
             record["step"] = done
+            writer.flush()  # The metrics file holds every record up to the checkpoint.
             checkpointing.save(manager, done, state, record)
             logging.info("Saved checkpoint at step %d.", done)
         if preemption.raised:
@@ -182,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             break
     progress.close()
+    writer.close()
     preemption.restore()
     manager.close()
     summary = {
@@ -197,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
-def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -> None:
+def log_train_metrics(writer, progress, step: int, interval: list) -> None:
     """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
     fetched = jax.device_get(interval)
     means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -207,5 +217,4 @@ def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -
             "lower config.optim.lr or check the data."
         )
     writer.write(step, means)
-    line = progress.update(step, epoch, fetched[-1])
-    logging.log_every_n_seconds(logging.INFO, line, 30)
+    progress.update(step, fetched[-1])

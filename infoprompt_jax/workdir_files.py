@@ -34,7 +34,7 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
 
 
 def read_metrics(workdir: str | epath.Path, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """The records of `WORKDIR/metrics.jsonl`, in file order.
+    """The records of `WORKDIR/metrics.jsonl`, in file order; a torn last line is skipped.
 
     Args:
         workdir: the run's workdir.
@@ -45,7 +45,13 @@ def read_metrics(workdir: str | epath.Path, missing_ok: bool = False) -> list[di
         if missing_ok:
             return []
         raise FileNotFoundError(f"{path} not found: the run has logged no metrics yet.")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # A line cut short by a crash mid-write (the writer appends).
+    return records
 
 
 def eval_record_at(workdir: str | epath.Path, step: int) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 import contextlib
 import json
+import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -157,6 +159,15 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     )
 
 
+def test_export_files_are_readable_by_other_users(exported):
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [exported, *exported.rglob("*")]
+    modes = {p.relative_to(exported).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    expected = {name: (0o777 if (exported / name).is_dir() else 0o666) & ~umask for name in modes}
+    assert modes == expected  # 0644 files and 0755 folders under the usual umask 022.
+
+
 def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
     workdir, data_dir, _, reference_logits = trained
     sentences, gold = zip(*dev_rows(data_dir))
@@ -176,7 +187,6 @@ def test_predict_command_line_on_the_dev_file(trained, exported, tmp_path):
     _, data_dir, _, reference_logits = trained
     run_command_line(
         predict,
-        run_state,
         f"--export_dir={exported}",
         f"--input={data_dir / 'dev.tsv'}",
         f"--output={tmp_path / 'out.jsonl'}",
