@@ -82,6 +82,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.loss.critic = "bilinear"
     # Head-loss negatives: sampled (K-1 context tokens) | all_context (released code).
     config.loss.head_negatives = "sampled"
+    # Representation-loss negatives (docs/design.md, "Negatives of the representation term"):
+    # unprompted (paper: samples around the unprompted Z0) | other_examples (the prompted Z of
+    # the batch's other examples; no extra pass) | other_prompts (the same input under the batch's
+    # other prompts: min(K-1, B-1) more prompted passes per step).
+    config.loss.representation_negatives = "unprompted"
     # Per-example clamp of each InfoNCE term (released code: 2.0); 0 disables it.
     config.loss.nce_clamp = 0.0
     # Released code's variational head: bottleneck width (0: none) and its KL weight.

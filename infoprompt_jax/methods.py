@@ -24,6 +24,7 @@ RELEASED_VARIANT = {
     "loss.nce_clamp": 2.0,
     "loss.head_bottleneck_dim": 32,
     "loss.kl_weight": 0.1,
+    "loss.representation_negatives": "unprompted",
 }
 
 
@@ -82,6 +83,7 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         critic=config.loss.critic,
         head_negatives=config.loss.head_negatives,
         head_bottleneck_dim=config.loss.head_bottleneck_dim,
+        representation_negatives=config.loss.representation_negatives,
     )
     loss_weights = objective.ObjectiveWeights(
         beta=beta,

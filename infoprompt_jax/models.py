@@ -19,6 +19,7 @@ from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import losses, objective
 
 Batch = Mapping[str, jax.Array]
+REPRESENTATION_NEGATIVES = ("unprompted", "other_examples", "other_prompts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class ModelConfig:
             "all_context" (released: every non-padding context token).
         head_bottleneck_dim: 0 (paper) or the released code's variational bottleneck width (32)
             between the head transform and the class vectors.
+        representation_negatives: "unprompted" (paper: samples around Z0), "other_examples"
+            (the batch's other prompted Z) or "other_prompts" (this input under the batch's
+            other prompts); see `objective.representation_nce`.
     """
 
     num_classes: int
@@ -65,6 +69,7 @@ class ModelConfig:
     critic: str = "bilinear"
     head_negatives: str = "sampled"
     head_bottleneck_dim: int = 0
+    representation_negatives: str = "unprompted"
 
     def __post_init__(self):
         choices = {
@@ -73,6 +78,7 @@ class ModelConfig:
             "generator_activation": ("none", "gelu"),
             "critic": ("bilinear", "scaled_dot"),
             "head_negatives": ("sampled", "all_context"),
+            "representation_negatives": REPRESENTATION_NEGATIVES,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -323,7 +329,9 @@ class InfoPromptModel(nn.Module):
                 token_type_ids=batch["unprompted_token_type_ids"],
             )
         needs_unprompted = cfg.prompt_source == "generator" or (
-            rng is not None and cfg.use_representation_critic
+            rng is not None
+            and cfg.use_representation_critic
+            and cfg.representation_negatives == "unprompted"
         )
         if "cached_generator_input" in batch:  # config.cache_unprompted: computed once per example.
             unprompted = {

@@ -10,7 +10,8 @@ from below: I >= log K - NCE (van den Oord et al., 2018, eq. 10 of arXiv 1807.03
 * NCE_head (step 5): the mean prompt P_bar is the positive among word embeddings of the
   example's own context tokens, scored by the head critic against the pooled class vector.
 * NCE_rep (step 6): a posterior sample of the prompted representation Z is the positive among
-  samples of the unprompted one Z0, scored by the representation critic against P_bar.
+  samples of the unprompted one Z0 (the paper; `representation_negatives` offers negatives
+  that are prompted too), scored by the representation critic against P_bar.
 
 The critics are Flax modules of `models.py`; the functions here take the bound
 `InfoPromptModel` (inside its `apply`) and read its critics, task head and word embeddings.
@@ -64,19 +65,60 @@ def head_nce(model: Any, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Arra
 
 
 def representation_nce(
-    model: Any, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array, key: jax.Array
+    model: Any,
+    batch: Batch,
+    prompts_BxNxD: jax.Array,
+    z_BxD: jax.Array,
+    z0_BxD: jax.Array | None,
+    key: jax.Array,
 ) -> jax.Array:
-    """Step 6: InfoNCE of a posterior sample of Z against samples built from Z0."""
+    """Step 6: InfoNCE of a posterior sample of Z against negatives scored against P_bar.
+
+    The positive is a sample of q(z | Z), Z the prompted representation of this example. The
+    negatives (`model.config.representation_negatives`) are samples of q around:
+      unprompted: the unprompted Z0 of the same example, K-1 draws (the paper). A critic that
+        tells prompted from unprompted representations wins without reading the prompt.
+      other_examples: the prompted Z of the batch's other examples, one draw each (B-1
+        negatives, no extra pass). Every candidate is prompted; this bounds I(P_bar; Z).
+      other_prompts: Z(X, P_j), this example's input under the prompts of other examples j
+        (j = i+1, ..., i+M mod B, M = min(K-1, B-1)). Only the prompt differs among the
+        candidates, so the term bounds I(P; Z | X) itself; it costs M more prompted passes.
+    """
     critic = model.representation_critic
+    prompt_mean_BxD = jnp.mean(prompts_BxNxD, axis=1)
     positive_key, negative_key = jax.random.split(key)
     mu_BxZ, sigma_BxZ = critic.posterior(z_BxD)
     positive_BxZ = mu_BxZ + sigma_BxZ * jax.random.normal(positive_key, mu_BxZ.shape)
-    mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
-    num_negatives = model.config.num_candidates - 1
-    noise_BxNxZ = jax.random.normal(
-        negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1])
-    )
-    negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
+    scheme = model.config.representation_negatives
+    if scheme == "unprompted":
+        mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
+        num_negatives = model.config.num_candidates - 1
+        noise_BxNxZ = jax.random.normal(
+            negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1])
+        )
+        negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
+    else:
+        batch_size = z_BxD.shape[0]
+        if scheme == "other_examples":
+            num_negatives = batch_size - 1
+            shifted = [jnp.roll(mu_BxZ, -s, axis=0) for s in range(1, num_negatives + 1)]
+            shifted_sigma = [jnp.roll(sigma_BxZ, -s, axis=0) for s in range(1, num_negatives + 1)]
+        else:  # other_prompts
+            num_negatives = min(model.config.num_candidates - 1, batch_size - 1)
+            shifted, shifted_sigma = [], []
+            for s in range(1, num_negatives + 1):
+                z_s_BxD = model.prompted_pass(batch, jnp.roll(prompts_BxNxD, -s, axis=0))
+                mu_s, sigma_s = critic.posterior(z_s_BxD)
+                shifted.append(mu_s)
+                shifted_sigma.append(sigma_s)
+        if num_negatives < 1:
+            raise ValueError(
+                f"representation_negatives={scheme!r} draws negatives from the other examples "
+                f"of a batch; a batch of {batch_size} has none: raise config.train.batch_size."
+            )
+        mu_BxNxZ, sigma_BxNxZ = jnp.stack(shifted, axis=1), jnp.stack(shifted_sigma, axis=1)
+        noise_BxNxZ = jax.random.normal(negative_key, mu_BxNxZ.shape)
+        negatives_BxNxZ = mu_BxNxZ + sigma_BxNxZ * noise_BxNxZ
     candidates_BxKxZ = jnp.concatenate([positive_BxZ[:, None], negatives_BxNxZ], axis=1)
     return losses.info_nce(critic(prompt_mean_BxD, candidates_BxKxZ))
 
@@ -113,7 +155,7 @@ def per_example_terms(
     if cfg.use_head_critic:
         terms["nce_head"] = head_nce(model, batch, prompt_mean_BxD, keys[0])
     if cfg.use_representation_critic:
-        terms["nce_rep"] = representation_nce(model, prompt_mean_BxD, z_BxD, z0_BxD, keys[1])
+        terms["nce_rep"] = representation_nce(model, batch, prompts_BxNxD, z_BxD, z0_BxD, keys[1])
     return terms
 
 

@@ -27,9 +27,8 @@ from typing import Any
 
 from absl import app, flags
 
-from infoprompt_jax import cli
+from infoprompt_jax import cli, workdir_files
 from infoprompt_jax import tasks as tasks_lib
-from infoprompt_jax import workdir_files
 
 TASK_NAMES = {
     "rte": "RTE",

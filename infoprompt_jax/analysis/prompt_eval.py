@@ -66,7 +66,7 @@ def prompt_terms(
     terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
     if config.use_representation_critic:
         terms["nce_rep"] = objective.representation_nce(
-            module, jnp.mean(prompts_BxNxD, axis=1), z_BxD, unprompted["z0"], key
+            module, batch, prompts_BxNxD, z_BxD, unprompted["z0"], key
         )
     return terms
 

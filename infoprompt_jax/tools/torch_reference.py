@@ -59,6 +59,7 @@ def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None
         "generator": (model_config.generator, ("paper",)),
         "critic": (model_config.critic, ("bilinear",)),
         "head_negatives": (model_config.head_negatives, ("sampled",)),
+        "representation_negatives": (model_config.representation_negatives, ("unprompted",)),
         "head_bottleneck_dim": (model_config.head_bottleneck_dim, (0,)),
         "adapter_size": (adapter_size, (0,)),
     }
