@@ -111,6 +111,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 32
     # Evaluate on the dev split every this many epochs (and after the last one).
     config.train.eval_every_epochs = 1
+    # Evaluate every this many steps instead (0: per eval_every_epochs); for learning curves.
+    config.train.eval_every_steps = 0
     # Write train metrics every this many steps.
     config.train.log_every_steps = 10
     # Save a checkpoint every this many steps (0: at the end of every epoch).

@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log_train_metrics(writer, progress, done, interval_metrics)
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
-        if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
+        if is_eval_step(config.train, done, steps_per_epoch, total_steps):
             eval_scores = evaluate(eval_fn, state.trainable, frozen, components, dev_arrays, mesh)
             if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
                 record.update(best_step=done, best_score=eval_scores[main_metric])
@@ -205,6 +205,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0 and not preemption.raised:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def is_eval_step(train_config, done: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether the run evaluates after `done` steps: every `eval_every_steps` steps when that is
+    set (a few-shot run's learning curve), else at every `eval_every_epochs`-th epoch end; always
+    after the last step."""
+    if done == total_steps:
+        return True
+    if train_config.eval_every_steps:
+        return done % train_config.eval_every_steps == 0
+    return done % (steps_per_epoch * train_config.eval_every_epochs) == 0
 
 
 def log_train_metrics(writer, progress, step: int, interval: list) -> None:
