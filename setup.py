@@ -21,6 +21,8 @@ setuptools.setup(
         "datasets>=2.18",
         "safetensors>=0.4",
         "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # torch is the parity reference of the tests only; ==2.13.0 is the CPU build on disk.

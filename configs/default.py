@@ -1,7 +1,7 @@
 """Default configuration: InfoPrompt on RTE with roberta-large, the paper's hyperparameters.
 
 Every field is overridable from the command line, e.g. `--config.optim.lr=3e-4`.
-Variants: `--config=configs/default.py:tiny` is a seconds-long debug run (see `tiny_overrides`).
+Variants: `--config=configs/default.py:tiny` is a seconds-long debug run (see `apply_variant`).
 """
 
 import ml_collections
@@ -82,6 +82,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.loss.critic = "bilinear"
     # Head-loss negatives: sampled (K-1 context tokens) | all_context (released code).
     config.loss.head_negatives = "sampled"
+    # Representation-loss negatives (docs/design.md, "Negatives of the representation term"):
+    # unprompted (paper: samples around the unprompted Z0) | other_examples (the prompted Z of
+    # the batch's other examples; no extra pass) | other_prompts (the same input under the batch's
+    # other prompts: min(K-1, B-1) more prompted passes per step).
+    config.loss.representation_negatives = "unprompted"
     # Per-example clamp of each InfoNCE term (released code: 2.0); 0 disables it.
     config.loss.nce_clamp = 0.0
     # Released code's variational head: bottleneck width (0: none) and its KL weight.
@@ -106,6 +111,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 32
     # Evaluate on the dev split every this many epochs (and after the last one).
     config.train.eval_every_epochs = 1
+    # Evaluate every this many steps instead (0: per eval_every_epochs); for learning curves.
+    config.train.eval_every_steps = 0
     # Write train metrics every this many steps.
     config.train.log_every_steps = 10
     # Save a checkpoint every this many steps (0: at the end of every epoch).

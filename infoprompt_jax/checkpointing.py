@@ -3,8 +3,10 @@
 A checkpoint holds the `TrainState` (trainable params, optimizer state, step, RNG key) and a small
 JSON record (data position, best dev score so far). Orbax writes each step into a temporary
 directory and renames it when complete, so a half-written checkpoint is never taken as latest.
+`PreemptionFlag` tells the loop when to save and stop.
 """
 
+import signal
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -61,3 +63,18 @@ def restore_latest(
         ),
     )
     return restored["state"], dict(restored["record"])
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)

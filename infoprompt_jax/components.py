@@ -16,7 +16,7 @@ import numpy as np
 
 from infoprompt_jax import data as data_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import methods, model_init, models, tasks, templates
+from infoprompt_jax import methods, model_init, models, pretrained, tasks, templates
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -140,10 +140,10 @@ def build_components(
             f"config.model.attention={attention!r}; choose one of "
             f"{encoder_lib.ATTENTION_KINDS} (fused: cuDNN attention on a GPU)."
         )
-    model_dir = encoder_lib.resolve_model_dir(config.model.name)
-    mlm_transform = encoder_lib.load_mlm_transform(model_dir)
+    model_dir = pretrained.resolve_model_dir(config.model.name)
+    mlm_transform = pretrained.load_mlm_transform(model_dir)
     method = methods.resolve(config, task.num_labels, has_mlm_transform=mlm_transform is not None)
-    encoder, encoder_params = encoder_lib.load_pretrained(
+    encoder, encoder_params = pretrained.load_pretrained(
         model_dir,
         DTYPES[config.model.dtype],
         adapter_size=method.adapter_size,

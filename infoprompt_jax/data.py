@@ -4,58 +4,24 @@ Every reader returns a list of `Example`: the text fields the task's template
 reads, an integer label (index into `TaskSpec.label_names`) and a uid that points
 back to the source (`file:line` for local files, `source:split:index` otherwise).
 
-Local formats, one directory per task (`--config.data.dir=DIR`):
-
-* GLUE TSVs `DIR/train.tsv`, `DIR/dev.tsv` as the GLUE download script writes
-    them, read with quoting disabled (GLUE text holds unbalanced quotes) and a
-    UTF-8 BOM stripped:
-    - RTE: header `index sentence1 sentence2 label`, labels `entailment` /
-        `not_entailment`;
-    - MRPC: header `Quality #1 ID #2 ID #1 String #2 String` (BOM), label = Quality;
-    - CoLA: no header, columns `source label original_label sentence`;
-    - SST-2: header `sentence label`; GLUE's trailing space before the tab is
-        stripped.
-* SemEval-2010 Task 8 release files `DIR/TRAIN_FILE.TXT` (train) and
-    `DIR/TEST_FILE_FULL.TXT` (dev): blank-line separated records of three lines,
-    `ID<TAB>"sentence with <e1>..</e1> and <e2>..</e2>"`, the relation, `Comment: ..`.
-* ACE2005 JSONL exports `DIR/train.jsonl`, `DIR/dev.jsonl`, one JSON object a line.
-    Token spans are `[start, end)` token indices, end exclusive:
-    - relation extraction (`ace_re`):
-        `{"tokens": ["He", "lives", "in", "Paris"], "head": [0, 1], "tail": [3, 4],
-        "label": "PHYS"}`;
-    - entity typing (`ace_ner`):
-        `{"tokens": ["He", "lives", "in", "Paris"], "span": [3, 4], "label": "GPE"}`.
-    Other keys are ignored. Blank lines are skipped.
-
-Entity markers (SemEval and ACE RE). The first entity (SemEval `e1`, ACE `head`)
-is wrapped in `@ ... @`, the second (`e2`, `tail`) in `# ... #`, with spaces, e.g.
-`The @ child @ was wrapped into the # cradle #.`: plain punctuation that both
-RoBERTa BPE and BERT WordPiece keep as single known tokens, so no tokenizer
-change or new embedding is needed (the "typed entity marker (punct)" idea of
-Zhou & Chen, 2021, untyped). Using two symbols keeps the direction (e1 vs e2)
-visible to the model, which the directed labels need. Whitespace is then
-collapsed to single spaces.
+Local files, one directory per task (`--config.data.dir=DIR`), are read by `readers.py`,
+which documents their formats.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from infoprompt_jax import tasks as tasks_lib
+from infoprompt_jax import readers
 from infoprompt_jax.tasks import TaskSpec
 
 SPLITS = ("train", "dev")
 SOURCES = ("local", "hf", "tfds")
-
-E1_OPEN, E1_CLOSE = "@ ", " @"
-E2_OPEN, E2_CLOSE = "# ", " #"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +105,7 @@ def discover_labels(task: TaskSpec, data_dir: str | Path) -> tuple[str, ...]:
         The label strings; index = label id.
     """
     path = _local_path(task, "train", Path(data_dir))
-    labels = {rec.label for rec in _read_raw(task, path)}
+    labels = {rec.label for rec in readers.read_task_file(task, path)}
     if not labels:
         raise ValueError(f"{path}: no examples, so no labels to discover")
     neg = task.negative_label
@@ -180,20 +146,11 @@ def few_shot_subset(examples: Sequence[Example], n: int, seed: int) -> list[Exam
 # Local files.
 
 
-@dataclasses.dataclass(frozen=True)
-class _Raw:
-    """A parsed record before label ids are assigned."""
-
-    fields: dict[str, str]
-    label: str
-    line: int  # 1-based line of the record in its file.
-
-
 def _load_local(task: TaskSpec, split: str, data_dir: Path, names: Sequence[str]) -> list[Example]:
     path = _local_path(task, split, data_dir)
     ids = {name: i for i, name in enumerate(names)}
     examples = []
-    for rec in _read_raw(task, path):
+    for rec in readers.read_task_file(task, path):
         if rec.label not in ids:
             raise ValueError(
                 f"{path} line {rec.line}: unknown label {rec.label!r}; allowed: {list(names)}"
@@ -217,333 +174,6 @@ def _local_path(task: TaskSpec, split: str, data_dir: Path) -> Path:
     return path
 
 
-def _read_raw(task: TaskSpec, path: Path) -> list[_Raw]:
-    reader = _READERS.get(task.file_format)
-    if reader is None:
-        raise ValueError(
-            f"task {task.name!r}: unknown file_format {task.file_format!r}; known:"
-            f" {sorted(_READERS)}"
-        )
-    return reader(path)
-
-
-def _read_lines(path: Path) -> list[str]:
-    """The file's lines, BOM stripped, without line terminators.
-
-    Splits on "\\n" only (and drops a trailing "\\r"), unlike `str.splitlines`,
-    which would also break rows at Unicode separators that can occur inside text.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()  # The final newline.
-    return lines
-
-
-# GLUE TSVs.
-
-
-@dataclasses.dataclass(frozen=True)
-class _TsvFormat:
-    """Column layout of one GLUE TSV format."""
-
-    columns: tuple[str, ...]  # Names used in messages (and the header, if any).
-    has_header: bool
-    text: Mapping[str, int]  # Field name -> column index.
-    label: int  # Label column index.
-    label_map: Mapping[str, str] | None  # Raw label value -> label name.
-
-
-_TSV_FORMATS = {
-    # RTE labels are already names; the task's label_names resolve them.
-    "rte": _TsvFormat(
-        columns=("index", "sentence1", "sentence2", "label"),
-        has_header=True,
-        text={"sentence1": 1, "sentence2": 2},
-        label=3,
-        label_map=None,
-    ),
-    "mrpc": _TsvFormat(
-        columns=("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
-        has_header=True,
-        text={"sentence1": 3, "sentence2": 4},
-        label=0,
-        label_map={"0": "not_equivalent", "1": "equivalent"},
-    ),
-    "cola": _TsvFormat(
-        columns=("source", "label", "original label", "sentence"),
-        has_header=False,
-        text={"sentence": 3},
-        label=1,
-        label_map={"0": "unacceptable", "1": "acceptable"},
-    ),
-    "sst2": _TsvFormat(
-        columns=("sentence", "label"),
-        has_header=True,
-        text={"sentence": 0},
-        label=1,
-        label_map={"0": "negative", "1": "positive"},
-    ),
-}
-
-
-def _read_tsv(path: Path, fmt: _TsvFormat) -> list[_Raw]:
-    lines = _read_lines(path)
-    layout = " ".join(fmt.columns)
-    ncol = len(fmt.columns)
-    start = 0
-    if fmt.has_header:
-        # Check the header so a test.tsv (no label column) or a file of another
-        # task fails here instead of yielding wrong fields.
-        header = tuple(c.strip() for c in lines[0].split("\t")) if lines else ()
-        if header != fmt.columns:
-            raise ValueError(
-                f"{path} line 1: expected the header {'<TAB>'.join(fmt.columns)!r},"
-                f" found {'<TAB>'.join(header)!r}"
-            )
-        start = 1
-    records = []
-    for lineno, line in enumerate(lines[start:], start=start + 1):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) != ncol:
-            raise ValueError(
-                f"{path} line {lineno}: expected {ncol} tab-separated columns"
-                f" ({layout}), found {len(cols)}"
-            )
-        raw = cols[fmt.label].strip()
-        if fmt.label_map is None:
-            label = raw
-        elif raw in fmt.label_map:
-            label = fmt.label_map[raw]
-        else:
-            raise ValueError(
-                f"{path} line {lineno}: unknown label {raw!r} in column"
-                f" {fmt.columns[fmt.label]!r}; allowed: {list(fmt.label_map)}"
-            )
-        fields = {name: cols[i].strip() for name, i in fmt.text.items()}
-        records.append(_Raw(fields, label, lineno))
-    return records
-
-
-# SemEval-2010 Task 8.
-
-_SEMEVAL_LABELS = frozenset(tasks_lib.SEMEVAL_LABELS)
-
-
-def semeval_markers(sentence: str) -> tuple[str, str, str]:
-    """Replaces SemEval's `<e1>..</e1>`/`<e2>..</e2>` tags with `@ .. @`/`# .. #`.
-
-    Args:
-        sentence: The sentence with exactly one of each tag, each entity tagged
-            once (`<e1>`, `</e1>`, `<e2>`, `</e2>`).
-
-    Returns:
-        (marked sentence, e1 text, e2 text), whitespace collapsed.
-
-    Raises:
-        ValueError: A tag is missing, repeated or out of order (message says which).
-    """
-    for tag in ("<e1>", "</e1>", "<e2>", "</e2>"):
-        if sentence.count(tag) != 1:
-            raise ValueError(f"expected one {tag} tag, found {sentence.count(tag)}")
-    if not (
-        sentence.index("<e1>") < sentence.index("</e1>")
-        and sentence.index("<e2>") < sentence.index("</e2>")
-    ):
-        raise ValueError("an entity's closing tag comes before its opening tag")
-    e1 = re.search(r"<e1>(.*?)</e1>", sentence, re.S).group(1)
-    e2 = re.search(r"<e2>(.*?)</e2>", sentence, re.S).group(1)
-    if "<e2>" in e1 or "<e1>" in e2:
-        raise ValueError("entity tags are nested")
-    if not e1.strip() or not e2.strip():
-        raise ValueError("an entity is empty")
-    marked = (
-        sentence.replace("<e1>", E1_OPEN)
-        .replace("</e1>", E1_CLOSE)
-        .replace("<e2>", E2_OPEN)
-        .replace("</e2>", E2_CLOSE)
-    )
-    return _squash(marked), _squash(e1), _squash(e2)
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _read_semeval(path: Path) -> list[_Raw]:
-    lines = _read_lines(path)
-    records, block = [], []
-    for lineno, line in enumerate(lines + [""], start=1):
-        if line.strip():
-            block.append((lineno, line))
-        elif block:
-            records.append(_parse_semeval_record(path, block))
-            block = []
-    return records
-
-
-def _parse_semeval_record(path: Path, block: list[tuple[int, str]]) -> _Raw:
-    first_line, first = block[0]
-    # Without a tab the id is still the leading number, if there is one.
-    match = re.match(r"\s*(\d+)", first)
-    if "\t" in first:
-        rec_id = first.split("\t", 1)[0].strip()
-    else:
-        rec_id = match.group(1) if match else "?"
-
-    def fail(lineno: int, what: str) -> ValueError:
-        return ValueError(f"{path} line {lineno} (record id {rec_id}): {what}")
-
-    if "\t" not in first:
-        raise fail(first_line, 'expected `ID<TAB>"sentence"`, found no tab')
-    if not rec_id.isdigit():
-        raise fail(first_line, f"expected a numeric record id, found {rec_id!r}")
-    quoted = first.split("\t", 1)[1].strip()
-    if len(quoted) < 2 or not (quoted.startswith('"') and quoted.endswith('"')):
-        raise fail(first_line, "expected the sentence in double quotes")
-    try:
-        sentence, e1, e2 = semeval_markers(quoted[1:-1])
-    except ValueError as err:
-        raise fail(first_line, f"bad entity markers: {err}") from None
-    if len(block) < 2:
-        raise fail(first_line, "missing the relation line after the sentence")
-    rel_line, relation = block[1]
-    relation = relation.strip()
-    if relation not in _SEMEVAL_LABELS:
-        raise fail(
-            rel_line,
-            f"unknown relation {relation!r}; allowed: Other or one of"
-            f" {list(tasks_lib.SEMEVAL_RELATIONS)} with (e1,e2) or (e2,e1)",
-        )
-    if len(block) < 3 or not block[2][1].lstrip().startswith("Comment:"):
-        lineno = block[2][0] if len(block) >= 3 else rel_line + 1
-        raise fail(lineno, "expected a `Comment:` line after the relation")
-    if len(block) > 3:
-        raise fail(
-            block[3][0],
-            "expected a blank line after the Comment line (records are 3 lines)",
-        )
-    return _Raw({"sentence": sentence, "e1": e1, "e2": e2}, relation, first_line)
-
-
-# ACE2005 JSONL exports.
-
-
-def _read_jsonl(path: Path, parse: Callable[[dict[str, Any], str], _Raw]) -> list[_Raw]:
-    records = []
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")
-        records.append(dataclasses.replace(parse(obj, where), line=lineno))
-    return records
-
-
-def _tokens(obj: dict[str, Any], where: str) -> list[str]:
-    tokens = obj.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        raise ValueError(f"{where}: 'tokens' must be a non-empty list of strings")
-    return tokens
-
-
-def _span(obj: dict[str, Any], key: str, n: int, where: str) -> tuple[int, int]:
-    span = obj.get(key)
-    ok = (
-        isinstance(span, list)
-        and len(span) == 2
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in span)
-    )
-    if not ok or not 0 <= span[0] < span[1] <= n:
-        raise ValueError(
-            f"{where}: {key!r} must be [start, end) token indices with"
-            f" 0 <= start < end <= {n} (the number of tokens), found {span!r}"
-        )
-    return span[0], span[1]
-
-
-def _label(obj: dict[str, Any], where: str) -> str:
-    label = obj.get("label")
-    if not isinstance(label, str) or not label:
-        raise ValueError(f"{where}: 'label' must be a non-empty string, found {label!r}")
-    return label
-
-
-def _parse_ace_re(obj: dict[str, Any], where: str) -> _Raw:
-    tokens = _tokens(obj, where)
-    head = _span(obj, "head", len(tokens), where)
-    tail = _span(obj, "tail", len(tokens), where)
-    sentence = mark_spans(tokens, head, tail)
-    fields = {
-        "sentence": sentence,
-        "head": " ".join(tokens[head[0] : head[1]]),
-        "tail": " ".join(tokens[tail[0] : tail[1]]),
-    }
-    return _Raw(fields, _label(obj, where), 0)
-
-
-def _parse_ace_ner(obj: dict[str, Any], where: str) -> _Raw:
-    tokens = _tokens(obj, where)
-    start, end = _span(obj, "span", len(tokens), where)
-    fields = {
-        "left": " ".join(tokens[:start]),
-        "span": " ".join(tokens[start:end]),
-        "right": " ".join(tokens[end:]),
-    }
-    return _Raw(fields, _label(obj, where), 0)
-
-
-def mark_spans(tokens: Sequence[str], head: tuple[int, int], tail: tuple[int, int]) -> str:
-    """Joins tokens with `@ .. @` around head and `# .. #` around tail.
-
-    Nested spans (ACE has e.g. "[[U.S.] officials]") nest their markers: at one
-    position the longer span opens first and closes last. Crossing spans are
-    marked as given.
-
-    Args:
-        tokens: The sentence tokens.
-        head: [start, end) of the first entity.
-        tail: [start, end) of the second entity.
-
-    Returns:
-        The marked sentence, tokens separated by single spaces.
-    """
-    # (start, end, order, open marker, close marker); `order` breaks ties so that identical
-    # spans still nest: head opens first and closes last.
-    spans = [
-        (*head, 0, E1_OPEN.strip(), E1_CLOSE.strip()),
-        (*tail, 1, E2_OPEN.strip(), E2_CLOSE.strip()),
-    ]
-    out = []
-    for i, tok in enumerate(tokens):
-        # Outer (longer) span opens first ...
-        opening = sorted((s for s in spans if s[0] == i), key=lambda s: (-s[1], s[2]))
-        out.extend(s[3] for s in opening)
-        out.append(tok)
-        # ... and closes last.
-        closing = sorted((s for s in spans if s[1] == i + 1), key=lambda s: (-s[0], -s[2]))
-        out.extend(s[4] for s in closing)
-    return " ".join(out)
-
-
-_READERS: dict[str, Callable[[Path], list[_Raw]]] = {
-    **{name: (lambda p, f=fmt: _read_tsv(p, f)) for name, fmt in _TSV_FORMATS.items()},
-    "semeval": _read_semeval,
-    "ace_re": lambda p: _read_jsonl(p, _parse_ace_re),
-    "ace_ner": lambda p: _read_jsonl(p, _parse_ace_ner),
-}
-
-
 # ----------------------------------------------------------------------------
 # Hugging Face datasets and TFDS.
 
@@ -560,7 +190,7 @@ def _hub_fields(task: TaskSpec, row: Mapping[str, Any]) -> dict[str, str]:
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     if task.file_format == "semeval":
-        sentence, e1, e2 = semeval_markers(text("sentence"))
+        sentence, e1, e2 = readers.semeval_markers(text("sentence"))
         return {"sentence": sentence, "e1": e1, "e2": e2}
     return {f: text(f).strip() for f in task.text_fields}
 

@@ -21,33 +21,20 @@ import pathlib
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
+from infoprompt_jax import cli, pretrained, run_state, sharding, workdir_files
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import partition, sharding, steps
+from infoprompt_jax import trainable as trainable_lib
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-def load_run_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-    """The run config that training wrote to `WORKDIR/config.json`."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: --workdir must be the directory a training run wrote "
-            "(python -m infoprompt_jax.main --workdir=...), which holds config.json."
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def read_only_manager(workdir: str | epath.Path) -> ocp.CheckpointManager:
@@ -86,58 +73,24 @@ def choose_step(manager: ocp.CheckpointManager, workdir: Any, step: int | None) 
     return step
 
 
-def abstract_train_state(
-    comps: components_lib.Components, mesh: jax.sharding.Mesh
-) -> steps.TrainState:
-    """The train state's shapes, dtypes and shardings: the restore target, built without compute.
-
-    Mirrors `train.build_state`. The optimizer's state has the same structure for any number of
-    steps and any learning rate, so a one-step schedule stands in for the run's own.
-    """
-    sample = sample_batch(comps)
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr,
-        1,
-        warmup_fraction=comps.config.optim.warmup_fraction,
-        weight_decay=comps.config.optim.weight_decay,
-        clip_norm=comps.config.optim.clip_norm,
-    )
-
-    def initial_state():
-        trainable, _ = partition.split_params(comps.init_params(sample), comps.method.name)
-        rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
-        return steps.create_train_state(trainable, optimizer, rng)
-
-    # Replicated, as training keeps the state, on whatever devices this process has.
-    replicated = sharding.replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(initial_state),
-    )
-
-
-def sample_batch(comps: components_lib.Components) -> dict[str, np.ndarray]:
-    """A one-row batch of the model's input shapes (with a label), for tracing `init`."""
-    fields = {name: "a" for name in comps.template_tokenizer.template.fields}
-    arrays = comps.template_tokenizer.encode_batch([fields])
-    arrays["label"] = np.zeros((1,), np.int32)
-    return arrays
-
-
 def restore_trainable(
-    workdir: str | epath.Path, comps: components_lib.Components, step: int | None = None
+    workdir: str | epath.Path, components: components_lib.Components, step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """(trainable params, checkpoint record, step) of a workdir's checkpoint.
 
     Args:
         workdir: the training run's directory (local or gs://).
-        comps: the run's components (`build_components` of its config).
+        components: the run's components (`build_components` of its config).
         step: the checkpoint step; None takes the latest.
     """
     manager = read_only_manager(workdir)
     try:
         step = choose_step(manager, workdir, step)
-        target = abstract_train_state(comps, sharding.make_mesh())
+        # Replicated, as training keeps the state, on whatever devices this process has.
+        replicated = sharding.replicated(sharding.make_mesh())
+        target = run_state.abstract_state(
+            components, run_state.sample_batch(components), replicated
+        )
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -159,25 +112,18 @@ def flat_float32(trainable: dict[str, Any]) -> dict[str, np.ndarray]:
                 leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf, np.float32
             )
         )
-        for path, leaf in partition.flatten(trainable).items()
+        for path, leaf in trainable_lib.flatten(trainable).items()
     }
 
 
 def eval_metrics_at(workdir: str | epath.Path, step: int) -> dict[str, float] | None:
     """The dev scores logged at `step` in `WORKDIR/metrics.jsonl`, or None."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        record = json.loads(line) if line.strip() else {}
-        scores = {k: v for k, v in record.items() if k.startswith("eval_")}
-        if record.get("step") == step and scores:
-            return scores
-    return None
+    record = workdir_files.eval_record_at(workdir, step)
+    return {k: v for k, v in record.items() if k.startswith("eval_")} or None
 
 
 def export_info(
-    comps: components_lib.Components,
+    components: components_lib.Components,
     step: int,
     num_parameters: int,
     record: dict[str, Any] | None = None,
@@ -187,23 +133,23 @@ def export_info(
     best = None
     if record and record.get("best_score") is not None:
         best = {
-            "metric": f"eval_{comps.task.main_metric}",
+            "metric": f"eval_{components.task.main_metric}",
             "score": record["best_score"],
             "step": record["best_step"],
         }
     return {
         "format_version": FORMAT_VERSION,
         "task": {
-            "name": comps.task.name,
-            "label_names": list(comps.task.label_names),
-            "text_fields": list(comps.template_tokenizer.template.fields),
+            "name": components.task.name,
+            "label_names": list(components.task.label_names),
+            "text_fields": list(components.template_tokenizer.template.fields),
         },
-        "method": comps.method.name,
+        "method": components.method.name,
         "step": int(step),
         "encoder": {
-            "name": comps.config.model.name,
-            "model_dir": str(comps.model_dir.absolute()),
-            "weights_checksum": encoder_lib.weights_checksum(comps.model_dir),
+            "name": components.config.model.name,
+            "model_dir": str(components.model_dir.absolute()),
+            "weights_checksum": pretrained.weights_checksum(components.model_dir),
         },
         "params": {"file": PARAMS_FILE, "num_parameters": int(num_parameters)},
         "best": best,
@@ -213,7 +159,7 @@ def export_info(
 
 def write_export(
     output_dir: str | pathlib.Path,
-    comps: components_lib.Components,
+    components: components_lib.Components,
     trainable: dict[str, Any],
     step: int,
     record: dict[str, Any] | None = None,
@@ -223,8 +169,8 @@ def write_export(
 
     Args:
         output_dir: a local directory; created if needed, its export files overwritten.
-        comps: the run's components.
-        trainable: the trainable params (`partition.split_params(...)[0]`).
+        components: the run's components.
+        trainable: the trainable params (`trainable_lib.split_params(...)[0]`).
         step: the training step the params are from.
         record: the checkpoint record (`best_step`, `best_score`), if known.
         eval_metrics: the dev scores at `step`, if known.
@@ -237,15 +183,20 @@ def write_export(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = flat_float32(trainable)
-    safetensors.numpy.save_file(
-        tensors,
-        output_dir / PARAMS_FILE,
-        metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+    # save() and a plain write, not save_file(): that writes through a private temporary file,
+    # so the export would be mode 0600, unreadable to the other users of a shared machine.
+    (output_dir / PARAMS_FILE).write_bytes(
+        safetensors.numpy.save(
+            tensors,
+            metadata={"format": "infoprompt_jax", "format_version": str(FORMAT_VERSION)},
+        )
     )
-    (output_dir / CONFIG_FILE).write_text(comps.config.to_json_best_effort(indent=2) + "\n")
-    info = export_info(comps, step, sum(t.size for t in tensors.values()), record, eval_metrics)
+    (output_dir / CONFIG_FILE).write_text(components.config.to_json_best_effort(indent=2) + "\n")
+    info = export_info(
+        components, step, sum(t.size for t in tensors.values()), record, eval_metrics
+    )
     (output_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    comps.tokenizer.save_pretrained(str(output_dir / TOKENIZER_DIR))
+    components.tokenizer.save_pretrained(str(output_dir / TOKENIZER_DIR))
     return output_dir
 
 
@@ -264,10 +215,12 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
         step = choose_step(manager, workdir, step)
     finally:
         manager.close()
-    comps = components_lib.build_components(load_run_config(workdir))
-    trainable, record, step = restore_trainable(workdir, comps, step)
+    components = components_lib.build_components(workdir_files.load_config(workdir))
+    trainable, record, step = restore_trainable(workdir, components, step)
     if jax.process_index() == 0:
-        write_export(output_dir, comps, trainable, step, record, eval_metrics_at(workdir, step))
+        write_export(
+            output_dir, components, trainable, step, record, eval_metrics_at(workdir, step)
+        )
         logging.info("Exported step %d of %s to %s.", step, workdir, output_dir)
     return pathlib.Path(output_dir)
 
@@ -301,4 +254,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))

@@ -1,16 +1,10 @@
-"""Losses of the InfoPrompt objective, as pure functions of arrays.
+"""The objective's building blocks, as pure functions of arrays.
 
-The objective (DESIGN.md section 1, step 7) is
-
-        L = L_pred + beta * NCE_rep + gamma * NCE_head,
-
-where each NCE term is an InfoNCE loss whose negation bounds a conditional mutual information
-from below: I >= log K - NCE (van den Oord et al., 2018, eq. 10 of arXiv 1807.03748).
-Every function here returns per-example values `[B]` so that callers decide how to reduce.
+InfoNCE (whose negation bounds a mutual information from below: I >= log K - NCE, van den Oord
+et al., 2018, eq. 10 of arXiv 1807.03748), cross entropy and the Gaussian KL. `objective.py`
+builds the terms from them and weighs them. Every function here returns per-example values
+`[B]` so that callers decide how to reduce.
 """
-
-import dataclasses
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -47,45 +41,3 @@ def gaussian_kl_to_standard_normal(mu_BxZ: jax.Array, sigma_BxZ: jax.Array) -> j
     mu_BxZ = mu_BxZ.astype(jnp.float32)
     var_BxZ = jnp.square(sigma_BxZ.astype(jnp.float32))
     return 0.5 * jnp.sum(var_BxZ + jnp.square(mu_BxZ) - 1.0 - jnp.log(var_BxZ), axis=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectiveWeights:
-    """Weights of the objective's terms.
-
-    Attributes:
-        beta: weight of the representation term NCE_rep (paper: 0.1; released code: 0.2).
-        gamma: weight of the head term NCE_head (paper: 0.05; released code: 0.1).
-        nce_clamp: the released code clamps each InfoNCE term at this value per example (2.0);
-            None, the paper's form, leaves them unclamped.
-        kl_weight: weight of the released code's variational-head KL term (0.1 there).
-    """
-
-    beta: float = 0.1
-    gamma: float = 0.05
-    nce_clamp: float | None = None
-    kl_weight: float = 0.0
-
-
-def infoprompt_objective(terms: Mapping[str, jax.Array], weights: ObjectiveWeights) -> jax.Array:
-    """The batch-mean objective `L_pred + beta * NCE_rep + gamma * NCE_head` (+ released KL).
-
-    Args:
-        terms: per-example `ce` (L_pred), `nce_rep` (-I(P; Z | X) up to a constant),
-            `nce_head` (-I(P; theta | X) up to a constant) and `kl`, each `[B]`.
-        weights: the terms' weights.
-
-    Returns:
-        The scalar loss.
-    """
-    nce_rep_B, nce_head_B = terms["nce_rep"], terms["nce_head"]
-    if weights.nce_clamp is not None:
-        nce_rep_B = jnp.minimum(nce_rep_B, weights.nce_clamp)
-        nce_head_B = jnp.minimum(nce_head_B, weights.nce_clamp)
-    total_B = (
-        terms["ce"]
-        + weights.beta * nce_rep_B
-        + weights.gamma * nce_head_B
-        + weights.kl_weight * terms["kl"]
-    )
-    return jnp.mean(total_B)

@@ -1,8 +1,9 @@
-"""Entry point: `python -m infoprompt_jax.main --config=configs/rte.py --workdir=DIR`.
+"""Trains a config: `python -m infoprompt_jax.main --config=configs/rte.py --workdir=DIR`.
 
-Parses flags, sets up the platform (the distributed runtime on multi-host TPU/GPU), then calls
-`train.train_and_evaluate(config, workdir)`. Rerunning the same command resumes from the latest
-checkpoint in the workdir.
+Rerunning the same command resumes from the latest checkpoint in the workdir. Override any config
+field with `--config.FIELD=VALUE`; `--config=configs/rte.py --show_config` lists every field with
+its value and comment. `--verbosity=1` shows the libraries' INFO logs and the traceback of a user
+error (INFOPROMPT_TRACEBACK=1: the traceback alone).
 
 `--seeds=0,1,2` trains those seeds of the config together in one process, one compiled step
 (`stacked_train.py`, docs/stacking.md): seed s writes `WORKDIR/seed<s>`, the same directory a
@@ -10,13 +11,15 @@ separate run with `--config.seed=s --workdir=WORKDIR/seed<s>` writes.
 """
 
 import os
+import pathlib
 import sys
+import time
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import compile_cache, phase_timer, stacked_train, train
+from infoprompt_jax import cli, compile_cache, config_listing, phase_timer, stacked_train, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _SEEDS = flags.DEFINE_list(
@@ -26,11 +29,15 @@ _SEEDS = flags.DEFINE_list(
     "comma-separated distinct non-negative ints, e.g. 0,1,2, in place of config.seed. Seed s "
     "writes WORKDIR/seed<s>, a complete run directory like a separate run's.",
 )
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config",
+    False,
+    "Print the resolved config (every field, its value and its comment) and exit.",
+)
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
     None,
-    "Call jax.distributed.initialize() (default: when a TPU pod or a "
-    "coordinator address in the environment says the run spans several processes).",
+    "Call jax.distributed.initialize() (default: when env variables say the run spans hosts).",
 )
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache",
@@ -41,7 +48,12 @@ _COMPILE_CACHE = flags.DEFINE_string(
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/rte.py or configs/rte.py:tiny.", lock_config=True
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+flags.register_multi_flags_validator(
+    ["workdir", "show_config"],
+    lambda values: values["workdir"] is not None or values["show_config"],
+    message="--workdir is required (except with --show_config).",
+)
 
 
 def _is_multihost() -> bool:
@@ -98,9 +110,40 @@ def train_seeds(config, workdir: str, seeds: list[int], timer) -> list[dict]:
     return stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
 
 
+def show_config() -> str:
+    """The resolved --config, with the comments of the default.py beside its file."""
+    config_file = pathlib.Path(flags.FLAGS["config"].config_filename)
+    default_file = config_file.parent / "default.py"
+    comments = config_listing.field_comments(default_file) if default_file.exists() else {}
+    header = f"# {flags.FLAGS['config'].value.task} config from {config_file}; "
+    header += "override a field with --config.FIELD=VALUE.\n"
+    return header + config_listing.listing(flags.FLAGS.config, comments)
+
+
+def closing_line(summary: dict, workdir: str, wall_seconds: float) -> str:
+    """What a finished run says last: its scores, its time and where its outputs are."""
+    scores = ""
+    best_key = next((key for key in summary if key.startswith("best_eval_")), None)
+    if best_key is not None:
+        main_metric, best = best_key[len("best_") :], summary[best_key]
+        final = summary.get(main_metric)
+        scores = f": {main_metric} " + ("not evaluated" if final is None else f"{final:.4f}")
+        scores += " (best " + (
+            "none)" if best is None else f"{best:.4f} at step {summary['best_step']})"
+        )
+    return (
+        f"Finished at step {summary.get('step')}{scores} in {wall_seconds:.0f} s."
+        f" Outputs in {workdir}: metrics.jsonl, summary.json, checkpoints/, tensorboard/."
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _SHOW_CONFIG.value:
+        print(show_config(), end="")
+        return
+    start = time.perf_counter()
     if _is_multihost():
         # Collectives between processes on the CPU backend (tests, CPU clusters); TPU and GPU
         # backends bring their own.
@@ -127,7 +170,9 @@ def main(argv):
     failed = [s for s in summaries if s.get("failed")]
     if failed:
         sys.exit(f"{len(failed)} of {len(summaries)} stacked runs failed: {failed[0]['failed']}")
+    if _SEEDS.value is None:
+        logging.info(closing_line(summaries[0], _WORKDIR.value, time.perf_counter() - start))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

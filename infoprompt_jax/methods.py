@@ -8,9 +8,11 @@ import dataclasses
 
 import ml_collections
 
-from infoprompt_jax import losses, models
+from infoprompt_jax import models, objective
+from infoprompt_jax import trainable as trainable_lib
 
-METHODS = ("infoprompt", "idpg", "warp", "adapter", "finetune")
+# Every method has one trainable/frozen rule table; the methods are its keys.
+METHODS = tuple(trainable_lib.METHOD_RULES)
 
 # The authors' released code, as knobs (DESIGN.md "The released reference code differs").
 RELEASED_VARIANT = {
@@ -22,6 +24,7 @@ RELEASED_VARIANT = {
     "loss.nce_clamp": 2.0,
     "loss.head_bottleneck_dim": 32,
     "loss.kl_weight": 0.1,
+    "loss.representation_negatives": "unprompted",
 }
 
 
@@ -31,7 +34,7 @@ class Method:
 
     name: str
     model: models.ModelConfig
-    weights: losses.ObjectiveWeights
+    loss_weights: objective.ObjectiveWeights
     peak_lr: float
     adapter_size: int
 
@@ -80,8 +83,9 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         critic=config.loss.critic,
         head_negatives=config.loss.head_negatives,
         head_bottleneck_dim=config.loss.head_bottleneck_dim,
+        representation_negatives=config.loss.representation_negatives,
     )
-    weights = losses.ObjectiveWeights(
+    loss_weights = objective.ObjectiveWeights(
         beta=beta,
         gamma=gamma,
         nce_clamp=config.loss.nce_clamp or None,
@@ -89,4 +93,4 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
     )
     peak_lr = config.optim.finetune_lr if name == "finetune" else config.optim.lr
     adapter_size = config.model.adapter_size if name == "adapter" else 0
-    return Method(name, model_config, weights, peak_lr, adapter_size)
+    return Method(name, model_config, loss_weights, peak_lr, adapter_size)

@@ -33,8 +33,8 @@ def init_params(
         model: the model.
         rng: key of the random initialisers.
         sample_batch: a batch of the training shapes (with `label`).
-        encoder_params: pretrained encoder params (`encoder.load_pretrained`).
-        mlm_transform: the checkpoint's MLM transform (`encoder.load_mlm_transform`), required
+        encoder_params: pretrained encoder params (`pretrained.load_pretrained`).
+        mlm_transform: the checkpoint's MLM transform (`pretrained.load_mlm_transform`), required
             when the model config says the head has one.
         verbalizer_ids: per class, the token ids of its verbalizer; each class vector starts as
             the mean of their word embeddings. None keeps the random class vectors.

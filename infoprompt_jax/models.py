@@ -1,9 +1,10 @@
 """The InfoPrompt model: prompt generator, task head, the two critics, and the forward pass.
 
-`InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective of
-DESIGN.md section 1 (steps 1-6); `losses.infoprompt_objective` combines them (step 7). A method
+`InfoPromptModel.__call__` computes, for one batch, the passes of the method (docs/design.md,
+steps 1-4) and, through `objective.py`, every per-example term of the objective (steps 5-6);
+`objective.infoprompt_objective` combines them (step 7). A method
 (InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is a `ModelConfig` plus a choice of
-trainable parameters (`partition.py`), never a different model.
+trainable parameters (`trainable.py`), never a different model.
 """
 
 import dataclasses
@@ -15,9 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses
+from infoprompt_jax import losses, objective
 
 Batch = Mapping[str, jax.Array]
+REPRESENTATION_NEGATIVES = ("unprompted", "other_examples", "other_prompts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,9 @@ class ModelConfig:
             "all_context" (released: every non-padding context token).
         head_bottleneck_dim: 0 (paper) or the released code's variational bottleneck width (32)
             between the head transform and the class vectors.
+        representation_negatives: "unprompted" (paper: samples around Z0), "other_examples"
+            (the batch's other prompted Z) or "other_prompts" (this input under the batch's
+            other prompts); see `objective.representation_nce`.
     """
 
     num_classes: int
@@ -64,6 +69,7 @@ class ModelConfig:
     critic: str = "bilinear"
     head_negatives: str = "sampled"
     head_bottleneck_dim: int = 0
+    representation_negatives: str = "unprompted"
 
     def __post_init__(self):
         choices = {
@@ -72,6 +78,7 @@ class ModelConfig:
             "generator_activation": ("none", "gelu"),
             "critic": ("bilinear", "scaled_dot"),
             "head_negatives": ("sampled", "all_context"),
+            "representation_negatives": REPRESENTATION_NEGATIVES,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -89,21 +96,6 @@ class ModelConfig:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
 
 
-def sample_positions(key: jax.Array, allowed_BxL: jax.Array, count: int) -> jax.Array:
-    """`[B, count]` positions drawn uniformly, with replacement, from each row's allowed ones.
-
-    Draw j of row b is the `floor(u * n_b)`-th allowed position of the row, `u ~ U[0, 1)` of
-    shape `[B, count]`: the random numbers do not depend on the row length L, so a batch cut to
-    a shorter length bucket (only padding removed) draws the same positions.
-    """
-    allowed_BxL = allowed_BxL.astype(jnp.int32)
-    cumulative_BxL = jnp.cumsum(allowed_BxL, axis=1)
-    uniform_BxN = jax.random.uniform(key, (allowed_BxL.shape[0], count))
-    ranks_BxN = jnp.floor(uniform_BxN * cumulative_BxL[:, -1:]).astype(jnp.int32)
-    # The rank-r allowed position is the first whose running count exceeds r.
-    return jnp.argmax(cumulative_BxL[:, None, :] > ranks_BxN[:, :, None], axis=-1)
-
-
 class PromptGenerator(nn.Module):
     """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
 
@@ -111,7 +103,7 @@ class PromptGenerator(nn.Module):
     hidden_size: int
 
     @nn.compact
-    def __call__(self, source_BxD: jax.Array) -> jax.Array:
+    def __call__(self, generator_input_BxD: jax.Array) -> jax.Array:
         cfg, d = self.config, self.hidden_size
         n, r = cfg.num_prompt_tokens, cfg.generator_rank
         # Entries of the rank-r code have unit scale for layer-normed inputs; the up projection
@@ -120,13 +112,14 @@ class PromptGenerator(nn.Module):
         up_init = nn.initializers.normal(stddev=cfg.prompt_init_scale * r**-0.5)
         if cfg.generator == "released":
             code_BxR = nn.gelu(
-                nn.Dense(r, kernel_init=down_init, name="down")(source_BxD), approximate=False
+                nn.Dense(r, kernel_init=down_init, name="down")(generator_input_BxD),
+                approximate=False,
             )
             flat_BxND = nn.Dense(n * d, kernel_init=up_init, name="up")(code_BxR)
             return flat_BxND.reshape(-1, n, d)
         down_NxDxR = self.param("down", down_init, (n, d, r))
         up_NxRxD = self.param("up", up_init, (n, r, d))
-        code_BxNxR = jnp.einsum("bd,ndr->bnr", source_BxD, down_NxDxR)
+        code_BxNxR = jnp.einsum("bd,ndr->bnr", generator_input_BxD, down_NxDxR)
         if cfg.generator_bias:
             code_BxNxR += self.param("down_bias", nn.initializers.zeros, (n, r))
         if cfg.generator_activation == "gelu":
@@ -141,7 +134,7 @@ class TaskHead(nn.Module):
     """`h_theta`: frozen MLM transform (if any), then class vectors Theta (DESIGN.md step 4).
 
     The class vectors are overwritten after init with the verbalizer words' embeddings, and the
-    transform with the checkpoint's MLM head (see `train.init_params`).
+    transform with the checkpoint's MLM head (see `model_init.init_params`).
     """
 
     config: ModelConfig
@@ -280,23 +273,24 @@ class InfoPromptModel(nn.Module):
         """Step 1: P_src = H0[<s>], Z0 = H0[<mask>]; nothing is differentiated through it."""
         # Only the two rows read are computed in the last layer.
         rows_Bx2 = jnp.stack(
-            [jnp.zeros_like(batch["plain_mask_position"]), batch["plain_mask_position"]], axis=1
+            [jnp.zeros_like(batch["unprompted_mask_position"]), batch["unprompted_mask_position"]],
+            axis=1,
         )
         h0_Bx2xD = jax.lax.stop_gradient(
             self._encode(
-                input_ids=batch["plain_input_ids"],
-                attention_mask=batch["plain_attention_mask"],
-                token_type_ids=batch["plain_token_type_ids"],
+                input_ids=batch["unprompted_input_ids"],
+                attention_mask=batch["unprompted_attention_mask"],
+                token_type_ids=batch["unprompted_token_type_ids"],
                 output_rows=rows_Bx2,
             )
         )
-        return {"source": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
+        return {"generator_input": h0_Bx2xD[:, 0], "z0": h0_Bx2xD[:, 1]}
 
-    def prompts(self, batch: Batch, source_BxD: jax.Array | None) -> jax.Array:
+    def prompts(self, batch: Batch, generator_input_BxD: jax.Array | None) -> jax.Array:
         """Step 2: the n_p prompt vectors of each example, `[B, n_p, D]`."""
         batch_size = batch["input_ids"].shape[0]
         if self.config.prompt_source == "generator":
-            return self.prompt_generator(source_BxD)
+            return self.prompt_generator(generator_input_BxD)
         if self.config.prompt_source == "free":
             return jnp.broadcast_to(self.prompt, (batch_size,) + self.prompt.shape)
         return jnp.zeros((batch_size, 0, self.encoder_config.hidden_size), jnp.float32)
@@ -330,72 +324,30 @@ class InfoPromptModel(nn.Module):
         if self.is_initializing():
             # Creates the encoder's params (the word-embedding table above all) on every path.
             self._encode(
-                input_ids=batch["plain_input_ids"],
-                attention_mask=batch["plain_attention_mask"],
-                token_type_ids=batch["plain_token_type_ids"],
+                input_ids=batch["unprompted_input_ids"],
+                attention_mask=batch["unprompted_attention_mask"],
+                token_type_ids=batch["unprompted_token_type_ids"],
             )
-        needs_plain = cfg.prompt_source == "generator" or (
-            rng is not None and cfg.use_representation_critic
+        needs_unprompted = cfg.prompt_source == "generator" or (
+            rng is not None
+            and cfg.use_representation_critic
+            and cfg.representation_negatives == "unprompted"
         )
-        if "cached_source" in batch:  # config.cache_unprompted: computed once per example.
-            plain = {"source": batch["cached_source"], "z0": batch["cached_z0"]}
+        if "cached_generator_input" in batch:  # config.cache_unprompted: computed once per example.
+            unprompted = {
+                "generator_input": batch["cached_generator_input"],
+                "z0": batch["cached_z0"],
+            }
         else:
-            plain = self.unprompted_pass(batch) if needs_plain else {}
-        prompts_BxNxD = self.prompts(batch, plain.get("source"))
+            unprompted = self.unprompted_pass(batch) if needs_unprompted else {}
+        prompts_BxNxD = self.prompts(batch, unprompted.get("generator_input"))
         z_BxD = self.prompted_pass(batch, prompts_BxNxD)
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
         logits_BxC, kl_B = self.task_head(z_BxD, keys[0])
         outputs = {"logits": logits_BxC, "prompts": prompts_BxNxD}
         if rng is None:
             return outputs
-        zeros_B = jnp.zeros(z_BxD.shape[:1], jnp.float32)
-        prompt_mean_BxD = jnp.mean(prompts_BxNxD, axis=1)
-        outputs.update(
-            ce=losses.cross_entropy(logits_BxC, batch["label"]),
-            kl=kl_B,
-            nce_head=zeros_B,
-            nce_rep=zeros_B,
+        terms = objective.per_example_terms(
+            self, batch, prompts_BxNxD, z_BxD, unprompted.get("z0"), logits_BxC, kl_B, keys[1:]
         )
-        if cfg.use_head_critic:
-            outputs["nce_head"] = self.head_nce(batch, prompt_mean_BxD, keys[1])
-        if cfg.use_representation_critic:
-            outputs["nce_rep"] = self.representation_nce(
-                prompt_mean_BxD, z_BxD, plain["z0"], keys[2]
-            )
-        return outputs
-
-    def head_nce(self, batch: Batch, prompt_mean_BxD: jax.Array, key: jax.Array) -> jax.Array:
-        """Step 5: InfoNCE of P_bar against word embeddings of the example's context tokens."""
-        context_BxL = batch["plain_context_mask"].astype(bool)
-        # An example whose text was truncated away still has its non-padding tokens to draw from.
-        fallback_BxL = batch["plain_attention_mask"].astype(bool)
-        context_BxL = jnp.where(context_BxL.any(axis=1, keepdims=True), context_BxL, fallback_BxL)
-        theta_D = self.task_head.pooled_class_vector()
-        if self.config.head_negatives == "all_context":
-            negatives_BxLxD = self.word_embeddings(batch["plain_input_ids"])
-            candidates = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxLxD], axis=1)
-            scores_BxK = self.head_critic(candidates, theta_D)
-            valid_BxK = jnp.concatenate([jnp.ones_like(context_BxL[:, :1]), context_BxL], axis=1)
-            return losses.info_nce(jnp.where(valid_BxK, scores_BxK, -1e30))
-        positions_BxN = sample_positions(key, context_BxL, self.config.num_candidates - 1)
-        token_ids_BxN = jnp.take_along_axis(batch["plain_input_ids"], positions_BxN, axis=1)
-        negatives_BxNxD = self.word_embeddings(token_ids_BxN)
-        candidates_BxKxD = jnp.concatenate([prompt_mean_BxD[:, None], negatives_BxNxD], axis=1)
-        return losses.info_nce(self.head_critic(candidates_BxKxD, theta_D))
-
-    def representation_nce(
-        self, prompt_mean_BxD: jax.Array, z_BxD: jax.Array, z0_BxD: jax.Array, key: jax.Array
-    ) -> jax.Array:
-        """Step 6: InfoNCE of a posterior sample of Z against samples built from Z0."""
-        critic = self.representation_critic
-        positive_key, negative_key = jax.random.split(key)
-        mu_BxZ, sigma_BxZ = critic.posterior(z_BxD)
-        positive_BxZ = mu_BxZ + sigma_BxZ * jax.random.normal(positive_key, mu_BxZ.shape)
-        mu0_BxZ, sigma0_BxZ = critic.posterior(z0_BxD)
-        num_negatives = self.config.num_candidates - 1
-        noise_BxNxZ = jax.random.normal(
-            negative_key, (mu0_BxZ.shape[0], num_negatives, mu0_BxZ.shape[1])
-        )
-        negatives_BxNxZ = mu0_BxZ[:, None] + sigma0_BxZ[:, None] * noise_BxNxZ
-        candidates_BxKxZ = jnp.concatenate([positive_BxZ[:, None], negatives_BxNxZ], axis=1)
-        return losses.info_nce(critic(prompt_mean_BxD, candidates_BxKxZ))
+        return {**outputs, **terms}

@@ -4,6 +4,7 @@ Warmup over 6% of the steps then linear decay to zero and weight decay 0 follow 
 released code and WARP (DESIGN.md section 1, step 7); gradient-norm clip 1.0.
 """
 
+import ml_collections
 import optax
 
 
@@ -34,4 +35,24 @@ def make_optimizer(
     schedule = learning_rate_schedule(peak_lr, total_steps, warmup_fraction)
     return optax.chain(
         optax.clip_by_global_norm(clip_norm), optax.adamw(schedule, weight_decay=weight_decay)
+    )
+
+
+def from_config(
+    config: ml_collections.ConfigDict, peak_lr: float, total_steps: int
+) -> optax.GradientTransformation:
+    """A run's optimizer: `config.optim`'s warmup, weight decay and clip at the method's peak rate.
+
+    Args:
+        config: the run config.
+        peak_lr: the method's peak learning rate (`methods.Method.peak_lr`).
+        total_steps: the schedule's length. A restore target may pass 1: the optimizer state's
+            structure does not depend on it.
+    """
+    return make_optimizer(
+        peak_lr,
+        total_steps,
+        warmup_fraction=config.optim.warmup_fraction,
+        weight_decay=config.optim.weight_decay,
+        clip_norm=config.optim.clip_norm,
     )

@@ -24,12 +24,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from infoprompt_jax import batching, cli, pretrained, readers, run_state, sharding, steps, templates
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import data as data_lib
-from infoprompt_jax import encoder as encoder_lib
 from infoprompt_jax import export as export_lib
-from infoprompt_jax import partition, sharding, steps, templates, train
 from infoprompt_jax import tasks as tasks_lib
+from infoprompt_jax import trainable as trainable_lib
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
 # mapping of field name to string.
@@ -75,14 +74,14 @@ def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) ->
     else:
         candidate = recorded["name"]
     try:
-        model_dir = encoder_lib.resolve_model_dir(candidate)
+        model_dir = pretrained.resolve_model_dir(candidate)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"Cannot find the encoder this export was trained with ({recorded['name']!r}, "
             f"exported from {recorded['model_dir']}): {e} Pass its checkpoint directory with "
             "encoder_path= (--encoder_path=DIR)."
         ) from e
-    checksum = encoder_lib.weights_checksum(model_dir)
+    checksum = pretrained.weights_checksum(model_dir)
     if checksum != recorded["weights_checksum"]:
         raise ValueError(
             f"Encoder mismatch: {model_dir} has weights checksum {checksum}, but the export was "
@@ -112,40 +111,7 @@ def load_trainable(path: pathlib.Path) -> dict[str, Any]:
     """The nested trainable params from `params.safetensors`."""
     import safetensors.numpy  # Deferred: only loading needs it.
 
-    return partition.unflatten(safetensors.numpy.load_file(str(path)))
-
-
-def frozen_params(comps: components_lib.Components) -> dict[str, Any]:
-    """The frozen params exactly as training had them, from the pretrained checkpoint alone.
-
-    Only the encoder and the MLM transform come from the checkpoint (`model_init.init_params`);
-    everything else is trainable, so splitting these two alone gives training's frozen tree
-    without initialising (or allocating) the rest of the model.
-    """
-    pretrained = {"encoder": comps.encoder_params}
-    if comps.method.model.has_mlm_transform:
-        pretrained["task_head"] = {"mlm_transform": comps.mlm_transform}
-    return partition.split_params(pretrained, comps.method.name)[1]
-
-
-def check_params(
-    comps: components_lib.Components, params: Mapping[str, Any], where: pathlib.Path
-) -> None:
-    """Raises if `params` is not the tree the model expects (names, shapes)."""
-    sample = export_lib.sample_batch(comps)
-    expected = partition.flatten(jax.eval_shape(lambda: comps.init_params(sample)))
-    found = partition.flatten(params)
-    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    wrong = [
-        f"{p}: {tuple(found[p].shape)} (model: {tuple(expected[p].shape)})"
-        for p in sorted(expected.keys() & found.keys())
-        if tuple(found[p].shape) != tuple(expected[p].shape)
-    ]
-    if missing or extra or wrong:
-        raise ValueError(
-            f"{where} does not fit the exported config's model: missing {missing}, "
-            f"unexpected {extra}, wrong shapes {wrong}. Re-export the run."
-        )
+    return trainable_lib.unflatten(safetensors.numpy.load_file(str(path)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -196,13 +162,18 @@ class InfoPromptClassifier:
         export_dir = pathlib.Path(export_dir)
         info, config = read_export(export_dir)
         config.model.name = str(resolve_encoder(info, encoder_path))
-        comps = components_lib.build_components(config, task=task_from_export(info))
-        comps = _with_exported_tokenizer(comps, export_dir / export_lib.TOKENIZER_DIR)
+        components = components_lib.build_components(config, task=task_from_export(info))
+        components = _with_exported_tokenizer(components, export_dir / export_lib.TOKENIZER_DIR)
         params_path = export_dir / export_lib.PARAMS_FILE
         trainable = load_trainable(params_path)
-        frozen = frozen_params(comps)
-        check_params(comps, partition.merge_params(trainable, frozen), params_path)
-        return cls(comps, trainable, frozen, info)
+        frozen = run_state.pretrained_frozen(components)
+        run_state.check_params(
+            components,
+            trainable_lib.merge_params(trainable, frozen),
+            params_path,
+            "Re-export the run.",
+        )
+        return cls(components, trainable, frozen, info)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -245,14 +216,14 @@ class InfoPromptClassifier:
             return np.zeros((0, len(self.label_names)), np.float32)
         arrays = self.components.template_tokenizer.encode_batch(fields)
         # Batched as the training loop evaluates: shortest first, cut to the run's buckets.
-        return train.predict_logits(
+        return batching.predict_logits(
             self._logits_fn,
             self._trainable,
             self._frozen,
             arrays,
             batch_size,
             self._mesh,
-            train.run_lengths(self.components.config),
+            batching.run_lengths(self.components.config),
         )
 
     def as_fields(self, inputs: Sequence[Input]) -> list[dict[str, str]]:
@@ -282,15 +253,15 @@ class InfoPromptClassifier:
 
 
 def _with_exported_tokenizer(
-    comps: components_lib.Components, tokenizer_dir: pathlib.Path
+    components: components_lib.Components, tokenizer_dir: pathlib.Path
 ) -> components_lib.Components:
     """The components with the tokenizer saved at export, which is the one training used."""
     import transformers  # Heavy import, deferred to where it is needed.
 
     if not tokenizer_dir.is_dir():
-        return comps
+        return components
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    previous = comps.template_tokenizer
+    previous = components.template_tokenizer
     template_tokenizer = templates.TemplateTokenizer(
         tokenizer,
         previous.template,
@@ -298,25 +269,18 @@ def _with_exported_tokenizer(
         previous.max_len,
         use_token_types=previous.use_token_types,
     )
-    return dataclasses.replace(comps, tokenizer=tokenizer, template_tokenizer=template_tokenizer)
+    return dataclasses.replace(
+        components, tokenizer=tokenizer, template_tokenizer=template_tokenizer
+    )
 
 
 # ----------------------------------------------------------------------------
 # Input files.
 
 
-@dataclasses.dataclass(frozen=True)
-class InputRow:
-    """One input of a file: its fields, its gold label name if the file has one, its line."""
-
-    fields: dict[str, str]
-    gold: str | None
-    line: int
-
-
 def read_inputs(
     path: str | pathlib.Path, task: tasks_lib.TaskSpec, text_fields: Sequence[str]
-) -> list[InputRow]:
+) -> list[readers.Record]:
     """The inputs of a file, in order.
 
     Formats, tried in this order:
@@ -331,62 +295,15 @@ def read_inputs(
     if not path.is_file():
         raise FileNotFoundError(f"--input={path}: no such file.")
     if path.name in {name for _, name in task.local_files}:
-        return [
-            InputRow(dict(raw.fields), raw.label, raw.line)
-            for raw in data_lib._read_raw(task, path)
-        ]  # pylint: disable=protected-access
-    if path.suffix == ".tsv":
-        rows = _read_glue_tsv(path, task)
-        if rows is not None:
-            return rows
-    return _read_plain_text(path, text_fields)
-
-
-def _read_glue_tsv(path: pathlib.Path, task: tasks_lib.TaskSpec) -> list[InputRow] | None:
-    """The text (and label) columns of a GLUE TSV by header name; None without such a header."""
-    fmt = data_lib._TSV_FORMATS.get(task.file_format)  # pylint: disable=protected-access
-    lines = data_lib._read_lines(path)  # pylint: disable=protected-access
-    if fmt is None or not lines:
-        return None
-    header = [c.strip() for c in lines[0].split("\t")]
-    columns = {field: fmt.columns[i] for field, i in fmt.text.items()}
-    if not all(name in header for name in columns.values()):
-        return None
-    text_at = {field: header.index(name) for field, name in columns.items()}
-    label_name = fmt.columns[fmt.label]
-    label_at = header.index(label_name) if label_name in header else None
-    rows = []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) != len(header):
-            raise ValueError(
-                f"{path} line {lineno}: expected {len(header)} tab-separated "
-                f"columns ({' '.join(header)}), found {len(cols)}."
-            )
-        gold = None
-        if label_at is not None:
-            raw = cols[label_at].strip()
-            gold = fmt.label_map.get(raw, raw) if fmt.label_map else raw
-        rows.append(InputRow({f: cols[i].strip() for f, i in text_at.items()}, gold, lineno))
-    return rows
-
-
-def _read_plain_text(path: pathlib.Path, text_fields: Sequence[str]) -> list[InputRow]:
-    rows = []
-    lines = data_lib._read_lines(path)  # pylint: disable=protected-access
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        texts = line.split("\t")
-        if len(texts) != len(text_fields):
-            raise ValueError(
-                f"{path} line {lineno}: found {len(texts)} tab-separated text(s); the task "
-                f"reads {len(text_fields)} ({'<TAB>'.join(text_fields)}) per line."
-            )
-        rows.append(InputRow(dict(zip(text_fields, texts)), None, lineno))
-    return rows
+        records = readers.read_task_file(task, path)
+    else:
+        fmt = readers.TSV_FORMATS.get(task.file_format)
+        records = None
+        if path.suffix == ".tsv" and fmt is not None:
+            records = readers.read_glue_tsv(path, fmt, labelled=False)
+        if records is None:
+            records = readers.read_plain_lines(path, text_fields)
+    return records
 
 
 def predict_file(
@@ -410,16 +327,16 @@ def predict_file(
         with open(output, "w", encoding="utf-8") as f:
             for row, result in zip(rows, results):
                 record = {"line": row.line, "input": row.fields, **result}
-                if row.gold is not None:
-                    record["gold"] = row.gold
+                if row.label is not None:
+                    record["gold"] = row.label
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     _log_accuracy(rows, results)
     return len(rows)
 
 
-def _log_accuracy(rows: Sequence[InputRow], results: Sequence[Mapping[str, Any]]) -> None:
+def _log_accuracy(rows: Sequence[readers.Record], results: Sequence[Mapping[str, Any]]) -> None:
     golds = [
-        (row.gold, result["label"]) for row, result in zip(rows, results) if row.gold is not None
+        (row.label, result["label"]) for row, result in zip(rows, results) if row.label is not None
     ]
     if golds:
         correct = sum(gold == label for gold, label in golds)
@@ -480,4 +397,4 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
 
 if __name__ == "__main__":
     _HOLDERS = define_flags()
-    app.run(lambda argv: main(argv, _HOLDERS))
+    cli.run(lambda argv: main(argv, _HOLDERS))

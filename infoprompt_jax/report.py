@@ -27,7 +27,7 @@ from typing import Any
 
 from absl import app, flags
 
-from infoprompt_jax import phase_timer
+from infoprompt_jax import cli, phase_timer, workdir_files
 from infoprompt_jax import tasks as tasks_lib
 
 TASK_NAMES = {
@@ -81,19 +81,6 @@ def _read_json(path: pathlib.Path) -> Any:
         ) from e
 
 
-def _metrics_at_step(workdir: pathlib.Path, step: int) -> dict[str, Any]:
-    """The eval record of `step` in metrics.jsonl ({} when absent)."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    record = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line) if line.strip() else {}
-        if entry.get("step") == step and any(k.startswith("eval_") for k in entry):
-            record = entry
-    return record
-
-
 def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, float] | None:
     """The run's scores in [0, 1] units by metric name; None while summary.json is absent."""
     path = workdir / "summary.json"
@@ -104,7 +91,7 @@ def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, floa
     if select == "final":
         values = {m: summary.get(f"eval_{m}") for m in metrics}
     else:
-        at_best = _metrics_at_step(workdir, summary.get("best_step"))
+        at_best = workdir_files.eval_record_at(workdir, summary.get("best_step"))
         values = {m: at_best.get(f"eval_{m}") for m in metrics[1:]}
         values[metrics[0]] = summary.get(f"best_eval_{metrics[0]}")
     return {m: float(v) for m, v in values.items() if v is not None}
@@ -202,7 +189,7 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
 
 
 def format_stat(stat: Stat) -> str:
-    """ "72.0 ± 2.0", "72.0" (one seed) or "–"."""
+    """A statistic as text: "72.0 ± 2.0", "72.0" (one seed) or "–"."""
     if stat.mean is None:
         return MISSING
     return f"{stat.mean:.1f}" if stat.std is None else f"{stat.mean:.1f} ± {stat.std:.1f}"
@@ -220,7 +207,7 @@ def format_cell(table: Table, row: str, task: str) -> str:
 
 
 def column_name(task: str) -> str:
-    """ "RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
+    """A task's column header: "RTE", or "MRPC (acc/F1)" for tasks with several metrics."""
     name = TASK_NAMES.get(task, task.upper())
     metrics = task_metrics(task)
     return name if len(metrics) == 1 else f"{name} ({'/'.join(METRIC_SHORT[m] for m in metrics)})"
@@ -364,14 +351,11 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        print(write_report(flags.FLAGS.root, flags.FLAGS.select))
-        if flags.FLAGS.timings:
-            print(timings_report(flags.FLAGS.root))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"Error: {e}") from e
+    print(write_report(flags.FLAGS.root, flags.FLAGS.select))
+    if flags.FLAGS.timings:
+        print(timings_report(flags.FLAGS.root))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

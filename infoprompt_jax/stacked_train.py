@@ -27,10 +27,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, metric_logging, phase_timer, sharding, stacking, train
+from infoprompt_jax import (
+    batching,
+    checkpointing,
+    metric_logging,
+    phase_timer,
+    prompt_trajectory,
+    run_state,
+    sharding,
+    stacking,
+    train,
+    workdir_files,
+)
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import progress as progress_lib
 
 # Methods whose frozen tree depends on the seed (adapters load with the encoder) or that train
 # the encoder itself: nothing would be shared.
@@ -71,19 +83,19 @@ def _without_seed(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return flat
 
 
-def seed_config(comps: components_lib.Components, seed: int) -> components_lib.Components:
-    """`comps` for another seed: the same encoder and model, the config's seed changed."""
-    config = comps.config.copy_and_resolve_references()
+def seed_config(components: components_lib.Components, seed: int) -> components_lib.Components:
+    """`components` for another seed: the same encoder and model, the config's seed changed."""
+    config = components.config.copy_and_resolve_references()
     with config.unlocked():
         config.seed = seed
-    return dataclasses.replace(comps, config=config)
+    return dataclasses.replace(components, config=config)
 
 
 @dataclasses.dataclass
 class RunSlot:
     """One run of the stack and what is its own: workdir, data, writer, checkpoints, record."""
 
-    comps: components_lib.Components
+    components: components_lib.Components
     workdir: epath.Path
     train_arrays: dict[str, np.ndarray]
     writer: metric_logging.MetricWriter
@@ -151,10 +163,12 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     num_runs = len(configs)
     with timer.phase("encoder_load"):
         shared = components_lib.build_components(configs[0])
-    run_comps = [seed_config(shared, int(c.seed)) for c in configs]
+    run_components = [seed_config(shared, int(c.seed)) for c in configs]
     config, task = shared.config, shared.task
     timer.start("data")
-    trains = [c.encode(components_lib.load_examples(c.config, task, "train")) for c in run_comps]
+    trains = [
+        c.encode(components_lib.load_examples(c.config, task, "train")) for c in run_components
+    ]
     dev_arrays = shared.encode(components_lib.load_examples(config, task, "dev"))
     timer.stop("data")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -171,30 +185,25 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             "config.train.batch_size or raise config.data.few_shot."
         )
     total_steps = steps_per_epoch * config.train.num_epochs
-    optimizer = optimizer_lib.make_optimizer(
-        shared.method.peak_lr,
-        total_steps,
-        warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay,
-        clip_norm=config.optim.clip_norm,
-    )
+    optimizer = optimizer_lib.from_config(config, shared.method.peak_lr, total_steps)
     timer.start("init")
-    run_states, frozen = [], None
-    for comps, arrays in zip(run_comps, trains):
-        sample = {k: v[:batch_size] for k, v in arrays.items()}
-        state, run_frozen = train.build_state(comps, optimizer, mesh, sample)
-        run_states.append(state)
-        frozen = run_frozen if frozen is None else frozen  # The first run's serves every run.
-        del run_frozen
-    abstract_state = train.abstract_like(run_states[0])
+    samples = [{k: v[:batch_size] for k, v in arrays.items()} for arrays in trains]
+    # The first run's frozen tree goes on the mesh and serves every run; the others' are dropped
+    # unplaced (the frozen weights are the pretrained ones, the same for every seed).
+    first_state, frozen = run_state.build_state(run_components[0], optimizer, mesh, samples[0])
+    run_states = [first_state] + [
+        run_state.initial_state(components, optimizer, sample)[0]
+        for components, sample in zip(run_components[1:], samples[1:])
+    ]
+    abstract_state = run_state.abstract_like(first_state)
     timer.stop("init")
 
     slots = []
-    for comps, workdir, arrays in zip(run_comps, workdirs, trains):
+    for components, workdir, arrays in zip(run_components, workdirs, trains):
         manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
         writer = metric_logging.MetricWriter(workdir)
         record = {"step": 0, "best_step": None, "best_score": None}
-        slots.append(RunSlot(comps, workdir, arrays, writer, manager, record))
+        slots.append(RunSlot(components, workdir, arrays, writer, manager, record))
     with timer.phase("checkpoint"):
         start_step = min(slot.manager.latest_step() or 0 for slot in slots)
         if start_step:
@@ -207,10 +216,8 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     for slot in slots:
         slot.writer.truncate_after(start_step)
         if jax.process_index() == 0:
-            (slot.workdir / "config.json").write_text(
-                slot.comps.config.to_json_best_effort(indent=2)
-            )
-    lengths = train.run_lengths(config)
+            workdir_files.write_config(slot.workdir, slot.components.config)
+    lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
     if train.uses_cached_unprompted_pass(shared):
         for slot in slots:
@@ -224,23 +231,29 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
         for fn in stacking.compile_stacked_steps(
-            shared.model, optimizer, shared.method.weights, mesh, states, frozen, spread=spread
+            shared.model, optimizer, shared.method.loss_weights, mesh, states, frozen, spread=spread
         )
     )
     replicated = sharding.replicated(mesh)
-    betas = jax.device_put(np.full(num_runs, shared.method.weights.beta, np.float32), replicated)
-    gammas = jax.device_put(np.full(num_runs, shared.method.weights.gamma, np.float32), replicated)
+    betas = jax.device_put(
+        np.full(num_runs, shared.method.loss_weights.beta, np.float32), replicated
+    )
+    gammas = jax.device_put(
+        np.full(num_runs, shared.method.loss_weights.gamma, np.float32), replicated
+    )
     if config.log_prompt_every:
         for i, slot in enumerate(slots):
-            first_rows = train.device_batch(slot.train_arrays, np.arange(batch_size), mesh)
-            slot.trajectory = train.PromptTrajectory(
+            first_rows = batching.device_batch(slot.train_arrays, np.arange(batch_size), mesh)
+            slot.trajectory = prompt_trajectory.PromptTrajectory(
                 slot.workdir, config.log_prompt_every, shared.model, first_rows
             )
             if start_step == 0:
                 slot.trajectory.maybe_record(0, stacking.unstack(states.trainable, i), frozen)
 
-    progress = metric_logging.Progress(total_steps, batch_size * num_runs)
-    preemption = train.PreemptionFlag()
+    progress = progress_lib.Progress(
+        total_steps, steps_per_epoch, batch_size * num_runs, start_step
+    )
+    preemption = checkpointing.PreemptionFlag()
     main_metric = f"eval_{task.main_metric}"
     interval_metrics = []
     start_time = time.perf_counter()
@@ -249,7 +262,9 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
         epoch, index = divmod(step, steps_per_epoch)
         runs_rows = []
         for slot in slots:
-            indices = train.epoch_order(num_train, batch_size, slot.comps.config.seed, epoch)[index]
+            indices = batching.epoch_order(
+                num_train, batch_size, slot.components.config.seed, epoch
+            )[index]
             runs_rows.append({name: value[indices] for name, value in slot.train_arrays.items()})
         batches = stacking.stacked_device_batch(runs_rows, mesh, spread, lengths)
         states, step_metrics = train_fn(states, frozen, batches, betas, gammas)
@@ -268,19 +283,18 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
                         slot.writer,
                         progress,
                         done,
-                        epoch,
                         [stacking.unstack(m, i) for m in fetched],
                     )
                 except FloatingPointError as e:
                     slot.failure = str(e)
-                    logging.error("Seed %s failed: %s", slot.comps.config.seed, e)
+                    logging.error("Seed %s failed: %s", slot.components.config.seed, e)
             interval_metrics = []
         if not any(slot.active for slot in slots):
             break
         epoch_end = done % steps_per_epoch == 0
-        if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
+        if train.is_eval_step(config.train, done, steps_per_epoch, total_steps):
             with timer.phase("eval"):
-                logits_NxRxC = train.predict_logits(
+                logits_NxRxC = batching.predict_logits(
                     eval_fn,
                     states.trainable,
                     frozen,
@@ -305,7 +319,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
                     slot.writer.write(done, {"epoch": epoch + 1, **slot.eval_scores})
                     logging.info(
                         "seed %s step %d epoch %d: %s",
-                        slot.comps.config.seed,
+                        slot.components.config.seed,
                         done,
                         epoch + 1,
                         slot.eval_scores,
@@ -320,6 +334,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
                 for i, slot in enumerate(slots):
                     if slot.active:
                         slot.record["step"] = done
+                        slot.writer.flush()  # The metrics file holds every record so far.
                         checkpointing.save(
                             slot.manager, done, stacking.unstack(states, i), slot.record
                         )
@@ -339,6 +354,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     summaries = []
     for i, slot in enumerate(slots):
         slot.manager.close()
+        slot.writer.close()
         summary = {
             "step": int(np.asarray(jax.device_get(states.step))[i]),
             "preempted": preemption.raised,

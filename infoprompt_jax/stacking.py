@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from infoprompt_jax import length_buckets, losses, models, sharding, steps
+from infoprompt_jax import batching, models, objective, sharding, steps
 
 Arrays = dict[str, np.ndarray]
 
@@ -75,11 +75,11 @@ def stacked_device_batch(
 
     With bucket `lengths`, every run's batch is cut to the one length that holds all their rows
     (only padding is cut, so a run's numbers are those of its own, shorter, cut up to rounding).
-    Each process contributes its share of the sharded axis, as `train.device_batch` does.
+    Each process contributes its share of the sharded axis, as `batching.device_batch` does.
     """
     if len(lengths):
-        length = max(length_buckets.batch_length(rows, lengths) for rows in runs_rows)
-        runs_rows = [length_buckets.cut(rows, length) for rows in runs_rows]
+        length = max(batching.batch_length(rows, lengths) for rows in runs_rows)
+        runs_rows = [batching.cut(rows, length) for rows in runs_rows]
     stacked = {name: np.stack([rows[name] for rows in runs_rows]) for name in runs_rows[0]}
     axis = 0 if spread else 1
     size = next(iter(stacked.values())).shape[axis]
@@ -102,7 +102,7 @@ def stacked_train_step(
     *,
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    weights: objective.ObjectiveWeights,
     per_run_weights: bool,
 ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """`steps.train_step` of every run at once; metrics gain the run axis `[R]`.
@@ -120,7 +120,7 @@ def stacked_train_step(
             dataclasses.replace(weights, beta=beta, gamma=gamma) if per_run_weights else weights
         )
         return steps.train_step(
-            state, frozen, batch, model=model, optimizer=optimizer, weights=run_weights
+            state, frozen, batch, model=model, optimizer=optimizer, loss_weights=run_weights
         )
 
     return jax.vmap(one_run)(states, batches, betas_R, gammas_R)
@@ -139,7 +139,7 @@ def stacked_eval_step(
 def compile_stacked_steps(
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    weights: objective.ObjectiveWeights,
     mesh: Mesh,
     states: steps.TrainState,
     frozen: Any,

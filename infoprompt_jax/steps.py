@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from infoprompt_jax import losses, models, partition, sharding
+from infoprompt_jax import models, objective, sharding
+from infoprompt_jax import trainable as trainable_lib
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -50,16 +51,16 @@ def train_step(
     *,
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    loss_weights: objective.ObjectiveWeights,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on the InfoPrompt objective."""
     # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
     step_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(trainable):
-        params = partition.merge_params(trainable, frozen)
+        params = trainable_lib.merge_params(trainable, frozen)
         terms = model.apply({"params": params}, batch, step_key)
-        return losses.infoprompt_objective(terms, weights), terms
+        return objective.infoprompt_objective(terms, loss_weights), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -85,7 +86,7 @@ def eval_step(
     trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
 ) -> jax.Array:
     """Class logits `[B, C]`, deterministic."""
-    params = partition.merge_params(trainable, frozen)
+    params = trainable_lib.merge_params(trainable, frozen)
     return model.apply({"params": params}, batch)["logits"]
 
 
@@ -93,15 +94,15 @@ def prompt_step(
     trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
 ) -> jax.Array:
     """The prompts `[B, n_p, D]` the model places at the prompt slots for `batch`."""
-    params = partition.merge_params(trainable, frozen)
+    params = trainable_lib.merge_params(trainable, frozen)
 
     def prompts(module, batch):
-        source = (
-            module.unprompted_pass(batch)["source"]
+        generator_input = (
+            module.unprompted_pass(batch)["generator_input"]
             if module.config.prompt_source == "generator"
             else None
         )
-        return module.prompts(batch, source)
+        return module.prompts(batch, generator_input)
 
     return model.apply({"params": params}, batch, method=prompts)
 
@@ -121,7 +122,7 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
 def compile_steps(
     model: models.InfoPromptModel,
     optimizer: optax.GradientTransformation,
-    weights: losses.ObjectiveWeights,
+    loss_weights: objective.ObjectiveWeights,
     mesh: Mesh,
     state: TrainState,
     frozen: Params,
@@ -129,7 +130,7 @@ def compile_steps(
     """Jitted `train_step(state, frozen, batch)` and `eval_step(trainable, frozen, batch)`.
 
     Args:
-        model, optimizer, weights: bound statically into the steps.
+        model, optimizer, loss_weights: bound statically into the steps.
         mesh: the device mesh.
         state, frozen: examples (arrays or ShapeDtypeStructs) that fix the shardings.
     """
@@ -138,7 +139,7 @@ def compile_steps(
     batch_sh = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     train = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, weights=weights),
+        functools.partial(train_step, model=model, optimizer=optimizer, loss_weights=loss_weights),
         in_shardings=(state_sh, frozen_sh, batch_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),

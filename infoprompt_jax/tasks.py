@@ -24,13 +24,11 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
+from infoprompt_jax import templates
+
 # Metric names understood by `metrics.compute_metrics`.
 METRIC_NAMES = ("accuracy", "f1", "mcc", "macro_f1", "micro_f1")
 
-# `{name}` items of the template language; `{prompt}` marks the prompt slots and is
-# not a text field.
-_FIELD_RE = re.compile(r"\{(\w+)\}")
-_PROMPT_FIELD = "prompt"
 
 # GLUE's train/dev splits as Hugging Face and TFDS name them.
 _GLUE_SPLITS = (("train", "train"), ("dev", "validation"))
@@ -166,12 +164,10 @@ def _check_task(task: TaskSpec) -> None:
         raise ValueError(
             f"{where}: main_metric {task.main_metric!r} is not among metrics {task.metrics}"
         )
-    for item in ("<mask>", "{prompt}"):
-        if task.template.count(item) != 1:
-            raise ValueError(
-                f"{where}: template {task.template!r} must contain {item} exactly once"
-            )
-    used = tuple(f for f in _FIELD_RE.findall(task.template) if f != _PROMPT_FIELD)
+    try:
+        used = templates.Template.parse(task.template).fields
+    except templates.TemplateError as err:
+        raise ValueError(f"{where}: {err}") from None
     if used != task.text_fields:
         raise ValueError(
             f"{where}: template fields {used} differ from text_fields"

@@ -13,7 +13,7 @@ for example `"<s> {sentence1} {prompt} <mask> {sentence2} </s>"`. Because the sp
 for the tokenizer's own tokens, one template serves RoBERTa's BPE and BERT's WordPiece alike.
 
 `TemplateTokenizer` produces the arrays of the "Tokenized batch contract" in
-docs/architecture.md: the prompted sequence and the plain one (prompt slots left out), both
+docs/architecture.md: the prompted sequence and the unprompted one (prompt slots left out), both
 padded to `max_len`, so the train step compiles once.
 
 Tokenization rules, and why:
@@ -206,7 +206,7 @@ class TemplateTokenizer:
         Args:
             tokenizer: a Hugging Face tokenizer (RoBERTa BPE, BERT WordPiece, ...).
             template: a template string or a parsed `Template`.
-            num_prompt_tokens: n_p >= 0; 0 gives a prompted sequence equal to the plain one
+            num_prompt_tokens: n_p >= 0; 0 gives a prompted sequence equal to the unprompted one
                 (for baselines that train no prompt).
             max_len: the padded length L of every output sequence.
             use_token_types: when True, tokens after the first `</s>` that is followed by a
@@ -281,7 +281,7 @@ class TemplateTokenizer:
 
         Returns:
             The batch-contract arrays without the batch axis: `[L]` sequences,
-            `prompt_positions` `[n_p]`, `mask_position` and `plain_mask_position` `[]`; int32.
+            `prompt_positions` `[n_p]`, `mask_position` and `unprompted_mask_position` `[]`; int32.
 
         Raises:
             KeyError: the example lacks a field the template needs.
@@ -300,7 +300,7 @@ class TemplateTokenizer:
 
         Returns:
             `[N, L]` sequences, `prompt_positions` `[N, n_p]`, `mask_position` and
-            `plain_mask_position` `[N]`; all int32.
+            `unprompted_mask_position` `[N]`; all int32.
 
         Raises:
             KeyError: an example lacks a field the template needs.
@@ -347,17 +347,17 @@ class TemplateTokenizer:
             "token_type_ids": sequences(),
             "prompt_positions": np.zeros((size, self.num_prompt_tokens), np.int32),
             "mask_position": np.zeros((size,), np.int32),
-            "plain_input_ids": sequences(self._pad_id),
-            "plain_attention_mask": sequences(),
-            "plain_token_type_ids": sequences(),
-            "plain_mask_position": np.zeros((size,), np.int32),
-            "plain_context_mask": sequences(),
+            "unprompted_input_ids": sequences(self._pad_id),
+            "unprompted_attention_mask": sequences(),
+            "unprompted_token_type_ids": sequences(),
+            "unprompted_mask_position": np.zeros((size,), np.int32),
+            "unprompted_context_mask": sequences(),
         }
 
     def _fill_row(
         self, batch: dict[str, np.ndarray], row: int, field_tokens: Sequence[Sequence[int]]
     ) -> None:
-        """Assembles one example's sequence and writes its prompted and plain forms."""
+        """Assembles one example's sequence and writes its prompted and unprompted forms."""
         budget = self.max_len - (self.min_length - len(field_tokens))
         kept = _truncate_longest_first([len(t) for t in field_tokens], budget)
         ids, kinds, types = [], [], []
@@ -375,9 +375,9 @@ class TemplateTokenizer:
         is_prompt_T = kinds_T == PROMPT
         self._write(batch, row, "", ids_T, types_T, kinds_T)
         keep = ~is_prompt_T
-        self._write(batch, row, "plain_", ids_T[keep], types_T[keep], kinds_T[keep])
+        self._write(batch, row, "unprompted_", ids_T[keep], types_T[keep], kinds_T[keep])
         batch["prompt_positions"][row] = np.flatnonzero(is_prompt_T)
-        batch["plain_context_mask"][row, : keep.sum()] = kinds_T[keep] == FIELD
+        batch["unprompted_context_mask"][row, : keep.sum()] = kinds_T[keep] == FIELD
 
     @staticmethod
     def _write(batch, row, prefix, ids_T, types_T, kinds_T) -> None:

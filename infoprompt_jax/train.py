@@ -7,9 +7,8 @@ checkpoint at step s continues exactly where an unbroken run would be.
 
 import functools
 import json
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -19,126 +18,46 @@ from absl import logging
 from etils import epath
 
 from infoprompt_jax import (
+    batching,
     checkpointing,
-    length_buckets,
     metric_logging,
-    partition,
     phase_timer,
+    prompt_trajectory,
+    run_state,
     sharding,
     steps,
+    workdir_files,
 )
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import metrics as metrics_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import progress as progress_lib
 
 Arrays = dict[str, np.ndarray]
 
 
-def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """`[steps_per_epoch, batch_size]` example indices of an epoch (the remainder is dropped)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    steps_per_epoch = num_examples // batch_size
-    return order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-
-
-def device_batch(
-    arrays: Arrays, indices: np.ndarray, mesh: jax.sharding.Mesh, lengths: Sequence[int] = ()
-) -> dict[str, jax.Array]:
-    """The global batch `arrays[indices]` as arrays sharded over the mesh.
-
-    Each process contributes only its own rows, so on a pod every host reads its share.
-
-    Args:
-        arrays: host arrays of every example (each process holds them all).
-        indices: `[B]` rows of the global batch.
-        mesh: the device mesh.
-        lengths: the bucket lengths (`length_buckets.bucket_lengths`); the batch is cut to the
-            shortest that holds its rows, decided from the global batch so that every process
-            cuts alike. Empty: no cut.
-    """
-    rows = {name: value[indices] for name, value in arrays.items()}
-    if len(lengths):
-        rows = length_buckets.cut(rows, length_buckets.batch_length(rows, lengths))
-    per_process = len(indices) // jax.process_count()
-    local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-    batch_sharding = sharding.batch_sharding(mesh)
-    return {
-        name: jax.make_array_from_process_local_data(batch_sharding, value[local])
-        for name, value in rows.items()
-    }
-
-
-def pad_to_multiple(arrays: Arrays, multiple: int) -> tuple[Arrays, int]:
-    """Pads every array's rows (repeating row 0) to a multiple; returns the true row count."""
-    count = len(next(iter(arrays.values())))
-    padded = -(-count // multiple) * multiple
-    rows = np.concatenate([np.arange(count), np.zeros(padded - count, np.int64)])
-    return {name: value[rows] for name, value in arrays.items()}, count
-
-
-def map_in_batches(
-    fn: Callable[[dict[str, jax.Array]], Any],
-    arrays: Arrays,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    lengths: Sequence[int] = (),
-) -> Any:
-    """`fn(batch)` over every row of `arrays`, `batch_size` rows at a time; outputs in row order.
-
-    With bucket `lengths`, rows are batched shortest first, so that most batches fit a short
-    bucket; the outputs are put back in the rows' order.
-
-    Returns:
-        `fn`'s output pytree with `[N, ...]` numpy leaves.
-    """
-    count = len(arrays["input_ids"])
-    order = length_buckets.order_by_length(arrays) if len(lengths) > 1 else np.arange(count)
-    padded, _ = pad_to_multiple({name: value[order] for name, value in arrays.items()}, batch_size)
-    outputs = [  # Dispatched all before any is fetched, so the host never waits in between.
-        fn(device_batch(padded, np.arange(start, start + batch_size), mesh, lengths))
-        for start in range(0, len(padded["input_ids"]), batch_size)
-    ]
-    in_order = np.argsort(order)
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:count][in_order], *jax.device_get(outputs))
-
-
-def predict_logits(
-    eval_fn: Callable,
-    trainable: Any,
-    frozen: Any,
-    arrays: Arrays,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    lengths: Sequence[int] = (),
-) -> np.ndarray:
-    """Logits `[N, C]` of every row of `arrays`, in order."""
-    return map_in_batches(
-        functools.partial(eval_fn, trainable, frozen), arrays, batch_size, mesh, lengths
-    )
-
-
-def run_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """The bucket lengths of a run's batches (`config.length_buckets`, then `max_len`)."""
-    # Configs written before length buckets existed have none: every batch at max_len.
-    return length_buckets.bucket_lengths(config.max_len, config.get("length_buckets", ()))
-
-
 def evaluate(
-    eval_fn, trainable, frozen, comps: components_lib.Components, arrays: Arrays, mesh
+    eval_fn, trainable, frozen, components: components_lib.Components, arrays: Arrays, mesh
 ) -> dict[str, float]:
     """The task's dev metrics, as `eval_<name>` keys."""
-    config = comps.config
-    logits = predict_logits(
-        eval_fn, trainable, frozen, arrays, config.train.eval_batch_size, mesh, run_lengths(config)
+    config = components.config
+    logits = batching.predict_logits(
+        eval_fn,
+        trainable,
+        frozen,
+        arrays,
+        config.train.eval_batch_size,
+        mesh,
+        batching.run_lengths(config),
     )
-    scores = metrics_lib.compute_metrics(comps.task, logits.argmax(-1), arrays["label"])
+    scores = metrics_lib.compute_metrics(components.task, logits.argmax(-1), arrays["label"])
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
 def cache_unprompted_pass(
     model, frozen, arrays: Arrays, batch_size: int, mesh, lengths: Sequence[int] = ()
 ) -> Arrays:
-    """`arrays` plus `cached_source` and `cached_z0`: the unprompted pass of every example.
+    """`arrays` plus `cached_generator_input` and `cached_z0`: the unprompted pass of every example.
 
     The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
     computing it once saves one of the step's two encoder forwards.
@@ -147,72 +66,22 @@ def cache_unprompted_pass(
         functools.partial(steps.unprompted_step, model=model),
         out_shardings=sharding.replicated(mesh),
     )
-    outputs = map_in_batches(
+    outputs = batching.map_in_batches(
         functools.partial(unprompted, frozen), arrays, batch_size, mesh, lengths
     )
-    return {**arrays, "cached_source": outputs["source"], "cached_z0": outputs["z0"]}
+    return {
+        **arrays,
+        "cached_generator_input": outputs["generator_input"],
+        "cached_z0": outputs["z0"],
+    }
 
 
-def uses_cached_unprompted_pass(comps: components_lib.Components) -> bool:
+def uses_cached_unprompted_pass(components: components_lib.Components) -> bool:
     """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
-    return bool(comps.config.cache_unprompted) and comps.method.model.prompt_source == "generator"
-
-
-class PromptTrajectory:
-    """The prompt of one fixed training example every k steps: `WORKDIR/prompt_trajectory.npz`
-    with `steps [T]` and `prompts [T, n_p, D]`, for the loss-landscape figure."""
-
-    def __init__(self, workdir: epath.Path, every: int, model, batch: dict[str, jax.Array]):
-        self.path, self.every, self.batch = workdir / "prompt_trajectory.npz", every, batch
-        self._prompts_fn = jax.jit(functools.partial(steps.prompt_step, model=model))
-        self.steps, self.prompts = [], []
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                saved = np.load(f)
-                self.steps, self.prompts = list(saved["steps"]), list(saved["prompts"])
-
-    def maybe_record(self, step: int, trainable, frozen) -> None:
-        """Records the prompt at `step` if it is a multiple of k (step 0 included)."""
-        if not self.every or step % self.every or jax.process_index() != 0:
-            return
-        keep = [i for i, s in enumerate(self.steps) if s < step]  # A resumed run redraws the rest.
-        self.steps = [self.steps[i] for i in keep] + [step]
-        self.prompts = [self.prompts[i] for i in keep] + [
-            np.asarray(self._prompts_fn(trainable, frozen, self.batch))[0]
-        ]
-        with self.path.open("wb") as f:
-            np.savez(f, steps=np.asarray(self.steps), prompts=np.stack(self.prompts))
-
-
-class PreemptionFlag:
-    """Set by SIGTERM (TPU preemption, `kill`): the loop saves and stops at the next step."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def build_state(comps: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
-    """(state, frozen) at step 0, placed on the mesh."""
-    params = comps.init_params(sample_batch)
-    trainable, frozen = partition.split_params(params, comps.method.name)
-    rng = jax.random.fold_in(jax.random.PRNGKey(comps.config.seed), 1)
-    state = steps.create_train_state(trainable, optimizer, rng)
-    state = jax.device_put(state, steps.state_shardings(mesh, state))
-    frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
-    return state, frozen
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a tree of arrays: Orbax's restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    return (
+        bool(components.config.cache_unprompted)
+        and components.method.model.prompt_source == "generator"
+    )
 
 
 def train_and_evaluate(
@@ -232,12 +101,13 @@ def train_and_evaluate(
     timer = timer or phase_timer.PhaseTimer()
     # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
     workdir_path = epath.Path(workdir)
+    logging.info("Loading the %s encoder and the %s data.", config.model.name, config.task)
     with timer.phase("encoder_load"):
-        comps = components_lib.build_components(config)
-    config, task = comps.config, comps.task
+        components = components_lib.build_components(config)
+    config, task = components.config, components.task
     timer.start("data")
-    train_arrays = comps.encode(components_lib.load_examples(config, task, "train"))
-    dev_arrays = comps.encode(components_lib.load_examples(config, task, "dev"))
+    train_arrays = components.encode(components_lib.load_examples(config, task, "train"))
+    dev_arrays = components.encode(components_lib.load_examples(config, task, "dev"))
     timer.stop("data")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch_size = config.train.batch_size
@@ -251,21 +121,15 @@ def train_and_evaluate(
             "config.train.batch_size or raise config.data.few_shot."
         )
     total_steps = steps_per_epoch * config.train.num_epochs
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr,
-        total_steps,
-        warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay,
-        clip_norm=config.optim.clip_norm,
-    )
+    optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
     sample = {k: v[:batch_size] for k, v in train_arrays.items()}
     timer.start("init")
-    state, frozen = build_state(comps, optimizer, mesh, sample)
+    state, frozen = run_state.build_state(components, optimizer, mesh, sample)
     timer.stop("init")
     manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
     record = {"step": 0, "best_step": None, "best_score": None}
     with timer.phase("checkpoint"):
-        restored = checkpointing.restore_latest(manager, abstract_like(state))
+        restored = checkpointing.restore_latest(manager, run_state.abstract_like(state))
     writer = metric_logging.MetricWriter(workdir_path)
     if restored is not None:
         state, record = restored
@@ -276,31 +140,37 @@ def train_and_evaluate(
         return json.loads(summary_path.read_text())
     writer.truncate_after(record["step"])
     if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
-    lengths = run_lengths(config)
+        workdir_files.write_config(workdir_path, config)
+    lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
-    if uses_cached_unprompted_pass(comps):
+    if uses_cached_unprompted_pass(components):
+        logging.info(
+            "Caching the unprompted pass of %d train and %d dev examples.",
+            num_train,
+            len(dev_arrays["label"]),
+        )
         train_arrays = cache_unprompted_pass(
-            comps.model, frozen, train_arrays, batch_size, mesh, lengths
+            components.model, frozen, train_arrays, batch_size, mesh, lengths
         )
         dev_arrays = cache_unprompted_pass(
-            comps.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
+            components.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
         jax.block_until_ready(train_arrays)
     timer.stop("unprompted_cache")
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
         for fn in steps.compile_steps(
-            comps.model, optimizer, comps.method.weights, mesh, state, frozen
+            components.model, optimizer, components.method.loss_weights, mesh, state, frozen
         )
     )
-    progress = metric_logging.Progress(total_steps, batch_size)
-    preemption = PreemptionFlag()
-    trajectory = PromptTrajectory(
+    logging.info("Compiling the train step (the first step takes longest).")
+    progress = progress_lib.Progress(total_steps, steps_per_epoch, batch_size, int(record["step"]))
+    preemption = checkpointing.PreemptionFlag()
+    trajectory = prompt_trajectory.PromptTrajectory(
         workdir_path,
         config.log_prompt_every,
-        comps.model,
-        device_batch(train_arrays, np.arange(batch_size), mesh),
+        components.model,
+        batching.device_batch(train_arrays, np.arange(batch_size), mesh),
     )
     if int(record["step"]) == 0:
         trajectory.maybe_record(0, state.trainable, frozen)
@@ -310,19 +180,21 @@ def train_and_evaluate(
     timer.start("train")
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, steps_per_epoch)
-        indices = epoch_order(num_train, batch_size, config.seed, epoch)[index]
-        batch = device_batch(train_arrays, indices, mesh, lengths)
+        indices = batching.epoch_order(num_train, batch_size, config.seed, epoch)[index]
+        batch = batching.device_batch(train_arrays, indices, mesh, lengths)
         state, step_metrics = train_fn(state, frozen, batch)
         interval_metrics.append(step_metrics)
         done = step + 1
         trajectory.maybe_record(done, state.trainable, frozen)
         if done % config.train.log_every_steps == 0 or done == total_steps:
-            log_train_metrics(writer, progress, done, epoch, interval_metrics)
+            log_train_metrics(writer, progress, done, interval_metrics)
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
-        if epoch_end and ((epoch + 1) % config.train.eval_every_epochs == 0 or done == total_steps):
+        if is_eval_step(config.train, done, steps_per_epoch, total_steps):
             with timer.phase("eval"):
-                eval_scores = evaluate(eval_fn, state.trainable, frozen, comps, dev_arrays, mesh)
+                eval_scores = evaluate(
+                    eval_fn, state.trainable, frozen, components, dev_arrays, mesh
+                )
             if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
                 record.update(best_step=done, best_score=eval_scores[main_metric])
             writer.write(done, {"epoch": epoch + 1, **eval_scores})
@@ -335,6 +207,7 @@ def train_and_evaluate(
         ):
             record["step"] = done
             with timer.phase("checkpoint"):
+                writer.flush()  # The metrics file holds every record up to the checkpoint.
                 checkpointing.save(manager, done, state, record)
             logging.info("Saved checkpoint at step %d.", done)
         if preemption.raised:
@@ -347,6 +220,7 @@ def train_and_evaluate(
     jax.block_until_ready(state)
     timer.stop("train")
     progress.close()
+    writer.close()
     preemption.restore()
     manager.close()
     summary = {
@@ -363,7 +237,18 @@ def train_and_evaluate(
     return summary
 
 
-def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -> dict[str, float]:
+def is_eval_step(train_config, done: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether the run evaluates after `done` steps: every `eval_every_steps` steps when that is
+    set (a few-shot run's learning curve), else at every `eval_every_epochs`-th epoch end; always
+    after the last step."""
+    if done == total_steps:
+        return True
+    if train_config.eval_every_steps:
+        return done % train_config.eval_every_steps == 0
+    return done % (steps_per_epoch * train_config.eval_every_epochs) == 0
+
+
+def log_train_metrics(writer, progress, step: int, interval: list) -> None:
     """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
     fetched = jax.device_get(interval)
     means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -373,6 +258,4 @@ def log_train_metrics(writer, progress, step: int, epoch: int, interval: list) -
             "lower config.optim.lr or check the data."
         )
     writer.write(step, means)
-    line = progress.update(step, epoch, fetched[-1])
-    logging.log_every_n_seconds(logging.INFO, line, 30)
-    return means
+    progress.update(step, fetched[-1])

@@ -4,7 +4,7 @@ For benchmarks where the real weights cannot be downloaded (speed and memory dep
 only):
 
     python scripts/random_encoder.py --shape=roberta-large --output=/tmp/roberta_large_random
-    python -m infoprompt_jax.bench --config=configs/sst2.py \
+    python -m infoprompt_jax.tools.bench --config=configs/sst2.py \
         --config.model.name=/tmp/roberta_large_random --batch_size=32 --seq_len=128
 
 The checkpoint is a `RobertaForMaskedLM` (so the head keeps its MLM transform, as roberta-large's

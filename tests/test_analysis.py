@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import losses, train
+from infoprompt_jax import batching, losses, train
 from infoprompt_jax.analysis import cmi, curves, landscape, prompt_eval, runs
 
 RTOL = 1e-5
@@ -106,25 +106,25 @@ def test_restore_gives_the_trained_prompts(
 ):
     # Training logged the prompt of train example 0 after each step; the last one is the
     # checkpoint's, so the restored model must produce it again.
-    for (comps, params), workdir in (
+    for (components, params), workdir in (
         (restored_infoprompt, infoprompt_run),
         (restored_warp, warp_run),
     ):
         steps, prompts = landscape.load_trajectory(workdir)
         assert list(steps) == [0, 1, 2]
         assert not np.allclose(prompts[0], prompts[-1]), "training moved the prompt"
-        arrays = runs.encode_examples(comps, "train")
-        own = prompt_eval.own_prompts_fn(comps.model, params, first_rows(arrays, BATCH))
+        arrays = runs.encode_examples(components, "train")
+        own = prompt_eval.own_prompts_fn(components.model, params, first_rows(arrays, BATCH))
         np.testing.assert_allclose(own[0], prompts[-1], rtol=RTOL, atol=1e-7)
 
 
 def test_cmi_equals_log_k_minus_the_models_own_nce(restored_infoprompt):
-    comps, params = restored_infoprompt
-    model, k = comps.model, comps.method.model.num_candidates
-    dev = runs.encode_examples(comps, "dev")
+    components, params = restored_infoprompt
+    model, k = components.model, components.method.model.num_candidates
+    dev = runs.encode_examples(components, "dev")
     count = len(dev["label"])
     assert BATCH < count < 2 * BATCH, "two batches, the second one padded"
-    padded, _ = train.pad_to_multiple(dev, BATCH)
+    padded, _ = batching.pad_to_multiple(dev, BATCH)
     rng = jax.random.PRNGKey(3)
     critic_key = jax.random.split(rng, 3)[2]  # What InfoPromptModel.__call__ gives the critic.
     fixed = jnp.linspace(-0.1, 0.1, model.encoder_config.hidden_size)[None]
@@ -155,13 +155,13 @@ def test_random_and_phrase_prompts(restored_infoprompt):
     np.testing.assert_allclose(draws.mean(0), table.mean(0), atol=0.15)
     np.testing.assert_allclose(draws.std(0), table.std(0), rtol=0.05)
     assert not np.allclose(cmi.random_prompt(table, 2, 0), cmi.random_prompt(table, 2, 1))
-    comps, params = restored_infoprompt
+    components, params = restored_infoprompt
     words = runs.word_embedding_table(params)
-    ids = comps.tokenizer("it is great", add_special_tokens=False)["input_ids"]
-    cycled = cmi.phrase_prompt(comps.tokenizer, words, "it is great", len(ids) + 2)
+    ids = components.tokenizer("it is great", add_special_tokens=False)["input_ids"]
+    cycled = cmi.phrase_prompt(components.tokenizer, words, "it is great", len(ids) + 2)
     np.testing.assert_array_equal(cycled, words[ids + ids[:2]])
     np.testing.assert_array_equal(
-        cmi.phrase_prompt(comps.tokenizer, words, "it is great", 1), words[ids[:1]]
+        cmi.phrase_prompt(components.tokenizer, words, "it is great", 1), words[ids[:1]]
     )
 
 
@@ -191,16 +191,18 @@ def test_cmi_command_writes_csv_plot_and_medians(
     assert all(np.all(values <= np.log(4) + 1e-6) for values in table.values())
     assert not np.allclose(table["random #0"], table["random #1"])
     # The key is fixed (--seed=0): the same numbers again, from the module's restored run.
-    comps, params = restored_infoprompt
-    dev = runs.encode_examples(comps, "dev", max_examples=6)
+    components, params = restored_infoprompt
+    dev = runs.encode_examples(components, "dev", max_examples=6)
     words = runs.word_embedding_table(params)
     again = {
         "learned: a": None,
         "random #1": cmi.random_prompt(words, 1, seed=1),
-        'phrase: "the film"': cmi.phrase_prompt(comps.tokenizer, words, "the film", 1),
+        'phrase: "the film"': cmi.phrase_prompt(components.tokenizer, words, "the film", 1),
     }
     for source, prompt in again.items():
-        estimate = cmi.estimate_cmi(comps.model, params, dev, jax.random.PRNGKey(0), BATCH, prompt)
+        estimate = cmi.estimate_cmi(
+            components.model, params, dev, jax.random.PRNGKey(0), BATCH, prompt
+        )
         np.testing.assert_allclose(table[source], estimate, rtol=1e-5, atol=1e-6, err_msg=source)
     assert (tmp_path / "cmi.png").stat().st_size > 1000
     printed = capsys.readouterr().out
@@ -248,36 +250,38 @@ def test_principal_directions_are_orthonormal_and_numpys_svd_directions():
 
 
 def test_landscape_task_loss_at_the_warp_prompt_equals_the_models_loss(restored_warp):
-    comps, params = restored_warp
-    arrays = landscape.sample_examples(comps, BATCH, seed=0)
+    components, params = restored_warp
+    arrays = landscape.sample_examples(components, BATCH, seed=0)
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     learned = landscape.project(np.asarray(params["prompt"]), plane)[0]
     points = np.stack([learned, [0.0, 0.0], learned + [0.02, -0.03]])
     values = landscape.evaluate_points(
-        comps.model, params, arrays, plane, points, jax.random.PRNGKey(0), points_per_batch=2
+        components.model, params, arrays, plane, points, jax.random.PRNGKey(0), points_per_batch=2
     )
     assert set(values) == {"task_loss"}, "WARP has no representation critic"
     batch = first_rows(arrays, BATCH)
     for point, value in zip(points, values["task_loss"]):
         prompt = landscape.plane_points(point[None], plane)  # [n_p = 1, D]
-        logits = forward(comps.model, {**params, "prompt": jnp.asarray(prompt)}, batch)["logits"]
+        logits = forward(components.model, {**params, "prompt": jnp.asarray(prompt)}, batch)[
+            "logits"
+        ]
         direct = np.mean(losses.cross_entropy(logits, batch["label"]))
         np.testing.assert_allclose(value, direct, rtol=RTOL)
 
 
 def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
-    comps, params = restored_infoprompt
-    arrays = landscape.sample_examples(comps, BATCH, seed=0)
+    components, params = restored_infoprompt
+    arrays = landscape.sample_examples(components, BATCH, seed=0)
     plane = landscape.principal_directions(runs.word_embedding_table(params))
     rng = jax.random.PRNGKey(5)
     points = np.array([[0.01, 0.02], [-0.03, 0.0]])
     values = landscape.evaluate_points(
-        comps.model, params, arrays, plane, points, jax.random.split(rng, 3)[2]
+        components.model, params, arrays, plane, points, jax.random.split(rng, 3)[2]
     )
     batch = first_rows(arrays, BATCH)
     for index, point in enumerate(points):
         prompt = landscape.plane_points(point[None], plane)
-        terms = forward(comps.model, emitting(params, prompt), batch, rng)
+        terms = forward(components.model, emitting(params, prompt), batch, rng)
         np.testing.assert_allclose(values["task_loss"][index], np.mean(terms["ce"]), rtol=RTOL)
         np.testing.assert_allclose(
             values["representation_loss"][index], np.mean(terms["nce_rep"]), rtol=RTOL
@@ -307,11 +311,11 @@ def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys
         saved["trajectory"], landscape.project(prompts[:, 0], plane), rtol=1e-5, atol=1e-7
     )
     # Grid values: loss[i, j] is at (a[j], b[i]).
-    comps, params = restored_infoprompt
-    arrays = landscape.sample_examples(comps, BATCH, seed=0)
+    components, params = restored_infoprompt
+    arrays = landscape.sample_examples(components, BATCH, seed=0)
     points = np.array([[saved["a"][1], saved["b"][2]], [saved["a"][3], saved["b"][0]]])
     values = landscape.evaluate_points(
-        comps.model, params, arrays, plane, points, jax.random.PRNGKey(0)
+        components.model, params, arrays, plane, points, jax.random.PRNGKey(0)
     )
     for name in ("task_loss", "representation_loss"):
         np.testing.assert_allclose([saved[name][2, 1], saved[name][0, 3]], values[name], rtol=RTOL)

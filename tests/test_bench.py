@@ -9,7 +9,9 @@ import pytest
 import sentiment_fixture
 import torch
 
-from infoprompt_jax import bench, components, partition, torch_reference
+from infoprompt_jax import components
+from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.tools import bench, torch_reference
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {
@@ -60,7 +62,7 @@ def trainable(comps, batch):
     shapes = jax.eval_shape(comps.init_params, batch)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
-    return partition.split_params(params, comps.method.name)[0]
+    return trainable_lib.split_params(params, comps.method.name)[0]
 
 
 def test_result_line_has_every_key_and_cpu_has_no_peak(result):
@@ -148,8 +150,10 @@ def test_synthetic_batch_has_the_real_layout_and_full_attention(comps, batch):
     assert (batch["attention_mask"] == 1).all(), "the prompted input fills max_len"
     assert (batch["input_ids"][rows, batch["prompt_positions"]] == unk).all()
     assert (batch["input_ids"][rows[:, 0], batch["mask_position"]] == mask).all()
-    assert (batch["plain_input_ids"][rows[:, 0], batch["plain_mask_position"]] == mask).all()
-    assert batch["plain_context_mask"].sum(axis=1).min() > SEQ_LEN // 2
+    assert (
+        batch["unprompted_input_ids"][rows[:, 0], batch["unprompted_mask_position"]] == mask
+    ).all()
+    assert batch["unprompted_context_mask"].sum(axis=1).min() > SEQ_LEN // 2
     assert set(np.unique(batch["label"])) <= {0, 1}
     assert len({tuple(r) for r in batch["input_ids"]}) == BATCH, "rows differ"
 
@@ -180,23 +184,24 @@ def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
         assert torch.equal(step.mlm_transform[name], before), name
     unchanged = [k for k, v in step.params.items() if torch.equal(v.detach(), trainable_before[k])]
     assert not unchanged, f"trainable tensors that did not move: {unchanged}"
-    assert set(trainable_before) == set(partition.flatten(trainable))
+    assert set(trainable_before) == set(trainable_lib.flatten(trainable))
 
 
 def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, batch, trainable):
     step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
-    plain = torch_reference.to_torch(batch)
-    source, z0 = step.unprompted_pass(plain)
+    uncached = torch_reference.to_torch(batch)
+    generator_input, z0 = step.unprompted_pass(uncached)
     cached = torch_reference.to_torch(
-        {**batch, "cached_source": source.numpy(), "cached_z0": z0.numpy()}
+        {**batch, "cached_generator_input": generator_input.numpy(), "cached_z0": z0.numpy()}
     )
     assert (
-        cached["cached_source"].dtype == torch.float32 and cached["input_ids"].dtype == torch.int64
+        cached["cached_generator_input"].dtype == torch.float32
+        and cached["input_ids"].dtype == torch.int64
     )
     with torch.no_grad():
         for name in ("logits", "ce"):
             torch.testing.assert_close(
-                step.terms(cached)[name], step.terms(plain)[name], rtol=0, atol=0
+                step.terms(cached)[name], step.terms(uncached)[name], rtol=0, atol=0
             )
 
 

@@ -12,6 +12,7 @@ from flax import serialization, traverse_util
 from safetensors.torch import save_file
 
 from infoprompt_jax import encoder as enc_lib
+from infoprompt_jax import pretrained
 
 PARITY_ATOL = 1e-5
 TINY = dict(
@@ -67,7 +68,7 @@ def _max_diff(a, b):
 
 def _check_parity(label, ckpt, ids, inputs_embeds, attention="einsum", **extra):
     path, model = ckpt
-    encoder, params = enc_lib.load_pretrained(path, attention=attention)
+    encoder, params = pretrained.load_pretrained(path, attention=attention)
     if inputs_embeds:
         with torch.no_grad():
             embeds = model.embeddings.word_embeddings(torch.as_tensor(ids)).numpy()
@@ -120,7 +121,7 @@ def test_bert_parity(ckpts, inputs_embeds):
 def test_output_rows_are_the_full_outputs_rows(ckpts, remat):
     # The last layer computed for a few rows only (the mask's and <s>'s, as the model reads
     # them) must give those rows of the full output, and the same gradients to the inputs.
-    encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0], remat=remat)
+    encoder, params = pretrained.load_pretrained(ckpts["roberta"][0], remat=remat)
     rows = jnp.asarray([[0, 5, 5], [3, 0, 2]])  # Row 1 includes a position next to its padding.
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
 
@@ -151,8 +152,8 @@ def test_fused_attention_computes_the_einsum_attention(ckpts, dtype, atol):
     # input gradients agree to fp32 rounding, with padding and with the last layer's
     # output_rows (which fall back to einsum).
     path = ckpts["roberta"][0]
-    einsum, params = enc_lib.load_pretrained(path, dtype=dtype)
-    fused, fused_params = enc_lib.load_pretrained(path, dtype=dtype, attention="fused")
+    einsum, params = pretrained.load_pretrained(path, dtype=dtype)
+    fused, fused_params = pretrained.load_pretrained(path, dtype=dtype, attention="fused")
     assert (einsum.config.attention, fused.config.attention) == ("einsum", "fused")
     jax.tree.map(np.testing.assert_array_equal, fused_params, params)
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
@@ -187,7 +188,7 @@ def test_fused_attention_uses_cudnn_only_on_a_gpu_in_half_precision():
 def test_explicit_position_ids_from_mask(ckpts):
     # With trailing padding, `ids != pad` is the mask, so explicit mask positions on the
     # embeddings path must reproduce the `input_ids` path (which is what the prompted pass needs).
-    encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0])
+    encoder, params = pretrained.load_pretrained(ckpts["roberta"][0])
     positions = enc_lib.position_ids_from_mask(encoder.config, MASK)
     np.testing.assert_array_equal(positions[1], [2, 3, 4, 5, 1, 1, 1, 1])
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ROBERTA_IDS]
@@ -196,14 +197,14 @@ def test_explicit_position_ids_from_mask(ckpts):
         {"params": params}, inputs_embeds=embeds, attention_mask=MASK, position_ids=positions
     )
     np.testing.assert_allclose(from_embeds, from_ids, atol=1e-6)
-    bert_config = enc_lib.load_pretrained(ckpts["bert"][0])[0].config
+    bert_config = pretrained.load_pretrained(ckpts["bert"][0])[0].config
     np.testing.assert_array_equal(
         enc_lib.position_ids_from_mask(bert_config, MASK), np.broadcast_to(np.arange(8), (2, 8))
     )
 
 
 def test_param_paths_follow_hf_names(ckpts):
-    _, params = enc_lib.load_pretrained(ckpts["roberta"][0])
+    _, params = pretrained.load_pretrained(ckpts["roberta"][0])
     paths = set(traverse_util.flatten_dict(params, sep="/"))
     for path in [
         "embeddings/word_embeddings/embedding",
@@ -223,10 +224,10 @@ def test_param_paths_follow_hf_names(ckpts):
 
 def test_mlm_checkpoint_and_transform(ckpts):
     path, model = ckpts["roberta_mlm"]
-    encoder, params = enc_lib.load_pretrained(path)
+    encoder, params = pretrained.load_pretrained(path)
     ref = _torch_hidden(model.roberta, input_ids=ROBERTA_IDS, attention_mask=MASK)
     assert _max_diff(encoder.apply({"params": params}, ROBERTA_IDS, MASK), ref) <= PARITY_ATOL
-    head = enc_lib.load_mlm_transform(path)
+    head = pretrained.load_mlm_transform(path)
     lm_head = model.lm_head
     np.testing.assert_array_equal(head["dense"]["kernel"], lm_head.dense.weight.detach().numpy().T)
     np.testing.assert_array_equal(head["dense"]["bias"], lm_head.dense.bias.detach().numpy())
@@ -240,7 +241,7 @@ def test_mlm_checkpoint_and_transform(ckpts):
 
 def test_bert_mlm_transform(ckpts):
     path, model = ckpts["bert_mlm"]
-    head = enc_lib.load_mlm_transform(path)
+    head = pretrained.load_mlm_transform(path)
     transform = model.cls.predictions.transform
     np.testing.assert_array_equal(
         head["dense"]["kernel"], transform.dense.weight.detach().numpy().T
@@ -248,7 +249,7 @@ def test_bert_mlm_transform(ckpts):
     np.testing.assert_array_equal(
         head["layer_norm"]["scale"], transform.LayerNorm.weight.detach().numpy()
     )
-    assert enc_lib.load_mlm_transform(ckpts["bert"][0]) is None
+    assert pretrained.load_mlm_transform(ckpts["bert"][0]) is None
 
 
 def _copy_with_state(src, dst, state):
@@ -267,7 +268,7 @@ def test_unexpected_key_raises(ckpts, tmp_path):
     state["encoder.layer.0.attention.self.mystery.weight"] = torch.zeros(3, 3)
     path = _copy_with_state(ckpts["roberta"][0], tmp_path / "extra", state)
     with pytest.raises(ValueError, match=r"Unexpected.*attention\.self\.mystery\.weight"):
-        enc_lib.load_pretrained(path)
+        pretrained.load_pretrained(path)
 
 
 def test_missing_key_raises(ckpts, tmp_path):
@@ -275,7 +276,7 @@ def test_missing_key_raises(ckpts, tmp_path):
     del state["encoder.layer.1.intermediate.dense.bias"]
     path = _copy_with_state(ckpts["roberta"][0], tmp_path / "missing", state)
     with pytest.raises(ValueError, match=r"missing.*encoder/layer/1/intermediate/dense/bias"):
-        enc_lib.load_pretrained(path)
+        pretrained.load_pretrained(path)
 
 
 def test_shape_mismatch_raises(ckpts, tmp_path):
@@ -287,7 +288,7 @@ def test_shape_mismatch_raises(ckpts, tmp_path):
         match=r"encoder/layer/0/output/dense/kernel.*\(36, 32\).*"
         r"\(37, 32\)",
     ):
-        enc_lib.load_pretrained(path)
+        pretrained.load_pretrained(path)
 
 
 def test_missing_config_raises(ckpts, tmp_path):
@@ -295,13 +296,13 @@ def test_missing_config_raises(ckpts, tmp_path):
         (ckpts["roberta"][0] / "model.safetensors").read_bytes()
     )
     with pytest.raises(FileNotFoundError, match="config.json"):
-        enc_lib.load_pretrained(tmp_path)
+        pretrained.load_pretrained(tmp_path)
 
 
 def test_no_weights_raises(ckpts, tmp_path):
     (tmp_path / "config.json").write_text((ckpts["roberta"][0] / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="model.safetensors.*pytorch_model.bin"):
-        enc_lib.load_pretrained(tmp_path)
+        pretrained.load_pretrained(tmp_path)
 
 
 def test_unknown_hub_id_offline(monkeypatch, tmp_path):
@@ -311,26 +312,24 @@ def test_unknown_hub_id_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(OSError, match="local directory containing config.json"):
-        enc_lib.load_pretrained("no-such-org/no-such-encoder-xyz")
+        pretrained.load_pretrained("no-such-org/no-such-encoder-xyz")
 
 
 def test_unsupported_configs_raise():
     with pytest.raises(ValueError, match="model_type 'gpt2'.*roberta.*bert"):
-        enc_lib.EncoderConfig.from_hf_config({"model_type": "gpt2"})
+        pretrained.encoder_config({"model_type": "gpt2"})
     hf = dict(transformers.BertConfig(**TINY).to_dict(), hidden_act="relu")
     with pytest.raises(ValueError, match="hidden_act 'relu'"):
-        enc_lib.EncoderConfig.from_hf_config(hf)
+        pretrained.encoder_config(hf)
     hf = dict(transformers.BertConfig(**TINY).to_dict(), position_embedding_type="relative_key")
     with pytest.raises(ValueError, match="relative_key"):
-        enc_lib.EncoderConfig.from_hf_config(hf)
+        pretrained.encoder_config(hf)
     with pytest.raises(ValueError, match="attention='flash'.*einsum.*fused"):
-        enc_lib.EncoderConfig.from_hf_config(
-            transformers.BertConfig(**TINY).to_dict(), attention="flash"
-        )
+        pretrained.encoder_config(transformers.BertConfig(**TINY).to_dict(), attention="flash")
 
 
 def test_ids_xor_embeds(ckpts):
-    encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0])
+    encoder, params = pretrained.load_pretrained(ckpts["roberta"][0])
     with pytest.raises(ValueError, match="exactly one"):
         encoder.apply({"params": params})
     with pytest.raises(ValueError, match="exactly one"):
@@ -342,29 +341,32 @@ def test_sharded_safetensors(ckpts, tmp_path):
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
-    ours = enc_lib.load_pretrained(tmp_path)[1]
-    ref = enc_lib.load_pretrained(path)[1]
+    ours = pretrained.load_pretrained(tmp_path)[1]
+    ref = pretrained.load_pretrained(path)[1]
     jax.tree.map(np.testing.assert_array_equal, ours, ref)
-    assert enc_lib.weights_checksum(tmp_path) != enc_lib.weights_checksum(path)
+    assert pretrained.weights_checksum(tmp_path) != pretrained.weights_checksum(path)
 
 
 def test_pytorch_bin_and_flax_msgpack(ckpts, tmp_path):
     path, model = ckpts["roberta_mlm"]
-    ref = enc_lib.load_pretrained(path)[1]
+    ref = pretrained.load_pretrained(path)[1]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "config.json").write_text((path / "config.json").read_text())
     torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
-    jax.tree.map(np.testing.assert_array_equal, enc_lib.load_pretrained(bin_dir)[1], ref)
+    jax.tree.map(np.testing.assert_array_equal, pretrained.load_pretrained(bin_dir)[1], ref)
     # An old transformers Flax checkpoint: nested, task prefix, Flax layouts and names.
     msgpack_dir = tmp_path / "msgpack"
     msgpack_dir.mkdir()
     (msgpack_dir / "config.json").write_text((path / "config.json").read_text())
-    tree = {"roberta": jax.tree.map(np.asarray, ref), "lm_head": enc_lib.load_mlm_transform(path)}
+    tree = {
+        "roberta": jax.tree.map(np.asarray, ref),
+        "lm_head": pretrained.load_mlm_transform(path),
+    }
     (msgpack_dir / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
-    jax.tree.map(np.testing.assert_array_equal, enc_lib.load_pretrained(msgpack_dir)[1], ref)
-    head = enc_lib.load_mlm_transform(msgpack_dir)
-    jax.tree.map(np.testing.assert_array_equal, head, enc_lib.load_mlm_transform(path))
+    jax.tree.map(np.testing.assert_array_equal, pretrained.load_pretrained(msgpack_dir)[1], ref)
+    head = pretrained.load_mlm_transform(msgpack_dir)
+    jax.tree.map(np.testing.assert_array_equal, head, pretrained.load_mlm_transform(path))
 
 
 def test_bf16_safetensors(ckpts, tmp_path):
@@ -373,8 +375,8 @@ def test_bf16_safetensors(ckpts, tmp_path):
         for k, v in _torch_state(ckpts["roberta"]).items()
     }
     path = _copy_with_state(ckpts["roberta"][0], tmp_path / "bf16", state)
-    params = enc_lib.load_pretrained(path)[1]
-    ref = enc_lib.load_pretrained(ckpts["roberta"][0])[1]
+    params = pretrained.load_pretrained(path)[1]
+    ref = pretrained.load_pretrained(ckpts["roberta"][0])[1]
     kernel = params["encoder"]["layer"]["0"]["attention"]["self"]["key"]["kernel"]
     assert kernel.dtype == jnp.float32
     np.testing.assert_array_equal(
@@ -385,8 +387,8 @@ def test_bf16_safetensors(ckpts, tmp_path):
 
 def test_adapters_are_identity_at_init(ckpts):
     path = ckpts["roberta"][0]
-    encoder, params = enc_lib.load_pretrained(path)
-    adapted, adapted_params = enc_lib.load_pretrained(
+    encoder, params = pretrained.load_pretrained(path)
+    adapted, adapted_params = pretrained.load_pretrained(
         path, adapter_size=8, rng=jax.random.PRNGKey(3)
     )
     adapter = adapted_params["encoder"]["layer"]["1"]["output"]["adapter"]
@@ -402,8 +404,8 @@ def test_adapters_are_identity_at_init(ckpts):
 
 def test_remat_matches(ckpts):
     path = ckpts["bert"][0]
-    encoder, params = enc_lib.load_pretrained(path)
-    remat, remat_params = enc_lib.load_pretrained(path, remat=True)
+    encoder, params = pretrained.load_pretrained(path)
+    remat, remat_params = pretrained.load_pretrained(path, remat=True)
     assert remat.config.remat
     jax.tree.map(np.testing.assert_array_equal, remat_params, params)
 
@@ -420,8 +422,8 @@ def test_remat_matches(ckpts):
 
 def test_bf16_compute_is_close(ckpts):
     path = ckpts["roberta"][0]
-    encoder, params = enc_lib.load_pretrained(path)
-    bf16, bf16_params = enc_lib.load_pretrained(path, dtype=jnp.bfloat16)
+    encoder, params = pretrained.load_pretrained(path)
+    bf16, bf16_params = pretrained.load_pretrained(path, dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16_params))
     out = bf16.apply({"params": bf16_params}, ROBERTA_IDS, MASK)
     assert out.dtype == jnp.bfloat16
@@ -433,7 +435,7 @@ def test_bf16_compute_is_close(ckpts):
 
 
 def test_init_with_inputs_embeds_has_full_tree(ckpts):
-    encoder, params = enc_lib.load_pretrained(ckpts["bert"][0])
+    encoder, params = pretrained.load_pretrained(ckpts["bert"][0])
     shapes = jax.eval_shape(
         encoder.init, jax.random.PRNGKey(0), inputs_embeds=jnp.zeros((1, 4, 32))
     )["params"]
@@ -443,28 +445,25 @@ def test_init_with_inputs_embeds_has_full_tree(ckpts):
 def test_weights_checksum_changes(ckpts, tmp_path):
     state = _torch_state(ckpts["bert"])
     first = _copy_with_state(ckpts["bert"][0], tmp_path / "a", state)
-    assert enc_lib.weights_checksum(first) == enc_lib.weights_checksum(first)
+    assert pretrained.weights_checksum(first) == pretrained.weights_checksum(first)
     state["encoder.layer.0.output.dense.bias"][3] += 1e-3
     second = _copy_with_state(ckpts["bert"][0], tmp_path / "b", state)
-    assert enc_lib.weights_checksum(first) != enc_lib.weights_checksum(second)
-    assert len(enc_lib.weights_checksum(first)) == 64
+    assert pretrained.weights_checksum(first) != pretrained.weights_checksum(second)
+    assert len(pretrained.weights_checksum(first)) == 64
 
 
 def test_config_from_hf(ckpts):
     config = json.loads((ckpts["roberta"][0] / "config.json").read_text())
-    cfg = enc_lib.EncoderConfig.from_hf_config(config, adapter_size=4)
+    cfg = pretrained.encoder_config(config, adapter_size=4)
     assert (cfg.family, cfg.pad_token_id, cfg.type_vocab_size, cfg.adapter_size) == (
         "roberta",
         1,
         1,
         4,
     )
-    assert (
-        enc_lib.EncoderConfig.from_hf_config(dict(config, model_type="xlm-roberta")).family
-        == "roberta"
-    )
+    assert pretrained.encoder_config(dict(config, model_type="xlm-roberta")).family == "roberta"
     bert = json.loads((ckpts["bert"][0] / "config.json").read_text())
-    assert enc_lib.EncoderConfig.from_hf_config(bert).family == "bert"
+    assert pretrained.encoder_config(bert).family == "bert"
 
 
 def test_batch_sharded_on_explicit_mesh(ckpts):
@@ -472,7 +471,7 @@ def test_batch_sharded_on_explicit_mesh(ckpts):
     # output sharding. Both the input_ids path and the prompted path (lookup + explicit positions)
     # must give the unsharded result.
     assert jax.device_count() >= 2, "tests/conftest.py sets 8 fake CPU devices before jax loads"
-    encoder, params = enc_lib.load_pretrained(ckpts["roberta"][0])
+    encoder, params = pretrained.load_pretrained(ckpts["roberta"][0])
     n = jax.device_count()
     ids, mask = np.resize(ROBERTA_IDS, (n, 8)), np.resize(MASK, (n, 8))
     ref = encoder.apply({"params": params}, ids, mask)

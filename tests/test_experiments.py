@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from infoprompt_jax import experiments, report
+from infoprompt_jax import experiments, grids, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def grid_file(tmp_path):
 
 
 def small_cells(grid_file):
-    return experiments.expand(experiments.load_grid(grid_file))
+    return grids.expand(grids.load_grid(grid_file))
 
 
 def test_expansion_count_order_and_dirs(grid_file):
@@ -68,9 +68,9 @@ def test_expansion_count_order_and_dirs(grid_file):
 
 
 def test_appending_a_seed_keeps_indices(grid_file, tmp_path):
-    grid = experiments.load_grid(grid_file)
-    before = experiments.expand(grid)
-    after = experiments.expand({**grid, "seeds": grid["seeds"] + [3]})
+    grid = grids.load_grid(grid_file)
+    before = grids.expand(grid)
+    after = grids.expand({**grid, "seeds": grid["seeds"] + [3]})
     assert [(c.index, c.name) for c in after[: len(before)]] == [(c.index, c.name) for c in before]
 
 
@@ -117,15 +117,15 @@ def test_command_line(grid_file, tmp_path):
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
 def test_shards_partition_the_cells(grid_file, n):
     cells = small_cells(grid_file)
-    shards = [experiments.select_shard(cells, f"{i}/{n}") for i in range(n)]
+    shards = [grids.select_shard(cells, f"{i}/{n}") for i in range(n)]
     indices = [c.index for shard in shards for c in shard]
     assert sorted(indices) == list(range(len(cells)))  # Union is all, and nothing twice.
 
 
 @pytest.mark.parametrize("shard", ["2/2", "1", "-1/2", "a/b", "0/0"])
 def test_bad_shard(shard):
-    with pytest.raises(experiments.GridError, match="--shard"):
-        experiments.parse_shard(shard)
+    with pytest.raises(grids.GridError, match="--shard"):
+        grids.parse_shard(shard)
 
 
 @pytest.mark.parametrize(
@@ -150,8 +150,8 @@ def test_malformed_grids(change, message):
         "seeds": [0],
         **change,
     }
-    with pytest.raises(experiments.GridError, match=message):
-        experiments.normalize_grid(grid, name="bad")
+    with pytest.raises(grids.GridError, match=message):
+        grids.normalize_grid(grid, name="bad")
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_malformed_grids(change, message):
     ],
 )
 def test_validate_rejects_what_main_rejects(tmp_path, rows, message):
-    grid = experiments.normalize_grid(
+    grid = grids.normalize_grid(
         {
             "tasks": {"rte": "configs/rte.py"},
             "rows": rows,
@@ -172,12 +172,12 @@ def test_validate_rejects_what_main_rejects(tmp_path, rows, message):
         },
         "bad",
     )
-    with pytest.raises(experiments.GridError, match=message):
-        experiments.validate(experiments.expand(grid), tmp_path)
+    with pytest.raises(grids.GridError, match=message):
+        grids.validate(grids.expand(grid), tmp_path)
 
 
 def test_validate_checks_the_config_file_runs_the_task(tmp_path):
-    grid = experiments.normalize_grid(
+    grid = grids.normalize_grid(
         {
             "tasks": {"sst2": "configs/rte.py"},
             "rows": {"A": {}},
@@ -187,8 +187,8 @@ def test_validate_checks_the_config_file_runs_the_task(tmp_path):
         },
         "bad",
     )
-    with pytest.raises(experiments.GridError, match="runs task 'rte', not 'sst2'"):
-        experiments.validate(experiments.expand(grid), tmp_path)
+    with pytest.raises(grids.GridError, match="runs task 'rte', not 'sst2'"):
+        grids.validate(grids.expand(grid), tmp_path)
 
 
 def test_dry_run_commands_parse_with_config_flags(grid_file, tmp_path):
@@ -201,7 +201,7 @@ def test_dry_run_commands_parse_with_config_flags(grid_file, tmp_path):
         command = shlex.split(line)
         assert command == cell.command(root)
         assert all(arg.startswith("--config.") for arg in command[5:])
-        config, workdir = experiments.parse_command(command)
+        config, workdir = grids.parse_command(command)
         assert workdir == str(root / cell.name)
         for key, value in cell.overrides.items():
             node = config
@@ -260,11 +260,11 @@ def test_shipped_grids():
         "minilm_smoke.py": 2 * 3 * 3,
     }
     for name, size in sizes.items():
-        grid = experiments.load_grid(REPO / "configs/grids" / name)
-        cells = experiments.expand(grid)
+        grid = grids.load_grid(REPO / "configs/grids" / name)
+        cells = grids.expand(grid)
         assert len(cells) == size, name
-        experiments.validate(cells, "/nonexistent/root")  # Every command parses.
-    smoke = experiments.load_grid(REPO / "configs/grids/minilm_smoke.py")
+        grids.validate(cells, "/nonexistent/root")  # Every command parses.
+    smoke = grids.load_grid(REPO / "configs/grids/minilm_smoke.py")
     assert list(smoke["rows"]) == ["InfoPrompt", "beta=gamma=0", "WARP"]
     for task, folder in (("sst2", "SST-2"), ("rte", "RTE")):
         data_dir = pathlib.Path(smoke["tasks"][task]["overrides"]["data.dir"])
@@ -377,7 +377,7 @@ def test_changed_overrides_in_an_existing_cell_dir_are_refused(grid_file, tmp_pa
     assert experiments.run(str(grid_file), str(tmp_path), shard="0/36", out=lambda _: None) == 0
     changed = tmp_path / "changed.py"
     changed.write_text(SMALL_GRID.replace('"train.num_epochs": 3', '"train.num_epochs": 5'))
-    with pytest.raises(experiments.GridError, match=r"train.num_epochs: 3 -> 5.*new --root"):
+    with pytest.raises(grids.GridError, match=r"train.num_epochs: 3 -> 5.*new --root"):
         experiments.run(str(changed), str(tmp_path), shard="0/36", dry_run=True)
 
 
@@ -422,8 +422,8 @@ SUMMARIES = {
 @pytest.fixture
 def report_root(tmp_path):
     root = tmp_path / "root"
-    for cell in experiments.expand(experiments.normalize_grid(REPORT_GRID, "report")):
-        experiments.write_cell_json(cell, root)
+    for cell in grids.expand(grids.normalize_grid(REPORT_GRID, "report")):
+        grids.write_cell_json(cell, root)
         summary = SUMMARIES.get((cell.row, cell.task, cell.seed))
         if summary is not None:
             (cell.workdir(root) / "summary.json").write_text(json.dumps(summary))
@@ -481,12 +481,12 @@ def test_report_best(report_root):
 
 
 def test_report_one_seed_and_several_settings(tmp_path):
-    grid = experiments.normalize_grid(
+    grid = grids.normalize_grid(
         {**REPORT_GRID, "tasks": {"cola": "configs/cola.py"}, "few_shot": [64, 256], "seeds": [0]},
         "one",
     )
-    for cell in experiments.expand(grid):
-        experiments.write_cell_json(cell, tmp_path)
+    for cell in grids.expand(grid):
+        grids.write_cell_json(cell, tmp_path)
         score = 0.1234 if cell.few_shot == 64 else 0.5
         (cell.workdir(tmp_path) / "summary.json").write_text(json.dumps({"eval_mcc": score}))
     markdown = report.write_report(tmp_path)

@@ -2,7 +2,9 @@
 
 import contextlib
 import json
+import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -12,16 +14,19 @@ import sentiment_fixture
 from absl import flags
 
 from infoprompt_jax import (
+    batching,
     checkpointing,
-    components,
-    encoder,
     export,
-    partition,
     predict,
+    pretrained,
+    readers,
+    run_state,
     sharding,
     tasks,
     train,
 )
+from infoprompt_jax import components as components_lib
+from infoprompt_jax import trainable as trainable_lib
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
 
@@ -49,16 +54,16 @@ def write_sst2_data(directory, num_train: int):
 
 @contextlib.contextmanager
 def recorded_eval_logits():
-    """Yields a list that collects every `train.predict_logits` result while the block runs:
+    """Yields a list that collects every `batching.predict_logits` result while the block runs:
     the training loop's own dev evaluations, the reference an export must reproduce."""
-    logits, predict_logits = [], train.predict_logits
+    logits, predict_logits = [], batching.predict_logits
 
     def recording_predict_logits(*args):
         logits.append(predict_logits(*args))
         return logits[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "predict_logits", recording_predict_logits)
+        patch.setattr(batching, "predict_logits", recording_predict_logits)
         yield logits
 
 
@@ -87,7 +92,7 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
         "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
-        "twice through train.predict_logits; update this recording if the loop changed."
+        "twice through batching.predict_logits; update this recording if the loop changed."
     )
     return workdir, data_dir, saved, eval_logits[-1]
 
@@ -121,7 +126,7 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
         "tokenizer",
     ]
     tensors = safetensors.numpy.load_file(str(exported / "params.safetensors"))
-    trainable = partition.flatten(saved[4])
+    trainable = trainable_lib.flatten(saved[4])
     assert sorted(tensors) == sorted(trainable)
     assert not [p for p in tensors if p.startswith("encoder/") or "mlm_transform" in p]
     for path, value in trainable.items():
@@ -140,7 +145,7 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     assert info["encoder"] == {
         "name": str(tiny_roberta_dir),
         "model_dir": str(tiny_roberta_dir.absolute()),
-        "weights_checksum": encoder.weights_checksum(tiny_roberta_dir),
+        "weights_checksum": pretrained.weights_checksum(tiny_roberta_dir),
     }
     assert info["best"] == {
         "metric": "eval_accuracy",
@@ -152,6 +157,15 @@ def test_export_writes_trainable_params_config_and_identity(trained, exported, t
     assert json.loads((exported / "config.json").read_text()) == json.loads(
         (workdir / "config.json").read_text()
     )
+
+
+def test_export_files_are_readable_by_other_users(exported):
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [exported, *exported.rglob("*")]
+    modes = {p.relative_to(exported).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    expected = {name: (0o777 if (exported / name).is_dir() else 0o666) & ~umask for name in modes}
+    assert modes == expected  # 0644 files and 0755 folders under the usual umask 022.
 
 
 def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
@@ -195,7 +209,7 @@ def test_export_of_an_earlier_step(trained, tmp_path):
     early = export.export_checkpoint(str(workdir), str(tmp_path / "e2"), step=2)
     assert json.loads((early / "export.json").read_text())["step"] == 2
     tensors = safetensors.numpy.load_file(str(early / "params.safetensors"))
-    for path, value in partition.flatten(saved[2]).items():
+    for path, value in trainable_lib.flatten(saved[2]).items():
         np.testing.assert_array_equal(tensors[path], value, err_msg=path)
     with pytest.raises(ValueError, match=r"--step=3: .* steps \[2, 4\]"):
         export.export_checkpoint(str(workdir), str(tmp_path / "e3"), step=3)
@@ -210,7 +224,7 @@ def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, 
         weights, str(other / "model.safetensors"), metadata={"format": "pt"}
     )
     expected = json.loads((exported / "export.json").read_text())["encoder"]["weights_checksum"]
-    found = encoder.weights_checksum(other)
+    found = pretrained.weights_checksum(other)
     with pytest.raises(ValueError, match="Encoder mismatch") as error:
         predict.InfoPromptClassifier.load(exported, encoder_path=str(other))
     message = str(error.value)
@@ -233,14 +247,18 @@ def rte_classifier(tiny_roberta_dir, tmp_path_factory):
     """An untrained RTE (pair task) export, loaded."""
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.task = "rte"
-    comps = components.build_components(config)
+    components = components_lib.build_components(config)
     # Random values in the trained tree's shapes: `init_params` would compile the whole init.
     rng = np.random.default_rng(0)
     trainable = jax.tree.map(
         lambda x: rng.normal(0.0, 0.1, x.shape).astype(np.float32),
-        export.abstract_train_state(comps, sharding.make_mesh()).trainable,
+        run_state.abstract_state(
+            components,
+            run_state.sample_batch(components),
+            sharding.replicated(sharding.make_mesh()),
+        ).trainable,
     )
-    directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", comps, trainable, 0)
+    directory = export.write_export(tmp_path_factory.mktemp("rte") / "e", components, trainable, 0)
     return predict.InfoPromptClassifier.load(directory)
 
 
@@ -279,7 +297,7 @@ def test_input_files_glue_test_tsv_and_plain_text(tmp_path):
     test_tsv.write_text("index\tsentence1\tsentence2\n0\tA man walks.\tA man moves.\n")
     rows = predict.read_inputs(test_tsv, rte, fields)
     assert rows == [
-        predict.InputRow({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
+        readers.Record({"sentence1": "A man walks.", "sentence2": "A man moves."}, None, 2)
     ]
     plain = tmp_path / "pairs.txt"
     plain.write_text("a\tb\n\nc\td\n")

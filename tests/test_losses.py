@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infoprompt_jax import losses
+from infoprompt_jax import losses, objective
 
 
 def test_info_nce_equals_hand_computed_value():
@@ -69,11 +69,11 @@ def test_objective_weights_and_clamp():
         "nce_head": jnp.array([10.0, 1.0]),
         "kl": jnp.array([2.0, 2.0]),
     }
-    paper = losses.infoprompt_objective(terms, losses.ObjectiveWeights(beta=0.1, gamma=0.05))
+    paper = objective.infoprompt_objective(terms, objective.ObjectiveWeights(beta=0.1, gamma=0.05))
     # mean(1 + 0.4 + 0.5, 3 + 0.05 + 0.05) = mean(1.9, 3.1) = 2.5.
     np.testing.assert_allclose(paper, 2.5, rtol=1e-6)
-    released = losses.infoprompt_objective(
-        terms, losses.ObjectiveWeights(beta=0.2, gamma=0.1, nce_clamp=2.0, kl_weight=0.1)
+    released = objective.infoprompt_objective(
+        terms, objective.ObjectiveWeights(beta=0.2, gamma=0.1, nce_clamp=2.0, kl_weight=0.1)
     )
     # Row 0: 1 + 0.2 * 2 + 0.1 * 2 + 0.2 = 1.8; row 1: 3 + 0.1 + 0.1 + 0.2 = 3.4; mean 2.6.
     np.testing.assert_allclose(released, 2.6, rtol=1e-6)

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import profile_step
+from infoprompt_jax.tools import profile_step
 
 
 @dataclasses.dataclass

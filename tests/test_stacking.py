@@ -10,15 +10,17 @@ import pytest
 import sentiment_fixture
 
 from infoprompt_jax import (
+    batching,
     compile_cache,
-    components,
     experiments,
     report,
+    run_state,
     sharding,
     stacked_train,
     stacking,
     train,
 )
+from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -236,21 +238,27 @@ def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
 def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=3):
     """Per step, the stacked runs' losses `[R]` and eval logits, on a mesh over `devices`."""
     config = sentiment_fixture.tiny_config(model_dir)
-    comps = components.build_components(config)
-    arrays = comps.encode(sentiment_fixture.examples(batch_size * num_runs))
+    components = components_lib.build_components(config)
+    arrays = components.encode(sentiment_fixture.examples(batch_size * num_runs))
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices)
     spread = stacking.spreads_runs(batch_size, num_runs, mesh)
-    optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, 30)
+    optimizer = optimizer_lib.from_config(config, components.method.peak_lr, 30)
     run_states, frozen = [], None
     for seed in range(num_runs):
-        state, run_frozen = train.build_state(
-            stacked_train.seed_config(comps, seed), optimizer, mesh, arrays
+        state, run_frozen = run_state.build_state(
+            stacked_train.seed_config(components, seed), optimizer, mesh, arrays
         )
         run_states.append(state)
         frozen = frozen or run_frozen
     states = stacking.place_states(stacking.stack(run_states), mesh, spread)
     train_fn, eval_fn = stacking.compile_stacked_steps(
-        comps.model, optimizer, comps.method.weights, mesh, states, frozen, spread=spread
+        components.model,
+        optimizer,
+        components.method.loss_weights,
+        mesh,
+        states,
+        frozen,
+        spread=spread,
     )
     rows = [
         {k: v[r * batch_size : (r + 1) * batch_size] for k, v in arrays.items()}
@@ -262,7 +270,7 @@ def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=
     for _ in range(num_steps):
         states, metrics = train_fn(states, frozen, batches, weights, weights)
         losses.append(np.asarray(metrics["loss"]))
-    dev = train.device_batch(arrays, np.arange(8), mesh)
+    dev = batching.device_batch(arrays, np.arange(8), mesh)
     return spread, np.stack(losses), np.asarray(eval_fn(states.trainable, frozen, dev))
 
 

@@ -1,19 +1,33 @@
 """Tests of the compiled train step: frozen weights, sharding, learning, methods."""
 
+from typing import Any, NamedTuple
+
 import jax
 import numpy as np
 import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import components, partition, sharding, steps, train
+from infoprompt_jax import batching, run_state, sharding, steps, train
+from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import trainable as trainable_lib
 
 BATCH = 8
 
 
+class Built(NamedTuple):
+    """A compiled run at step 0."""
+
+    state: steps.TrainState
+    frozen: Any
+    train_fn: Any
+    eval_fn: Any
+    batch: dict[str, jax.Array]
+
+
 def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, **overrides):
-    """(state, frozen, compiled train step, device batch) on a mesh over `devices`."""
+    """The state, frozen tree, compiled steps and a device batch on a mesh over `devices`."""
     config = sentiment_fixture.tiny_config(model_dir, method)
     for dotted, value in overrides.items():
         if "__" in dotted:
@@ -21,16 +35,16 @@ def build(model_dir, method="infoprompt", devices=None, fsdp=1, total_steps=30, 
             config[section][field] = value
         else:
             config[dotted] = value
-    comps = components.build_components(config)
-    arrays = comps.encode(sentiment_fixture.examples(BATCH))
+    components = components_lib.build_components(config)
+    arrays = components.encode(sentiment_fixture.examples(BATCH))
     mesh = sharding.make_mesh(fsdp=fsdp, devices=devices or jax.devices()[:1])
-    optimizer = optimizer_lib.make_optimizer(comps.method.peak_lr, total_steps)
-    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    optimizer = optimizer_lib.make_optimizer(components.method.peak_lr, total_steps)
+    state, frozen = run_state.build_state(components, optimizer, mesh, arrays)
     train_fn, eval_fn = steps.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
-    batch = train.device_batch(arrays, np.arange(BATCH), mesh)
-    return state, frozen, train_fn, eval_fn, batch
+    batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
+    return Built(state, frozen, train_fn, eval_fn, batch)
 
 
 def run(state, frozen, train_fn, batch, num_steps):
@@ -54,14 +68,14 @@ def test_frozen_encoder_is_bit_identical_and_never_in_the_optimizer(tiny_roberta
     ]
     assert opt_paths and not [p for p in opt_paths if "encoder" in p or "mlm_transform" in p]
     state, _ = run(state, frozen, train_fn, batch, 5)
-    for path, before in partition.flatten(frozen_before).items():
-        np.testing.assert_array_equal(partition.flatten(frozen)[path], before, err_msg=path)
+    for path, before in trainable_lib.flatten(frozen_before).items():
+        np.testing.assert_array_equal(trainable_lib.flatten(frozen)[path], before, err_msg=path)
     changed = [
         path
-        for path, before in partition.flatten(trainable_before).items()
-        if not np.array_equal(partition.flatten(state.trainable)[path], before)
+        for path, before in trainable_lib.flatten(trainable_before).items()
+        if not np.array_equal(trainable_lib.flatten(state.trainable)[path], before)
     ]
-    assert sorted(changed) == sorted(partition.flatten(trainable_before)), (
+    assert sorted(changed) == sorted(trainable_lib.flatten(trainable_before)), (
         "every trainable leaf moves"
     )
 
@@ -71,8 +85,8 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     single = build(tiny_roberta_dir)
     sharded = build(tiny_roberta_dir, devices=jax.devices(), fsdp=fsdp)
-    state_1, history_1 = run(single[0], single[1], single[2], single[4], 3)
-    state_8, history_8 = run(sharded[0], sharded[1], sharded[2], sharded[4], 3)
+    state_1, history_1 = run(single.state, single.frozen, single.train_fn, single.batch, 3)
+    state_8, history_8 = run(sharded.state, sharded.frozen, sharded.train_fn, sharded.batch, 3)
     for m1, m8 in zip(history_1, history_8):
         for name in m1:
             np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -82,8 +96,8 @@ def test_mesh_of_8_equals_single_device(tiny_roberta_dir, fsdp):
         host_copy(state_1.trainable),
     )
     np.testing.assert_allclose(
-        sharded[3](state_8.trainable, sharded[1], sharded[4]),
-        single[3](state_1.trainable, single[1], single[4]),
+        sharded.eval_fn(state_8.trainable, sharded.frozen, sharded.batch),
+        single.eval_fn(state_1.trainable, single.frozen, single.batch),
         rtol=1e-5,
         atol=1e-6,
     )
@@ -133,25 +147,27 @@ def test_each_method_changes_only_its_parameters(tiny_roberta_dir, method):
     assert set(state.trainable) == METHOD_TRAINABLE[method]
     before, frozen_before = host_copy(state.trainable), host_copy(frozen)
     state, _ = run(state, frozen, train_fn, batch, 3)
-    for path, value in partition.flatten(frozen_before).items():
-        np.testing.assert_array_equal(partition.flatten(frozen)[path], value, err_msg=path)
-    after = partition.flatten(host_copy(state.trainable))
-    unchanged = [p for p, v in partition.flatten(before).items() if np.array_equal(after[p], v)]
+    for path, value in trainable_lib.flatten(frozen_before).items():
+        np.testing.assert_array_equal(trainable_lib.flatten(frozen)[path], value, err_msg=path)
+    after = trainable_lib.flatten(host_copy(state.trainable))
+    unchanged = [p for p, v in trainable_lib.flatten(before).items() if np.array_equal(after[p], v)]
     assert not unchanged, f"{method}: trainable leaves that did not move: {unchanged}"
     if method == "adapter":
-        assert all("/adapter/" in p for p in partition.flatten(before) if p.startswith("encoder/"))
+        assert all(
+            "/adapter/" in p for p in trainable_lib.flatten(before) if p.startswith("encoder/")
+        )
     if method == "finetune":
-        assert not frozen or set(frozen) == {"task_head"}
+        assert frozen == {}, f"finetune trains every parameter; frozen: {list(frozen)}"
 
 
 def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
     adapter = build(tiny_roberta_dir, "adapter")
-    plain = build(tiny_roberta_dir, "finetune")
+    finetune = build(tiny_roberta_dir, "finetune")
     # Equal up to float rounding: XLA may fuse the adapter's exact zero into another kernel and
     # reassociate the sums around it.
     np.testing.assert_allclose(
-        adapter[3](adapter[0].trainable, adapter[1], adapter[4]),
-        plain[3](plain[0].trainable, plain[1], plain[4]),
+        adapter.eval_fn(adapter.state.trainable, adapter.frozen, adapter.batch),
+        finetune.eval_fn(finetune.state.trainable, finetune.frozen, finetune.batch),
         rtol=1e-5,
         atol=1e-7,
     )
@@ -160,32 +176,35 @@ def test_adapter_method_starts_equal_to_the_frozen_model(tiny_roberta_dir):
 def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     state, frozen, train_fn, eval_fn, _ = build(tiny_roberta_dir)
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    comps = components.build_components(config)
+    components = components_lib.build_components(config)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    arrays = comps.encode(sentiment_fixture.examples(BATCH))
-    cached = train.cache_unprompted_pass(comps.model, frozen, arrays, 4, mesh)
-    assert cached["cached_source"].shape == (BATCH, 32) and cached["cached_z0"].shape == (BATCH, 32)
-    plain_batch = train.device_batch(arrays, np.arange(BATCH), mesh)
-    cached_batch = train.device_batch(cached, np.arange(BATCH), mesh)
+    arrays = components.encode(sentiment_fixture.examples(BATCH))
+    cached = train.cache_unprompted_pass(components.model, frozen, arrays, 4, mesh)
+    assert cached["cached_generator_input"].shape == (BATCH, 32) and cached["cached_z0"].shape == (
+        BATCH,
+        32,
+    )
+    uncached_batch = batching.device_batch(arrays, np.arange(BATCH), mesh)
+    cached_batch = batching.device_batch(cached, np.arange(BATCH), mesh)
     np.testing.assert_allclose(
         eval_fn(state.trainable, frozen, cached_batch),
-        eval_fn(state.trainable, frozen, plain_batch),
+        eval_fn(state.trainable, frozen, uncached_batch),
         rtol=1e-6,
         atol=1e-6,
     )
     state_copy = jax.tree.map(lambda x: x.copy(), state)
-    _, uncached_history = run(state, frozen, train_fn, plain_batch, 3)
+    _, uncached_history = run(state, frozen, train_fn, uncached_batch, 3)
     _, cached_history = run(state_copy, frozen, train_fn, cached_batch, 3)
-    for plain_metrics, cached_metrics in zip(uncached_history, cached_history):
-        for name in plain_metrics:
+    for uncached_metrics, cached_metrics in zip(uncached_history, cached_history):
+        for name in uncached_metrics:
             np.testing.assert_allclose(
-                cached_metrics[name], plain_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name
+                cached_metrics[name], uncached_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name
             )
 
 
 def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_roberta_dir):
     state, frozen, train_fn, _, batch = build(tiny_roberta_dir, variant="released")
-    flat = partition.flatten(state.trainable)
+    flat = trainable_lib.flatten(state.trainable)
     # Shared Linear(D, 32) -> GELU -> Linear(32, n_p * D) generator, rank 32.
     assert flat["prompt_generator/down/kernel"].shape == (32, 32)
     assert flat["prompt_generator/up/kernel"].shape == (32, 2 * 32)
@@ -202,13 +221,13 @@ def test_released_variant_trains_with_its_own_generator_critics_and_head(tiny_ro
 def test_config_chooses_the_attention_kernel(tiny_roberta_dir):
     # The kernels' equality is tested in test_encoder; here the config must reach the encoder.
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
-    assert components.build_components(config).model.encoder_config.attention == "einsum"
+    assert components_lib.build_components(config).model.encoder_config.attention == "einsum"
     config.model.attention = "fused"
-    assert components.build_components(config).model.encoder_config.attention == "fused"
+    assert components_lib.build_components(config).model.encoder_config.attention == "fused"
 
 
 def test_unknown_attention_names_the_config_key(tiny_roberta_dir):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.model.attention = "flash"
     with pytest.raises(ValueError, match=r"config.model.attention='flash'.*'einsum', 'fused'"):
-        components.build_components(config)
+        components_lib.build_components(config)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infoprompt_jax import data, tasks
+from infoprompt_jax import data, readers, tasks
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared/data/glue"
 
@@ -57,7 +57,7 @@ def test_task_spec_rejects_inconsistent_fields():
         rte.with_labels(("a", "b"), (" a",))
     with pytest.raises(ValueError, match="differ from text_fields"):
         dataclasses.replace(rte, text_fields=("sentence",))
-    with pytest.raises(ValueError, match="<mask> exactly once"):
+    with pytest.raises(ValueError, match="0 <mask> items; it needs exactly one"):
         dataclasses.replace(rte, template="<s> {sentence1} {prompt} {sentence2} </s>")
 
 
@@ -299,8 +299,8 @@ def test_ace_re_jsonl_and_discovered_labels(tmp_path):
     # Nested spans nest their markers: the outer (head) opens first.
     assert ex[1].fields["sentence"] == "@ # U.S. # officials @ met"
     assert ex[2].fields["sentence"] == "# a # @ b @"
-    assert data.mark_spans(["x", "y"], (0, 1), (0, 1)) == "@ # x # @ y"
-    assert data.mark_spans(["x", "y"], (0, 2), (1, 2)) == "@ x # y # @"
+    assert readers.mark_spans(["x", "y"], (0, 1), (0, 1)) == "@ # x # @ y"
+    assert readers.mark_spans(["x", "y"], (0, 2), (1, 2)) == "@ x # y # @"
 
 
 def test_ace_ner_jsonl(tmp_path):

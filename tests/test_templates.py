@@ -108,21 +108,21 @@ def _check_contract(tokenizer, encoded: dict[str, np.ndarray], max_len: int, n_p
         "token_type_ids",
         "prompt_positions",
         "mask_position",
-        "plain_input_ids",
-        "plain_attention_mask",
-        "plain_token_type_ids",
-        "plain_mask_position",
-        "plain_context_mask",
+        "unprompted_input_ids",
+        "unprompted_attention_mask",
+        "unprompted_token_type_ids",
+        "unprompted_mask_position",
+        "unprompted_context_mask",
     }
     for key, value in encoded.items():
         assert value.dtype == np.int32, key
         expected_shape = {
             "prompt_positions": (n_p,),
             "mask_position": (),
-            "plain_mask_position": (),
+            "unprompted_mask_position": (),
         }.get(key, (max_len,))
         assert value.shape == expected_shape, key
-    ids, plain_ids = encoded["input_ids"], encoded["plain_input_ids"]
+    ids, unprompted_ids = encoded["input_ids"], encoded["unprompted_input_ids"]
     length = int(encoded["attention_mask"].sum())
     np.testing.assert_array_equal(encoded["attention_mask"], np.arange(max_len) < length)
     assert np.all(ids[length:] == tokenizer.pad_token_id)
@@ -134,21 +134,23 @@ def _check_contract(tokenizer, encoded: dict[str, np.ndarray], max_len: int, n_p
     assert np.sum(ids[:length] == tokenizer.unk_token_id) == n_p
     assert ids[encoded["mask_position"]] == tokenizer.mask_token_id
     assert np.sum(ids == tokenizer.mask_token_id) == 1
-    # The plain input is the prompted one with the slots removed, padded to the same length.
-    plain_length = length - n_p
+    # The unprompted input is the prompted one with the slots removed, padded to the same length.
+    unprompted_length = length - n_p
     np.testing.assert_array_equal(
-        encoded["plain_attention_mask"], np.arange(max_len) < plain_length
+        encoded["unprompted_attention_mask"], np.arange(max_len) < unprompted_length
     )
-    np.testing.assert_array_equal(plain_ids[:plain_length], np.delete(ids[:length], slots))
-    assert np.all(plain_ids[plain_length:] == tokenizer.pad_token_id)
     np.testing.assert_array_equal(
-        encoded["plain_token_type_ids"][:plain_length],
+        unprompted_ids[:unprompted_length], np.delete(ids[:length], slots)
+    )
+    assert np.all(unprompted_ids[unprompted_length:] == tokenizer.pad_token_id)
+    np.testing.assert_array_equal(
+        encoded["unprompted_token_type_ids"][:unprompted_length],
         np.delete(encoded["token_type_ids"][:length], slots),
     )
     assert np.all(encoded["token_type_ids"][length:] == 0)
-    assert np.all(encoded["plain_token_type_ids"][plain_length:] == 0)
-    assert plain_ids[encoded["plain_mask_position"]] == tokenizer.mask_token_id
-    assert np.all(encoded["plain_context_mask"][plain_length:] == 0)
+    assert np.all(encoded["unprompted_token_type_ids"][unprompted_length:] == 0)
+    assert unprompted_ids[encoded["unprompted_mask_position"]] == tokenizer.mask_token_id
+    assert np.all(encoded["unprompted_context_mask"][unprompted_length:] == 0)
 
 
 def _field_tokens(tokenizer, text: str) -> list[int]:
@@ -163,11 +165,12 @@ def test_contract_holds_at_every_length(tokenizer, template):
     n_p = NUM_PROMPT_TOKENS
     untruncated = TemplateTokenizer(tokenizer, template, n_p, max_len=1000).encode(example)
     full_length = int(untruncated["attention_mask"].sum())
-    fixed_plain = untruncated["plain_input_ids"][
-        (untruncated["plain_attention_mask"] == 1) & (untruncated["plain_context_mask"] == 0)
+    fixed_unprompted = untruncated["unprompted_input_ids"][
+        (untruncated["unprompted_attention_mask"] == 1)
+        & (untruncated["unprompted_context_mask"] == 0)
     ]
-    min_length = len(fixed_plain) + n_p + len(fields)
-    assert full_length == len(fixed_plain) + n_p + sum(map(len, full_tokens))
+    min_length = len(fixed_unprompted) + n_p + len(fields)
+    assert full_length == len(fixed_unprompted) + n_p + sum(map(len, full_tokens))
 
     previous_counts = None
     for max_len in range(full_length + 2, min_length - 1, -1):
@@ -176,16 +179,19 @@ def test_contract_holds_at_every_length(tokenizer, template):
         encoded = template_tokenizer.encode(example)
         _check_contract(tokenizer, encoded, max_len, n_p)
         assert encoded["attention_mask"].sum() == min(max_len, full_length)
-        plain_ids, context = encoded["plain_input_ids"], encoded["plain_context_mask"]
-        # plain_context_mask marks exactly the field tokens, in template order, each a prefix
+        unprompted_ids, context = (
+            encoded["unprompted_input_ids"],
+            encoded["unprompted_context_mask"],
+        )
+        # unprompted_context_mask marks exactly the field tokens, in template order, each a prefix
         # of the field's own tokenization; everything else is the fixed part of the template.
         runs = _runs(context)
         assert len(runs) == len(fields)
         counts = [end - start for start, end in runs]
         for (start, end), tokens in zip(runs, full_tokens):
-            assert plain_ids[start:end].tolist() == tokens[: end - start]
-        real = encoded["plain_attention_mask"] == 1
-        np.testing.assert_array_equal(plain_ids[real & (context == 0)], fixed_plain)
+            assert unprompted_ids[start:end].tolist() == tokens[: end - start]
+        real = encoded["unprompted_attention_mask"] == 1
+        np.testing.assert_array_equal(unprompted_ids[real & (context == 0)], fixed_unprompted)
         # Truncation: only shrinks, cuts the longest field first (ties: the later one).
         if previous_counts is not None:
             assert all(c <= p for c, p in zip(counts, previous_counts))
@@ -214,9 +220,9 @@ def test_roberta_ids_by_hand(roberta):
     assert encoded["attention_mask"].tolist() == [1] * 8 + [0] * 2
     assert encoded["prompt_positions"].tolist() == [4, 5]
     assert encoded["mask_position"] == 6
-    assert encoded["plain_input_ids"].tolist() == expected[:4] + expected[6:8] + [1] * 4
-    assert encoded["plain_mask_position"] == 4
-    assert encoded["plain_context_mask"].tolist() == [0, 1, 1, 1] + [0] * 6
+    assert encoded["unprompted_input_ids"].tolist() == expected[:4] + expected[6:8] + [1] * 4
+    assert encoded["unprompted_mask_position"] == 4
+    assert encoded["unprompted_context_mask"].tolist() == [0, 1, 1, 1] + [0] * 6
     assert encoded["token_type_ids"].tolist() == [0] * 10
 
 
@@ -247,7 +253,7 @@ def test_literal_words_are_tokenized_as_one_phrase(roberta):
     literal = _field_tokens(roberta, "It was")
     start = 1 + len(_field_tokens(roberta, "fun"))
     assert encoded["input_ids"][start : start + len(literal)].tolist() == literal
-    assert encoded["plain_context_mask"].sum() == len(_field_tokens(roberta, "fun"))
+    assert encoded["unprompted_context_mask"].sum() == len(_field_tokens(roberta, "fun"))
 
 
 def test_field_text_is_stripped(roberta):
@@ -265,7 +271,7 @@ def test_ties_cut_the_later_field(wordpiece):
     assert length == 12
     for max_len, counts in ((11, [4, 3]), (10, [3, 3]), (9, [3, 2])):
         encoded = TemplateTokenizer(wordpiece, PAIR, 1, max_len).encode(example)
-        assert [e - s for s, e in _runs(encoded["plain_context_mask"])] == counts, max_len
+        assert [e - s for s, e in _runs(encoded["unprompted_context_mask"])] == counts, max_len
 
 
 def test_bert_pair_token_types(wordpiece):
@@ -274,12 +280,18 @@ def test_bert_pair_token_types(wordpiece):
     encoded = TemplateTokenizer(wordpiece, template, 2, max_len=16).encode(example)
     # [CLS] it is great [SEP] | we liked it [P] [P] [MASK] [SEP] [PAD] ...
     assert encoded["token_type_ids"].tolist() == [0] * 5 + [1] * 7 + [0] * 4
-    assert encoded["plain_token_type_ids"].tolist() == [0] * 5 + [1] * 5 + [0] * 6
-    # The plain input is BERT's own pair encoding with the mask before the last [SEP].
+    assert encoded["unprompted_token_type_ids"].tolist() == [0] * 5 + [1] * 5 + [0] * 6
+    # The unprompted input is BERT's own pair encoding with the mask before the last [SEP].
     bert = wordpiece("it is great", "we liked it")
-    plain_ids = encoded["plain_input_ids"][:10].tolist()
-    assert plain_ids == bert["input_ids"][:-1] + [wordpiece.mask_token_id, wordpiece.sep_token_id]
-    assert encoded["plain_token_type_ids"][:10].tolist() == bert["token_type_ids"][:-1] + [1, 1]
+    unprompted_ids = encoded["unprompted_input_ids"][:10].tolist()
+    assert unprompted_ids == bert["input_ids"][:-1] + [
+        wordpiece.mask_token_id,
+        wordpiece.sep_token_id,
+    ]
+    assert encoded["unprompted_token_type_ids"][:10].tolist() == bert["token_type_ids"][:-1] + [
+        1,
+        1,
+    ]
     off = TemplateTokenizer(wordpiece, template, 2, max_len=16, use_token_types=False)
     assert off.encode(example)["token_type_ids"].sum() == 0
 
@@ -308,18 +320,18 @@ def test_encode_batch_stacks_encode(tokenizer):
         np.testing.assert_array_equal(value, np.stack([s[key] for s in singles]), err_msg=key)
     assert batch["input_ids"].shape == (4, 24) and batch["prompt_positions"].shape == (4, 3)
     # An empty field keeps zero tokens: nothing of it reaches the context mask.
-    assert len(_runs(batch["plain_context_mask"][2])) == 1
+    assert len(_runs(batch["unprompted_context_mask"][2])) == 1
     empty = template_tokenizer.encode_batch([])
     assert empty["input_ids"].shape == (0, 24) and empty["prompt_positions"].shape == (0, 3)
     assert empty["mask_position"].shape == (0,)
     assert all(value.dtype == np.int32 for value in empty.values())
 
 
-def test_zero_prompt_tokens_give_the_plain_input(wordpiece):
+def test_zero_prompt_tokens_give_the_unprompted_input(wordpiece):
     encoded = TemplateTokenizer(wordpiece, SINGLE, 0, max_len=8).encode({"sentence": "it is"})
     assert encoded["prompt_positions"].shape == (0,)
     for key in ("input_ids", "attention_mask", "token_type_ids", "mask_position"):
-        np.testing.assert_array_equal(encoded[key], encoded["plain_" + key])
+        np.testing.assert_array_equal(encoded[key], encoded["unprompted_" + key])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import sentiment_fixture
 from absl import flags
 from ml_collections import config_flags
 
-from infoprompt_jax import checkpointing, methods
+from infoprompt_jax import checkpointing, methods, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -65,11 +65,15 @@ def test_every_task_config_loads_with_paper_defaults(name):
 def test_methods_resolve_to_their_loss_weights_and_prompts():
     config = parse_config(["--config=configs/rte.py"])
     infoprompt = methods.resolve(config, 2, has_mlm_transform=True)
-    assert (infoprompt.weights.beta, infoprompt.weights.gamma) == (0.1, 0.05)
+    assert (infoprompt.loss_weights.beta, infoprompt.loss_weights.gamma) == (0.1, 0.05)
     assert infoprompt.model.use_head_critic and infoprompt.model.use_representation_critic
     config.method = "warp"
     warp = methods.resolve(config, 2, has_mlm_transform=True)
-    assert (warp.model.prompt_source, warp.weights.beta, warp.weights.gamma) == ("free", 0, 0)
+    assert (warp.model.prompt_source, warp.loss_weights.beta, warp.loss_weights.gamma) == (
+        "free",
+        0,
+        0,
+    )
     config.method = "finetune"
     finetune = methods.resolve(config, 2, has_mlm_transform=True)
     assert finetune.peak_lr == config.optim.finetune_lr and finetune.model.num_prompt_tokens == 0
@@ -182,3 +186,19 @@ def test_a_half_written_checkpoint_is_never_the_latest(tmp_path):
     restored, record = checkpointing.restore_latest(manager, state)
     np.testing.assert_array_equal(restored["w"], state["w"])
     assert record == {"step": 3}
+
+
+def test_eval_steps_follow_eval_every_steps_else_the_epochs():
+    def eval_steps(eval_every_steps, eval_every_epochs, steps_per_epoch=4, total_steps=10):
+        cadence = ml_collections.ConfigDict(
+            {"eval_every_steps": eval_every_steps, "eval_every_epochs": eval_every_epochs}
+        )
+        return [
+            done
+            for done in range(1, total_steps + 1)
+            if train.is_eval_step(cadence, done, steps_per_epoch, total_steps)
+        ]
+
+    assert eval_steps(0, 1) == [4, 8, 10]
+    assert eval_steps(0, 2) == [8, 10]
+    assert eval_steps(3, 1) == [3, 6, 9, 10]

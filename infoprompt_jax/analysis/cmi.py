@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import losses, models, train
+from infoprompt_jax import batching, losses, models, workdir_files
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
@@ -115,7 +115,7 @@ def estimate_cmi(
         batch_size: examples per forward pass (the last batch is padded).
         prompt_NxD: a fixed prompt for every example; None scores the run's own prompts.
     """
-    padded, count = train.pad_to_multiple(arrays, batch_size)
+    padded, count = batching.pad_to_multiple(arrays, batch_size)
     estimates = []
     for index, start in enumerate(range(0, len(padded["input_ids"]), batch_size)):
         batch = {name: value[start : start + batch_size] for name, value in padded.items()}
@@ -148,7 +148,7 @@ def compute(
     Returns:
         source name -> `[N]` estimates over the dev examples (the first N with max_examples).
     """
-    configs = [runs.load_config(w) for w in workdirs]
+    configs = [workdir_files.load_config(w) for w in workdirs]
     for config, workdir in zip(configs, workdirs):
         require_representation_critic(config, workdir)  # Before any slow restore.
     labels = list(labels) if labels else [runs.default_label(c) for c in configs]
@@ -158,19 +158,21 @@ def compute(
     key = jax.random.PRNGKey(seed)
     learned, fixed = {}, {}
     for index, (workdir, label) in enumerate(zip(workdirs, labels)):
-        comps, params = runs.restore_run(workdir)
-        arrays = runs.encode_examples(comps, "dev", max_examples)
-        estimate = functools.partial(estimate_cmi, comps.model, params, arrays, key, batch_size)
+        components, params = runs.restore_run(workdir)
+        arrays = runs.encode_examples(components, "dev", max_examples)
+        estimate = functools.partial(
+            estimate_cmi, components.model, params, arrays, key, batch_size
+        )
         learned[f"learned: {label}"] = estimate()
         if index:
             continue
         table = runs.word_embedding_table(params)
-        num_tokens = comps.method.model.num_prompt_tokens
+        num_tokens = components.method.model.num_prompt_tokens
         for draw in range(num_random):
             name = "random" if num_random == 1 else f"random #{draw}"
             fixed[name] = estimate(random_prompt(table, num_tokens, seed=seed * 1000 + draw))
         for phrase in phrases:
-            prompt = phrase_prompt(comps.tokenizer, table, phrase, num_tokens)
+            prompt = phrase_prompt(components.tokenizer, table, phrase, num_tokens)
             fixed[f'phrase: "{phrase}"'] = estimate(prompt)
     return {**learned, **fixed}
 
@@ -274,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(results, output / "cmi.csv")
-    plot(results, output / "cmi.png", runs.load_config(workdirs[0]).loss.num_candidates)
+    plot(results, output / "cmi.png", workdir_files.load_config(workdirs[0]).loss.num_candidates)
     for source, values in results.items():
         print(f"{source}: median CMI {np.median(values):.4f} nats over {len(values)} examples")
     print(f"Wrote {output / 'cmi.csv'} and {output / 'cmi.png'}.")

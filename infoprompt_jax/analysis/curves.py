@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from infoprompt_jax import workdir_files
 from infoprompt_jax.analysis import plotting, runs
 
 BANDS = ("minmax", "std")
@@ -85,8 +86,8 @@ def group_runs(
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs.")
     groups: dict[str, list[Curve]] = {}
     for index, workdir in enumerate(workdirs):
-        label = labels[index] if labels else runs.default_label(runs.load_config(workdir))
-        curve = metric_curve(runs.read_metrics(workdir), metric, where=workdir)
+        label = labels[index] if labels else runs.default_label(workdir_files.load_config(workdir))
+        curve = metric_curve(workdir_files.read_metrics(workdir), metric, where=workdir)
         groups.setdefault(label, []).append(curve)
     return groups
 

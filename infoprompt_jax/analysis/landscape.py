@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infoprompt_jax import models
+from infoprompt_jax import models, workdir_files
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 
 LOSS_TITLES = {
@@ -192,9 +192,9 @@ def require_one_prompt_token(config: ml_collections.ConfigDict, workdir: str) ->
         )
 
 
-def sample_examples(comps, num_examples: int, seed: int) -> dict[str, np.ndarray]:
+def sample_examples(components, num_examples: int, seed: int) -> dict[str, np.ndarray]:
     """A fixed sample of `num_examples` training examples, tokenized."""
-    arrays = runs.encode_examples(comps, "train")
+    arrays = runs.encode_examples(components, "train")
     count = len(arrays["label"])
     rows = np.sort(np.random.default_rng(seed).permutation(count)[: min(num_examples, count)])
     return {name: value[rows] for name, value in arrays.items()}
@@ -270,11 +270,11 @@ def compute(
         trajectory_steps: draw the trajectory up to this step (0: all of it).
         points_per_batch: grid points per compiled call.
     """
-    require_one_prompt_token(runs.load_config(workdir), workdir)
-    comps, params = runs.restore_run(workdir)
-    arrays = sample_examples(comps, num_examples, sample_seed)
+    require_one_prompt_token(workdir_files.load_config(workdir), workdir)
+    components, params = runs.restore_run(workdir)
+    arrays = sample_examples(components, num_examples, sample_seed)
     plane = principal_directions(runs.word_embedding_table(params))
-    own = prompt_eval.own_prompts_fn(comps.model, params, arrays)
+    own = prompt_eval.own_prompts_fn(components.model, params, arrays)
     # A generator prompts each example differently: mark the sample's mean prompt.
     learned_2 = project(np.asarray(own).mean(axis=0), plane)[0]
     result = {
@@ -300,7 +300,7 @@ def compute(
     radius = radius or default_radius(plane, np.concatenate(marked))
     coords = grid_coordinates(grid_size, radius)
     losses = evaluate_grid(
-        comps.model, params, arrays, plane, coords, jax.random.PRNGKey(seed), points_per_batch
+        components.model, params, arrays, plane, coords, jax.random.PRNGKey(seed), points_per_batch
     )
     result.update(
         a=coords,

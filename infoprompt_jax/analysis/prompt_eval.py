@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import losses, models
+from infoprompt_jax import losses, models, objective
 
 Batch = Mapping[str, jax.Array]
 
@@ -29,7 +29,7 @@ def prompt_terms(
         module: the bound model (this is a `method=` of `InfoPromptModel.apply`).
         batch: a tokenized batch with `label`.
         key: randomness of the representation critic's positive and negatives, used as
-            `InfoPromptModel.representation_nce` uses its key (the third split of a training
+            `objective.representation_nce` uses its key (the third split of a training
             step's key).
         prompts: `[n_p, D]` (one prompt for every example) or `[B, n_p, D]`, placed at the
             prompt slots instead of the run's own prompts (a generator's output is
@@ -40,13 +40,15 @@ def prompt_terms(
         has a representation critic. Its negatives come from the unprompted pass, as in training.
     """
     config = module.config
-    plain = None
+    unprompted = None
     if config.use_representation_critic or (
         prompts is None and config.prompt_source == "generator"
     ):
-        plain = module.unprompted_pass(batch)
+        unprompted = module.unprompted_pass(batch)
     if prompts is None:
-        prompts_BxNxD = module.prompts(batch, plain["source"] if plain is not None else None)
+        prompts_BxNxD = module.prompts(
+            batch, unprompted["generator_input"] if unprompted is not None else None
+        )
     else:
         shape = (
             batch["input_ids"].shape[0],
@@ -63,8 +65,8 @@ def prompt_terms(
     logits_BxC, _ = module.task_head(z_BxD, None)
     terms = {"ce": losses.cross_entropy(logits_BxC, batch["label"]), "prompts": prompts_BxNxD}
     if config.use_representation_critic:
-        terms["nce_rep"] = module.representation_nce(
-            jnp.mean(prompts_BxNxD, axis=1), z_BxD, plain["z0"], key
+        terms["nce_rep"] = objective.representation_nce(
+            module, batch, prompts_BxNxD, z_BxD, unprompted["z0"], key
         )
     return terms
 
@@ -104,10 +106,10 @@ def representation_scores(
 
 def own_prompts(module: models.InfoPromptModel, batch: Batch) -> jax.Array:
     """The run's own prompts `[B, n_p, D]` (generated from each example, or the free ones)."""
-    source = None
+    generator_input = None
     if module.config.prompt_source == "generator":
-        source = module.unprompted_pass(batch)["source"]
-    return module.prompts(batch, source)
+        generator_input = module.unprompted_pass(batch)["generator_input"]
+    return module.prompts(batch, generator_input)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

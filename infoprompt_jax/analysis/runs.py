@@ -1,11 +1,10 @@
-"""Reading a training run's workdir: its config, its metrics and its trained parameters.
+"""A training run's workdir for the analyses: its examples and its trained parameters.
 
-A workdir (train.py) holds `config.json` (the resolved run config), `metrics.jsonl` (one
-`{"step": s, ...}` record a line) and `checkpoints/` (the trainable state, never the frozen
-encoder, which is rebuilt from the pretrained checkpoint named in the config).
+A workdir (train.py) holds `config.json` and `metrics.jsonl` (read by `workdir_files`) and
+`checkpoints/` (the trainable state, never the frozen encoder, which is rebuilt from the
+pretrained checkpoint named in the config).
 """
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,22 +14,11 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, partition, steps
+from infoprompt_jax import checkpointing, run_state, workdir_files
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import trainable as trainable_lib
 
 Params = dict[str, Any]
-
-
-def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-    """The run's config, as training wrote it to `WORKDIR/config.json`."""
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: {workdir} is not a training workdir (train.py "
-            "writes config.json when a run starts)."
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def default_label(config: ml_collections.ConfigDict) -> str:
@@ -47,24 +35,16 @@ def default_label(config: ml_collections.ConfigDict) -> str:
     return label
 
 
-def read_metrics(workdir: str | epath.Path) -> list[dict[str, Any]]:
-    """The records of `WORKDIR/metrics.jsonl`, in file order."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the run has logged no metrics yet.")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def encode_examples(
-    comps: components_lib.Components, split: str, max_examples: int = 0
+    components: components_lib.Components, split: str, max_examples: int = 0
 ) -> dict[str, np.ndarray]:
     """Tokenized arrays of the run's `split` (train: its few-shot subset; dev: capped)."""
-    examples = components_lib.load_examples(comps.config, comps.task, split)
+    examples = components_lib.load_examples(components.config, components.task, split)
     if max_examples:
         examples = examples[:max_examples]
     if not examples:
-        raise ValueError(f"The {split} split of {comps.config.task} has no examples.")
-    return comps.encode(examples)
+        raise ValueError(f"The {split} split of {components.config.task} has no examples.")
+    return components.encode(examples)
 
 
 def restore_run(
@@ -81,12 +61,12 @@ def restore_run(
         (components, params): the frozen pretrained tree with the checkpoint's trainable tree
         merged in, on the first local device.
     """
-    config = load_config(workdir)
-    comps = components_lib.build_components(config)
+    config = workdir_files.load_config(workdir)
+    components = components_lib.build_components(config)
     if sample_arrays is None:
-        sample_arrays = encode_examples(comps, "dev", max_examples=1)
+        sample_arrays = encode_examples(components, "dev", max_examples=1)
     sample = {name: value[:1] for name, value in sample_arrays.items()}
-    abstract_state, frozen = restore_target(comps, sample)
+    abstract_state, frozen = restore_target(components, sample)
     manager = checkpointing.make_manager(workdir)
     try:
         restored = checkpointing.restore_latest(manager, abstract_state)
@@ -99,52 +79,27 @@ def restore_run(
         )
     state, record = restored
     logging.info("Restored %s at step %d.", workdir, record["step"])
-    return comps, partition.merge_params(state.trainable, frozen)
+    return components, trainable_lib.merge_params(state.trainable, frozen)
 
 
 def restore_target(
-    comps: components_lib.Components, sample: dict[str, np.ndarray]
+    components: components_lib.Components, sample: dict[str, np.ndarray]
 ) -> tuple[Any, Params]:
     """(abstract train state, frozen params) of a run: what `checkpointing.restore_latest` needs.
 
-    The state has the structure `train.build_state` gives (the checkpoint's), but is built with
-    `jax.eval_shape`: nothing is compiled, and no random trainable tree or optimizer moments are
-    allocated only to be overwritten by the checkpoint. The frozen leaves are the pretrained
-    ones, as `components.init_params` places them.
+    The state is `run_state.abstract_state` (the checkpoint's structure, nothing computed); the
+    frozen leaves are the pretrained ones, as training had them.
     """
-    abstract_params = jax.eval_shape(comps.init_params, sample)
-    abstract_trainable, abstract_frozen = partition.split_params(abstract_params, comps.method.name)
-    pretrained = partition.flatten(
-        {"encoder": comps.encoder_params, "task_head": {"mlm_transform": comps.mlm_transform or {}}}
-    )
-    frozen = {}
-    for path, leaf in partition.flatten(abstract_frozen).items():
-        value = pretrained.get(path)
-        if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:
-            raise ValueError(
-                f"Frozen parameter {path!r} {leaf.shape} {leaf.dtype} is not a "
-                "pretrained leaf of the encoder checkpoint; restore_target must be "
-                "taught where it comes from."
-            )
-        frozen[path] = value
-    # The optax state's structure does not depend on the schedule's length: any will do.
-    optimizer = optimizer_lib.make_optimizer(
-        comps.method.peak_lr,
-        1,
-        warmup_fraction=comps.config.optim.warmup_fraction,
-        weight_decay=comps.config.optim.weight_decay,
-        clip_norm=comps.config.optim.clip_norm,
-    )
-    abstract_state = jax.eval_shape(
-        lambda trainable: steps.create_train_state(trainable, optimizer, jax.random.PRNGKey(0)),
-        abstract_trainable,
-    )
     # Analysis runs in one process on one device, whatever mesh the run trained on.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state
+    abstract_state = run_state.abstract_state(components, sample, device)
+    frozen = run_state.pretrained_frozen(components)
+    run_state.check_params(
+        components,
+        trainable_lib.merge_params(abstract_state.trainable, frozen),
+        "The restored tree",
     )
-    return abstract_state, jax.device_put(partition.unflatten(frozen), device)
+    return abstract_state, jax.device_put(frozen, device)
 
 
 def word_embedding_table(params: Params) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Length buckets: batches cut to a bucket compute what the full-length batches compute."""
+"""Batching: batches cut to a length bucket compute what the full-length batches compute."""
 
 import json
 
@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import components, length_buckets, sharding, train
+from infoprompt_jax import batching, sharding, train
+from infoprompt_jax import components as components_lib
 
-# Two rows of length 3 and 5 in an L = 8 batch; the plain input is one shorter (no prompt).
+# Two rows of length 3 and 5 in an L = 8 batch; the unprompted input is one shorter (no prompt).
 ARRAYS = {
     "input_ids": np.arange(16).reshape(2, 8),
     "attention_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]),
-    "plain_attention_mask": np.array([[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]),
+    "unprompted_attention_mask": np.array([[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]),
     "mask_position": np.array([2, 4]),
     "prompt_positions": np.array([[1], [3]]),
     "label": np.array([0, 1]),
@@ -21,28 +22,28 @@ ARRAYS = {
 
 
 def test_bucket_lengths_sorted_below_max_len_then_max_len():
-    assert length_buckets.bucket_lengths(128, (64, 32, 256, 128)) == (32, 64, 128)
-    assert length_buckets.bucket_lengths(128, ()) == (128,)
+    assert batching.bucket_lengths(128, (64, 32, 256, 128)) == (32, 64, 128)
+    assert batching.bucket_lengths(128, ()) == (128,)
     for bad in [(0,), (16.5,), ("32",), (True,)]:
         with pytest.raises(ValueError, match="config.length_buckets"):
-            length_buckets.bucket_lengths(128, bad)
+            batching.bucket_lengths(128, bad)
 
 
 def test_a_batch_is_cut_to_the_shortest_bucket_holding_its_longest_row():
-    np.testing.assert_array_equal(length_buckets.row_lengths(ARRAYS), [3, 5])
-    assert length_buckets.batch_length(ARRAYS, (4, 6, 8)) == 6
-    assert length_buckets.batch_length({k: v[:1] for k, v in ARRAYS.items()}, (4, 6, 8)) == 4
-    cut = length_buckets.cut(ARRAYS, 6)
-    assert cut["input_ids"].shape == (2, 6) and cut["plain_attention_mask"].shape == (2, 6)
+    np.testing.assert_array_equal(batching.row_lengths(ARRAYS), [3, 5])
+    assert batching.batch_length(ARRAYS, (4, 6, 8)) == 6
+    assert batching.batch_length({k: v[:1] for k, v in ARRAYS.items()}, (4, 6, 8)) == 4
+    cut = batching.cut(ARRAYS, 6)
+    assert cut["input_ids"].shape == (2, 6) and cut["unprompted_attention_mask"].shape == (2, 6)
     for per_row in ("mask_position", "prompt_positions", "label"):
         np.testing.assert_array_equal(cut[per_row], ARRAYS[per_row])
     with pytest.raises(ValueError, match="needs 5 positions"):
-        length_buckets.batch_length(ARRAYS, (4,))
+        batching.batch_length(ARRAYS, (4,))
 
 
 def test_a_row_padded_in_the_middle_counts_to_its_last_attended_position():
     arrays = {"attention_mask": np.array([[1, 0, 1, 0], [0, 0, 0, 0]])}
-    np.testing.assert_array_equal(length_buckets.row_lengths(arrays), [3, 0])
+    np.testing.assert_array_equal(batching.row_lengths(arrays), [3, 0])
 
 
 def test_map_in_batches_returns_rows_in_order_and_cuts_each_batch():
@@ -55,7 +56,7 @@ def test_map_in_batches_returns_rows_in_order_and_cuts_each_batch():
 
     rows = np.array([1, 0, 1, 1, 0])  # Long, short, long, long, short.
     arrays = {name: value[rows] for name, value in ARRAYS.items()}
-    out = train.map_in_batches(fn, arrays, 2, mesh, (4, 6, 8))
+    out = batching.map_in_batches(fn, arrays, 2, mesh, (4, 6, 8))
     np.testing.assert_array_equal(out["first"], arrays["input_ids"][:, 0])
     np.testing.assert_array_equal(out["label"], arrays["label"])
     # Shortest first: [short, short], [long, long], [long, pad]: one batch fits bucket 4.
@@ -82,9 +83,9 @@ def test_training_with_buckets_logs_what_training_at_max_len_logs(
 ):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(sst2_dir)
-    comps = components.build_components(config)
-    dev = comps.encode(sentiment_fixture.examples(12))
-    assert length_buckets.row_lengths(dev).max() <= 16 < config.max_len  # The cut is real.
+    components = components_lib.build_components(config)
+    dev = components.encode(sentiment_fixture.examples(12))
+    assert batching.row_lengths(dev).max() <= 16 < config.max_len  # The cut is real.
     full = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "full", (), cache_unprompted)
     cut = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "cut", (16,), cache_unprompted)
     assert [sorted(m) for m in cut] == [sorted(m) for m in full]

@@ -1,6 +1,6 @@
 """Where the train step's device time goes: a trace of a few steps, summed per kernel.
 
-    python -m infoprompt_jax.profile_step --config=configs/sst2.py --config.model.name=DIR \
+    python -m infoprompt_jax.tools.profile_step --config=configs/sst2.py --config.model.name=DIR \
         --batch_size=32 --seq_len=128 --steps=5 --top=25 [--trace_dir=DIR] [--config.x=y ...]
 
 Compiles the step as `bench.py` does (same synthetic batch, same mesh), runs warm-up steps, then
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import jax
 from absl import app, flags
 
-from infoprompt_jax import bench
+from infoprompt_jax.tools import bench
 
 # --config, --batch_size, --seq_len, --steps (here: traced steps) and --warmup_steps are
 # bench.py's flags, defined when it is imported.

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses, models, partition
-
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from infoprompt_jax import models, objective
+from infoprompt_jax import trainable as trainable_lib
 
 
 def to_torch(
@@ -60,6 +59,7 @@ def check_supported(model_config: models.ModelConfig, adapter_size: int) -> None
         "generator": (model_config.generator, ("paper",)),
         "critic": (model_config.critic, ("bilinear",)),
         "head_negatives": (model_config.head_negatives, ("sampled",)),
+        "representation_negatives": (model_config.representation_negatives, ("unprompted",)),
         "head_bottleneck_dim": (model_config.head_bottleneck_dim, (0,)),
         "adapter_size": (adapter_size, (0,)),
     }
@@ -107,7 +107,7 @@ class TorchReferenceStep:
         model_dir: str | pathlib.Path,
         model_config: models.ModelConfig,
         encoder_config: encoder_lib.EncoderConfig,
-        weights: losses.ObjectiveWeights,
+        weights: objective.ObjectiveWeights,
         trainable: Mapping[str, Any],
         mlm_transform: Mapping[str, Any] | None,
         hyper: Hyperparameters,
@@ -138,11 +138,11 @@ class TorchReferenceStep:
         self.encoder.eval().requires_grad_(False).to(self.device)
         self.params = {
             path: torch.nn.Parameter(_tensor(value, self.device))
-            for path, value in partition.flatten(trainable).items()
+            for path, value in trainable_lib.flatten(trainable).items()
         }
         self.mlm_transform = {
             path: _tensor(value, self.device)
-            for path, value in partition.flatten(mlm_transform or {}).items()
+            for path, value in trainable_lib.flatten(mlm_transform or {}).items()
         }
         self.optimizer = torch.optim.AdamW(
             self.params.values(),
@@ -176,7 +176,7 @@ class TorchReferenceStep:
             comps.model_dir,
             method.model,
             comps.model.encoder_config,
-            method.weights,
+            method.loss_weights,
             trainable,
             mlm_transform,
             hyper,
@@ -215,23 +215,23 @@ class TorchReferenceStep:
         self, batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`P_src = H0[<s>]` and `Z0 = H0[<mask>]`, or their cache (`config.cache_unprompted`)."""
-        if "cached_source" in batch:
-            return batch["cached_source"], batch["cached_z0"]
+        if "cached_generator_input" in batch:
+            return batch["cached_generator_input"], batch["cached_z0"]
         with torch.no_grad():  # Nothing is differentiated through the unprompted pass.
             h0_BxLxD = self.encode(
-                batch["plain_attention_mask"],
-                input_ids=batch["plain_input_ids"],
-                token_type_ids=batch["plain_token_type_ids"],
+                batch["unprompted_attention_mask"],
+                input_ids=batch["unprompted_input_ids"],
+                token_type_ids=batch["unprompted_token_type_ids"],
             )
         rows_B = torch.arange(h0_BxLxD.shape[0], device=self.device)
-        return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["plain_mask_position"]]
+        return h0_BxLxD[:, 0], h0_BxLxD[rows_B, batch["unprompted_mask_position"]]
 
-    def prompts(self, source_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def prompts(self, generator_input_BxD: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """`[B, n_p, D]`: per token `W_up_i (W_down_i P_src)`, or the free prompt (WARP)."""
         p, cfg = self.params, self.model_config
         if cfg.prompt_source == "free":
             return p["prompt"].expand(batch_size, -1, -1)
-        code_BxNxR = torch.einsum("bd,ndr->bnr", source_BxD, p["prompt_generator/down"])
+        code_BxNxR = torch.einsum("bd,ndr->bnr", generator_input_BxD, p["prompt_generator/down"])
         if cfg.generator_bias:
             code_BxNxR = code_BxNxR + p["prompt_generator/down_bias"]
         if cfg.generator_activation == "gelu":
@@ -260,8 +260,8 @@ class TorchReferenceStep:
         self, batch: Mapping[str, torch.Tensor], prompt_mean_BxD: torch.Tensor
     ) -> torch.Tensor:
         """InfoNCE of P_bar against K-1 sampled context-token embeddings, `c^T W1 theta`."""
-        context_BxL = batch["plain_context_mask"].bool()
-        fallback_BxL = batch["plain_attention_mask"].bool()
+        context_BxL = batch["unprompted_context_mask"].bool()
+        fallback_BxL = batch["unprompted_attention_mask"].bool()
         context_BxL = torch.where(context_BxL.any(dim=1, keepdim=True), context_BxL, fallback_BxL)
         positions_BxN = torch.multinomial(
             context_BxL.float(),
@@ -270,7 +270,7 @@ class TorchReferenceStep:
             generator=self.generator,
         )
         negatives_BxNxD = self.word_embeddings(
-            torch.gather(batch["plain_input_ids"], 1, positions_BxN)
+            torch.gather(batch["unprompted_input_ids"], 1, positions_BxN)
         )
         candidates_BxKxD = torch.cat([prompt_mean_BxD[:, None], negatives_BxNxD], dim=1)
         theta_D = self.params["task_head/class_vectors"].mean(dim=0)
@@ -306,9 +306,11 @@ class TorchReferenceStep:
         cfg = self.model_config
         rows_B = torch.arange(batch["input_ids"].shape[0], device=self.device)
         # WARP without the representation critic reads nothing from the unprompted pass.
-        needs_plain = cfg.prompt_source == "generator" or cfg.use_representation_critic
-        source_BxD, z0_BxD = self.unprompted_pass(batch) if needs_plain else (None, None)
-        prompts_BxNxD = self.prompts(source_BxD, len(rows_B))
+        needs_unprompted = cfg.prompt_source == "generator" or cfg.use_representation_critic
+        generator_input_BxD, z0_BxD = (
+            self.unprompted_pass(batch) if needs_unprompted else (None, None)
+        )
+        prompts_BxNxD = self.prompts(generator_input_BxD, len(rows_B))
         embeds_BxLxD = self.word_embeddings(batch["input_ids"]).index_put(
             (rows_B[:, None], batch["prompt_positions"]), prompts_BxNxD
         )
@@ -333,7 +335,7 @@ class TorchReferenceStep:
         }
 
     def objective(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """`mean(CE + beta NCE_rep + gamma NCE_head)`, clamped as `losses.infoprompt_objective`."""
+        """`mean(CE + beta NCE_rep + gamma NCE_head)`, clamped as `objective.infoprompt_objective`."""
         nce_rep_B, nce_head_B, clamp = terms["nce_rep"], terms["nce_head"], self.weights.nce_clamp
         if clamp is not None:
             nce_rep_B, nce_head_B = nce_rep_B.clamp(max=clamp), nce_head_B.clamp(max=clamp)

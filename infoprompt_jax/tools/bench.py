@@ -1,6 +1,6 @@
 """Throughput of the compiled train step, optionally against the same step in PyTorch eager.
 
-    python -m infoprompt_jax.bench --config=configs/sst2.py --config.model.name=DIR \
+    python -m infoprompt_jax.tools.bench --config=configs/sst2.py --config.model.name=DIR \
         --batch_size=8 --seq_len=128 --steps=20 [--compare_torch] [--config.x=y ...]
 
 Builds the run the config describes (`components.build_components`, state on a mesh over all
@@ -42,9 +42,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from infoprompt_jax import batching, run_state, sharding, train
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import sharding, train
 from infoprompt_jax import steps as steps_lib
 
 # bf16 dense peak TFLOP/s per chip, from the vendors' spec sheets: Google Cloud TPU system
@@ -221,17 +221,6 @@ def timing_summary(seconds: list[float], batch_size: int, prefix: str = "") -> d
     }
 
 
-def make_optimizer(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
-    """The training run's optimizer, over the benchmark's steps."""
-    return optimizer_lib.make_optimizer(
-        peak_lr,
-        total_steps,
-        warmup_fraction=config.optim.warmup_fraction,
-        weight_decay=config.optim.weight_decay,
-        clip_norm=config.optim.clip_norm,
-    )
-
-
 @dataclasses.dataclass
 class CompiledStep:
     """The train step compiled for one batch, with what it runs on.
@@ -272,14 +261,14 @@ def compile_train_step(
     batch_size = len(arrays["label"])
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     sharding.check_batch_size(batch_size, mesh)
-    optimizer = make_optimizer(config, comps.method.peak_lr, total_steps)
-    state, frozen = train.build_state(comps, optimizer, mesh, arrays)
+    optimizer = optimizer_lib.from_config(config, comps.method.peak_lr, total_steps)
+    state, frozen = run_state.build_state(comps, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
     if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
         arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
-    batch = train.device_batch(arrays, np.arange(batch_size), mesh)
+    batch = batching.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(
-        comps.model, optimizer, comps.method.weights, mesh, state, frozen
+        comps.model, optimizer, comps.method.loss_weights, mesh, state, frozen
     )
     progress(
         f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} device(s)"
@@ -389,7 +378,7 @@ def benchmark_torch(
     """
     import torch  # Optional dependency: only --compare_torch needs it.
 
-    from infoprompt_jax import torch_reference
+    from infoprompt_jax.tools import torch_reference
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable, device)

@@ -61,7 +61,7 @@ def is_trainable(path: str, rules: Sequence[tuple[str, bool]]) -> bool:
             return trainable
     raise ValueError(
         f"Parameter {path!r} matches none of the trainable/frozen rules "
-        f"{[p for p, _ in rules]}; add a rule for it in partition.METHOD_RULES."
+        f"{[p for p, _ in rules]}; add a rule for it in trainable.METHOD_RULES."
     )
 
 

@@ -1,0 +1,378 @@
+"""Loading Hugging Face RoBERTa and BERT checkpoints for the Flax encoder of `encoder.py`.
+
+A model is a local directory or a Hugging Face Hub id (downloaded once to the hub cache):
+`config.json` gives the `encoder_lib.EncoderConfig`, the weights come from `model.safetensors` (sharded or
+not), `flax_model.msgpack` or `pytorch_model.bin`, and are renamed to our parameter names (the
+Hugging Face ones) with PyTorch `Linear` weights transposed. The tokenizer files are fetched
+alongside so that `transformers.AutoTokenizer` can load them from the same directory.
+"""
+
+import hashlib
+import json
+import pathlib
+import struct
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import serialization, traverse_util
+
+from infoprompt_jax import encoder as encoder_lib
+
+# model_type -> (family, defaults of the fields a config.json may leave out).
+_ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
+_BERT = ("bert", {"pad_token_id": 0, "type_vocab_size": 2, "layer_norm_eps": 1e-12})
+_MODEL_TYPES = {"roberta": _ROBERTA, "xlm-roberta": _ROBERTA, "camembert": _ROBERTA, "bert": _BERT}
+_SAFETENSORS = "model.safetensors"
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_FLAX_MSGPACK = "flax_model.msgpack"
+_PYTORCH_BIN = "pytorch_model.bin"
+_TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+]
+# Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
+_IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
+_IGNORED_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig:
+    """Builds a config from a Hugging Face `config.json` dict.
+
+    Args:
+        hf: the parsed `config.json`.
+        **overrides: fields to set on top, e.g. `adapter_size=8`.
+
+    Returns:
+        The matching `encoder_lib.EncoderConfig`.
+
+    Raises:
+        ValueError: a model type or option this encoder does not implement.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(
+            f"Unsupported model_type {model_type!r}; supported: "
+            f"{', '.join(_MODEL_TYPES)} (RoBERTa and BERT encoders)."
+        )
+    family, defaults = _MODEL_TYPES[model_type]
+    if (hf.get("position_embedding_type") or "absolute") != "absolute":
+        raise ValueError(
+            f"Unsupported position_embedding_type "
+            f"{hf['position_embedding_type']!r}: only 'absolute' is implemented."
+        )
+    hidden_act = hf.get("hidden_act", "gelu")
+    optional = {k: default if hf.get(k) is None else hf[k] for k, default in defaults.items()}
+    return encoder_lib.EncoderConfig(
+        family=family,
+        hidden_act="gelu" if hidden_act == "gelu_python" else hidden_act,  # Same function.
+        **{
+            k: hf[k]
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+            )
+        },
+        **optional,
+        **overrides,
+    )
+
+
+def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
+    """A local directory for a local path or a Hugging Face Hub id.
+
+    Args:
+        name_or_path: an existing directory (used as is) or a hub id such as "roberta-large".
+
+    Returns:
+        The directory holding `config.json`, the weights and the tokenizer files.
+
+    Raises:
+        FileNotFoundError: not a directory, and the hub could not be reached or lacks the id.
+    """
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        import huggingface_hub  # pylint: disable=g-import-not-at-top  # Only for hub ids.
+
+        # One weights format at a time, so a repo that ships three is not downloaded thrice.
+        for weights in (
+            [_SAFETENSORS, "model-*.safetensors", _SAFETENSORS_INDEX],
+            [_FLAX_MSGPACK],
+            [_PYTORCH_BIN],
+        ):
+            local = pathlib.Path(
+                huggingface_hub.snapshot_download(
+                    str(name_or_path), allow_patterns=["config.json", *_TOKENIZER_FILES, *weights]
+                )
+            )
+            if _find_weights(local)[1]:
+                break
+        return local
+    except Exception as e:  # pylint: disable=broad-except  # Offline, unknown or malformed id.
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is not a local directory, and the Hugging Face Hub could not "
+            f"be reached or does not know that id ({type(e).__name__}: {e}). Pass a local "
+            "directory containing config.json and model.safetensors, e.g. "
+            "--config.model.name=/path/to/dir."
+        ) from e
+
+
+def _find_weights(model_dir: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
+    """The first weights format present, and its files (shards in sorted order)."""
+    if (model_dir / _SAFETENSORS).is_file():
+        return _SAFETENSORS, [model_dir / _SAFETENSORS]
+    if (model_dir / _SAFETENSORS_INDEX).is_file():
+        shards = json.loads((model_dir / _SAFETENSORS_INDEX).read_text())["weight_map"].values()
+        return _SAFETENSORS_INDEX, [model_dir / f for f in sorted(set(shards))]
+    for name in (_FLAX_MSGPACK, _PYTORCH_BIN):
+        if (model_dir / name).is_file():
+            return name, [model_dir / name]
+    return "", []
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    # Parsed by hand because safetensors.numpy cannot hold bf16, which many checkpoints use.
+    # The format: 8-byte little-endian header size, a JSON header, then the raw tensors.
+    with open(path, "rb") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
+    header.pop("__metadata__", None)
+    return {
+        name: np.asarray(data[slice(*info["data_offsets"])])
+        .view(_SAFETENSORS_DTYPES[info["dtype"]])
+        .reshape(info["shape"])
+        for name, info in header.items()
+    }
+
+
+def _read_pytorch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch  # pylint: disable=g-import-not-at-top  # Optional dependency.
+    except ImportError as e:
+        raise ImportError(
+            f"{path} is a PyTorch checkpoint: `pip install torch` to read it, or "
+            "convert it to model.safetensors."
+        ) from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # numpy has no bf16, so floating tensors come out as fp32.
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+def read_state_dict(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Reads a checkpoint's tensors as `{dotted Hugging Face name: array}`.
+
+    Looks for, in order: `model.safetensors`, `model.safetensors.index.json` (sharded),
+    `flax_model.msgpack` (nested names joined with dots, Flax layouts), `pytorch_model.bin`.
+
+    Args:
+        model_dir: the checkpoint directory.
+
+    Returns:
+        The tensors, with the checkpoint's own names, layouts and dtypes.
+
+    Raises:
+        FileNotFoundError: none of those files is there.
+    """
+    model_dir = pathlib.Path(model_dir)
+    kind, files = _find_weights(model_dir)
+    if kind in (_SAFETENSORS, _SAFETENSORS_INDEX):
+        return {k: v for f in files for k, v in _read_safetensors(f).items()}
+    if kind == _FLAX_MSGPACK:
+        tree = serialization.msgpack_restore(files[0].read_bytes())
+        return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
+    if kind == _PYTORCH_BIN:
+        return _read_pytorch_bin(files[0])
+    raise FileNotFoundError(
+        f"No weights in {model_dir}: looked for {_SAFETENSORS}, "
+        f"{_SAFETENSORS_INDEX}, {_FLAX_MSGPACK} and {_PYTORCH_BIN}."
+    )
+
+
+def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No config.json in {model_dir}: a model directory needs the "
+            "Hugging Face config.json next to its weights."
+        )
+    return json.loads(path.read_text())
+
+
+def _strip_model_prefix(name: str) -> str:
+    for prefix in ("roberta.", "bert.", "model."):  # Task-model checkpoints nest the encoder.
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _to_flax(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """A dotted checkpoint name as a "/" param path, with PyTorch Linear weights transposed."""
+    *module, leaf = name.split(".")
+    if module and module[-1] in ("LayerNorm", "layer_norm"):
+        leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
+    elif module and module[-1].endswith("embeddings"):
+        leaf = {"weight": "embedding"}.get(leaf, leaf)
+    elif leaf == "weight":
+        leaf, value = "kernel", value.T  # torch Linear is [out, in]; Flax Dense is [in, out].
+    return "/".join([*module, leaf]), value
+
+
+def _listing(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") + f" ({len(names)})"
+
+
+def _init_adapters(encoder: encoder_lib.Encoder, rng: jax.Array) -> dict[str, jax.Array]:
+    """The adapters' params alone: the whole model's `init` would allocate every weight."""
+    cfg, flat = encoder.config, {}
+    for i in range(cfg.num_hidden_layers):
+        variables = encoder_lib.Adapter(cfg.adapter_size, encoder.dtype).init(
+            jax.random.fold_in(rng, i), jnp.zeros((1, 1, cfg.hidden_size))
+        )
+        for path, value in traverse_util.flatten_dict(variables["params"], sep="/").items():
+            flat[f"encoder/layer/{i}/output/adapter/{path}"] = value
+    return flat
+
+
+def load_pretrained(
+    name_or_path: str | pathlib.Path,
+    dtype=jnp.float32,
+    *,
+    adapter_size: int = 0,
+    remat: bool = False,
+    attention: str = "einsum",
+    rng: jax.Array | None = None,
+) -> tuple[encoder_lib.Encoder, dict[str, Any]]:
+    """Loads a pretrained RoBERTa / BERT encoder.
+
+    Args:
+        name_or_path: a local directory or a Hugging Face Hub id.
+        dtype: the encoder's compute dtype (params stay fp32).
+        adapter_size: when > 0, adds adapters of this width, freshly initialised.
+        remat: recompute layer activations in the backward pass.
+        attention: "einsum" or "fused" (`encoder_lib.EncoderConfig.attention`).
+        rng: key for the adapters' initialisation; default `PRNGKey(0)`.
+
+    Returns:
+        `(encoder, params)`: the module, and fp32 params as a nested dict without the
+        "params" collection level (apply with `encoder.apply({"params": params}, ...)`).
+
+    Raises:
+        ValueError: unexpected or missing checkpoint keys, or shapes that differ from the model's.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    config = encoder_config(
+        _read_config(model_dir), adapter_size=adapter_size, remat=remat, attention=attention
+    )
+    encoder = encoder_lib.Encoder(config, dtype=dtype)
+    expected = traverse_util.flatten_dict(
+        jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
+        sep="/",
+    )
+
+    flat, unexpected = {}, []
+    for name, value in read_state_dict(model_dir).items():
+        name = _strip_model_prefix(name)
+        if name.startswith(_IGNORED_PREFIXES) or name.split(".")[-1] in _IGNORED_BUFFERS:
+            continue
+        path, value = _to_flax(name, value)
+        if path in expected and path not in flat:
+            flat[path] = value
+        else:
+            unexpected.append(name)
+    missing = [p for p in expected if p not in flat and "/adapter/" not in p]
+    if unexpected:
+        raise ValueError(
+            f"Unexpected keys in the checkpoint in {model_dir}: {_listing(unexpected)}"
+        )
+    if missing:
+        raise ValueError(f"Params missing from the checkpoint in {model_dir}: {_listing(missing)}")
+
+    params = {p: jnp.asarray(np.asarray(v, dtype=np.float32)) for p, v in flat.items()}
+    if adapter_size:
+        params.update(_init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng))
+    for path, value in params.items():  # The tree must be exactly the one `init` makes.
+        if value.shape != expected[path].shape:
+            raise ValueError(
+                f"Shape mismatch at {path}: checkpoint {value.shape}, model {expected[path].shape}."
+            )
+    assert params.keys() == expected.keys(), sorted(params.keys() ^ expected.keys())
+    return encoder, traverse_util.unflatten_dict(params, sep="/")
+
+
+def load_mlm_transform(name_or_path: str | pathlib.Path) -> dict[str, Any] | None:
+    """The pretrained MLM head's transform (dense, gelu, LayerNorm), or None without a head.
+
+    Args:
+        name_or_path: a local directory or a Hugging Face Hub id.
+
+    Returns:
+        `{"dense": {"kernel": [D, D], "bias": [D]}, "layer_norm": {"scale": [D], "bias": [D]}}`
+        as fp32 arrays, from RoBERTa's `lm_head` or BERT's `cls.predictions.transform`.
+    """
+    state = read_state_dict(resolve_model_dir(name_or_path))
+    state = {_strip_model_prefix(k): v for k, v in state.items()}
+    for head in ("lm_head.", "cls.predictions.transform."):
+        flat = dict(
+            _to_flax(k.removeprefix(head), v)
+            for k, v in state.items()
+            if k.startswith(head + "dense.")
+            or k.startswith(head + "LayerNorm.")
+            or k.startswith(head + "layer_norm.")
+        )
+        if "dense/kernel" in flat:
+            return traverse_util.unflatten_dict(
+                {
+                    p.replace("LayerNorm/", "layer_norm/"): jnp.asarray(np.asarray(v, np.float32))
+                    for p, v in flat.items()
+                },
+                sep="/",
+            )
+    return None
+
+
+def weights_checksum(name_or_path: str | pathlib.Path) -> str:
+    """sha256 hex digest of the weights file(s), shards in sorted order.
+
+    Used to check that an exported prompt is loaded against the encoder it was trained with.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    _, files = _find_weights(model_dir)
+    if not files:
+        raise FileNotFoundError(f"No weights in {model_dir} to checksum.")
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Tests of what every command does around its main: help, quiet logs, user errors in one line."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from infoprompt_jax import cli, tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_command(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m ARGS` from the repository root, on the CPU."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_a_misspelt_config_field_is_one_line_and_the_trace_is_one_switch_away(tmp_path):
+    command = (
+        "infoprompt_jax.main",
+        "--config=configs/rte.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.loss.gama=0",
+    )
+    result = run_command(*command)
+    assert result.returncode == 1
+    assert result.stderr == (
+        'Error: no config field \'gama\'. Did you mean "gamma" instead of "gama"?\n'
+    )
+    traced = run_command(*command, INFOPROMPT_TRACEBACK="1")
+    assert traced.returncode == 1
+    assert "Traceback (most recent call last)" in traced.stderr
+
+
+def test_an_offline_hub_id_is_one_error_line(tmp_path):
+    result = run_command(
+        "infoprompt_jax.main",
+        "--config=configs/rte.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.model.name=roberta-base",
+        HF_HUB_OFFLINE="1",
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "Error: 'roberta-base' is not a local directory"
+    )
+    assert result.stderr.endswith(errors[0] + "\n")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("infoprompt_jax.main", "--config=configs/nope.py", "--workdir=w"),
+            "Error: --config=configs/nope.py: [Errno 2] No such file or directory: 'configs/nope.py'",
+        ),
+        (
+            ("infoprompt_jax.main", "--config=configs/rte.py:huge", "--show_config"),
+            "Error: flag --config=configs/rte.py:huge: ValueError: Unknown config variant 'huge'; known: tiny.",
+        ),
+        (
+            ("infoprompt_jax.main", "--config=configs/rte.py"),
+            "Error: flags workdir=None, show_config=False: --workdir is required (except with --show_config).",
+        ),
+        (
+            ("infoprompt_jax.export", "--workdir=/no/such/run", "--output=out"),
+            "Error: No checkpoint in /no/such/run",
+        ),
+        (
+            ("infoprompt_jax.predict", "--export_dir=/no/such/export", "--input=x", "--output=y"),
+            "Error: /no/such/export/export.json not found",
+        ),
+        (("infoprompt_jax.report", "--root=/no/such/grid"), "Error: --root=/no/such/grid"),
+        (
+            ("infoprompt_jax.experiments", "--grid=/no/such/grid.py", "--root=r", "--dry_run"),
+            "Error: --grid=/no/such/grid.py: no such file",
+        ),
+    ],
+)
+def test_user_errors_of_every_command_are_one_line(args, message):
+    result = run_command(*args)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+
+
+@pytest.mark.parametrize(
+    "module", ["main", "export", "predict", "experiments", "report"], ids=lambda m: m
+)
+def test_help_exits_0_and_lists_the_flags(module):
+    result = run_command(f"infoprompt_jax.{module}", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--" in result.stdout and "Try --helpfull" in result.stdout
+    if module == "main":
+        assert "--show_config" in result.stdout and "--config.FIELD=VALUE" in result.stdout
+
+
+def test_user_errors_are_known_types_raised_by_our_code():
+    def caught(fn):
+        try:
+            fn()
+        except Exception as e:
+            return e
+
+    unknown_task = caught(lambda: tasks.get_task("nope"))
+    assert cli.is_user_error(unknown_task)
+    assert cli.error_message(unknown_task).startswith("unknown task 'nope'; known tasks: ")
+    assert cli.is_user_error(caught(lambda: open("/no/such/file")))
+    # The same types raised inside a library are more likely a bug: their trace stays.
+    assert not cli.is_user_error(caught(lambda: int("x")))
+    assert not cli.is_user_error(caught(lambda: {}["key"]))
+
+
+def test_library_info_lines_are_dropped_but_ours_and_warnings_pass():
+    def record(path: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord("absl", level, path, 1, "msg", (), None)
+
+    keep = cli._OwnLinesAndWarnings().filter
+    assert keep(record(str(REPO / "infoprompt_jax/train.py"), logging.INFO))
+    assert not keep(record("/site-packages/orbax/checkpoint/future.py", logging.INFO))
+    assert keep(record("/site-packages/orbax/checkpoint/future.py", logging.WARNING))
