@@ -1,6 +1,6 @@
 """Losses of the InfoPrompt objective, as pure functions of arrays.
 
-The objective (DESIGN.md section 1, step 7) is
+The objective (docs/design.md, "The objective") is
 
         L = L_pred + beta * NCE_rep + gamma * NCE_head,
 

@@ -1,9 +1,9 @@
 """The InfoPrompt model: prompt generator, task head, the two critics, and the forward pass.
 
-`InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective of
-DESIGN.md section 1 (steps 1-6); `losses.infoprompt_objective` combines them (step 7). A method
-(InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is a `ModelConfig` plus a choice of
-trainable parameters (`partition.py`), never a different model.
+`InfoPromptModel.__call__` computes, for one batch, every per-example term of the objective
+(docs/design.md, "The forward pass", steps 1-6); `losses.infoprompt_objective` combines them
+("The objective"). A method (InfoPrompt, its ablations, IDPG, WARP, Adapter, Fine-tuning) is
+a `ModelConfig` plus a choice of trainable parameters (`partition.py`), never a different model.
 """
 
 import dataclasses
@@ -105,7 +105,7 @@ def sample_positions(key: jax.Array, allowed_BxL: jax.Array, count: int) -> jax.
 
 
 class PromptGenerator(nn.Module):
-    """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
+    """Instance-dependent prompts from the unprompted <s> state (docs/design.md, step 2)."""
 
     config: ModelConfig
     hidden_size: int
@@ -138,7 +138,7 @@ class PromptGenerator(nn.Module):
 
 
 class TaskHead(nn.Module):
-    """`h_theta`: frozen MLM transform (if any), then class vectors Theta (DESIGN.md step 4).
+    """`h_theta`: frozen MLM transform (if any), then class vectors Theta (docs/design.md, step 4).
 
     The class vectors are overwritten after init with the verbalizer words' embeddings, and the
     transform with the checkpoint's MLM head (see `train.init_params`).
@@ -180,7 +180,7 @@ class TaskHead(nn.Module):
         return h_BxD @ self.class_vectors.T + self.class_bias, kl_B
 
     def pooled_class_vector(self) -> jax.Array:
-        """theta = mean_c Theta_c: label-free, as the head loss must be (DESIGN.md step 5)."""
+        """theta = mean_c Theta_c: label-free, as the head loss must be (docs/design.md, step 5)."""
         return jnp.mean(self.class_vectors, axis=0)
 
 
