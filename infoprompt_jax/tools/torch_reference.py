@@ -1,7 +1,7 @@
 """The InfoPrompt train step in PyTorch eager: the baseline `bench.py --compare_torch` times.
 
-It does the work of `steps.train_step` (DESIGN.md section 1) with the Hugging Face PyTorch
-encoder, frozen (`requires_grad=False`, eval mode):
+It does the work of `steps.train_step` (docs/design.md, "The forward pass") with the Hugging
+Face PyTorch encoder, frozen (`requires_grad=False`, eval mode):
 
 1. unprompted pass under `no_grad`: `P_src = H0[<s>]`, `Z0 = H0[<mask>]` (or, with
    `config.cache_unprompted`, their values precomputed by the JAX run, as training reads them);
