@@ -156,15 +156,15 @@ class TorchReferenceStep:
     @classmethod
     def from_components(
         cls,
-        comps: components_lib.Components,
+        components: components_lib.Components,
         trainable: Mapping[str, Any],
         device: str | torch.device = "cpu",
     ) -> "TorchReferenceStep":
         """The reference of a JAX run on `device`: its checkpoint, method, optimizer and initial
         params."""
-        method, config = comps.method, comps.config
+        method, config = components.method, components.config
         check_supported(method.model, method.adapter_size)
-        mlm_transform = comps.mlm_transform if method.model.has_mlm_transform else None
+        mlm_transform = components.mlm_transform if method.model.has_mlm_transform else None
         hyper = Hyperparameters(
             lr=method.peak_lr,
             weight_decay=config.optim.weight_decay,
@@ -173,9 +173,9 @@ class TorchReferenceStep:
             seed=config.seed,
         )
         return cls(
-            comps.model_dir,
+            components.model_dir,
             method.model,
-            comps.model.encoder_config,
+            components.model.encoder_config,
             method.loss_weights,
             trainable,
             mlm_transform,
