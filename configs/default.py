@@ -12,7 +12,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Task name: rte | mrpc | cola | sst2 | semeval | ace_re | ace_ner (infoprompt_jax/tasks.py).
     config.task = "rte"
-    # Method: infoprompt | idpg | warp | adapter | finetune (DESIGN.md "Baselines and ablations").
+    # Method: infoprompt | idpg | warp | adapter | finetune (docs/design.md, "What trains").
     config.method = "infoprompt"
     # "paper" follows the paper; "released" switches every knob to the authors' released code.
     config.variant = "paper"

@@ -1,9 +1,9 @@
 """Flax RoBERTa / BERT encoder (checkpoints are loaded by `pretrained.py`).
 
-The encoder is InfoPrompt's frozen `Phi` (DESIGN.md section 2): a post-LayerNorm transformer that
-also takes `inputs_embeds` (for prompt vectors) and explicit `position_ids`, and never drops out.
-Module and parameter names follow the Hugging Face checkpoint names, so loading a checkpoint is a
-rename plus a transpose of the PyTorch `Linear` weights.
+The encoder is InfoPrompt's frozen `Phi` (docs/design.md, "The forward pass"): a post-LayerNorm
+transformer that also takes `inputs_embeds` (for prompt vectors) and explicit `position_ids`, and
+never drops out. Module and parameter names follow the Hugging Face checkpoint names, so loading a
+checkpoint is a rename plus a transpose of the PyTorch `Linear` weights.
 """
 
 import dataclasses

@@ -1,7 +1,7 @@
 """A method is a model config, loss weights and a trainable set; this module maps config to them.
 
 InfoPrompt and its ablations, IDPG, WARP, Adapter and Fine-tuning all run the same model and the
-same train step (DESIGN.md "Baselines and ablations"); only what this module returns differs.
+same train step (docs/design.md, "What trains"); only what this module returns differs.
 """
 
 import dataclasses
@@ -14,7 +14,8 @@ from infoprompt_jax import trainable as trainable_lib
 # Every method has one trainable/frozen rule table; the methods are its keys.
 METHODS = tuple(trainable_lib.METHOD_RULES)
 
-# The authors' released code, as knobs (DESIGN.md "The released reference code differs").
+# The authors' released code, as knobs (docs/design.md, "The released code, and
+# `variant=released`").
 RELEASED_VARIANT = {
     "prompt.generator_rank": 32,
     "loss.beta": 0.2,

@@ -97,7 +97,7 @@ class ModelConfig:
 
 
 class PromptGenerator(nn.Module):
-    """Instance-dependent prompts from the unprompted <s> state (DESIGN.md step 2)."""
+    """Instance-dependent prompts from the unprompted <s> state (docs/design.md, step 2)."""
 
     config: ModelConfig
     hidden_size: int
@@ -131,7 +131,7 @@ class PromptGenerator(nn.Module):
 
 
 class TaskHead(nn.Module):
-    """`h_theta`: frozen MLM transform (if any), then class vectors Theta (DESIGN.md step 4).
+    """`h_theta`: frozen MLM transform (if any), then class vectors Theta (docs/design.md, step 4).
 
     The class vectors are overwritten after init with the verbalizer words' embeddings, and the
     transform with the checkpoint's MLM head (see `model_init.init_params`).
@@ -173,7 +173,7 @@ class TaskHead(nn.Module):
         return h_BxD @ self.class_vectors.T + self.class_bias, kl_B
 
     def pooled_class_vector(self) -> jax.Array:
-        """theta = mean_c Theta_c: label-free, as the head loss must be (DESIGN.md step 5)."""
+        """theta = mean_c Theta_c: label-free, as the head loss must be (docs/design.md, step 5)."""
         return jnp.mean(self.class_vectors, axis=0)
 
 

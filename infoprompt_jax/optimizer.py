@@ -1,7 +1,8 @@
 """AdamW with linear warmup and linear decay, clipped by global norm.
 
 Warmup over 6% of the steps then linear decay to zero and weight decay 0 follow the authors'
-released code and WARP (DESIGN.md section 1, step 7); gradient-norm clip 1.0.
+released code and WARP; gradient-norm clip 1.0 (docs/design.md, "Defaults and where they come
+from").
 """
 
 import ml_collections

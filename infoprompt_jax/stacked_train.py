@@ -10,13 +10,15 @@ directory may even be resumed by a separate `main.py` run, and the other way rou
 Each run sees what its separate run sees: its own few-shot subset, data order (`epoch_order` of
 its seed), initial parameters and critic draws (its RNG key, folded with the step).
 
-A run whose train loss turns non-finite fails alone: it stops writing (no summary.json; its last
-checkpoint stays), its slot keeps computing unread, and its siblings finish.
+A run whose loss or gradients turn non-finite fails alone, by the rules of a separate run
+(`train.raise_if_diverged`): the step stops updating it, it writes nothing more (no summary.json;
+its last checkpoint before the divergence stays), and its siblings finish.
 """
 
 import dataclasses
 import json
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,6 +110,22 @@ class RunSlot:
     @property
     def active(self) -> bool:
         return not self.failure
+
+
+def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) -> None:
+    """Marks the runs whose loss or gradients turned non-finite as failed, with the message a
+    separate run stops with (`train.raise_if_diverged`); the step froze their params at the
+    last finite ones, and they write nothing more."""
+    diverged_at, diverged_loss = jax.device_get((states.diverged_at, states.diverged_loss))
+    for i, slot in enumerate(slots):
+        if not slot.active or not diverged_at[i]:
+            continue
+        run = types.SimpleNamespace(diverged_at=diverged_at[i], diverged_loss=diverged_loss[i])
+        try:
+            train.raise_if_diverged(run, slot.workdir, last_saved, lr)
+        except FloatingPointError as e:
+            slot.failure = str(e)
+            logging.error("Seed %s failed: %s", slot.components.config.seed, e)
 
 
 def _restore_at(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
@@ -256,6 +274,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     preemption = checkpointing.PreemptionFlag()
     main_metric = f"eval_{task.main_metric}"
     interval_metrics = []
+    last_saved = start_step
     start_time = time.perf_counter()
     timer.start("train")
     for step in range(start_step, total_steps):
@@ -274,25 +293,19 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             if slot.active and slot.trajectory is not None:
                 slot.trajectory.maybe_record(done, stacking.unstack(states.trainable, i), frozen)
         if done % config.train.log_every_steps == 0 or done == total_steps:
+            fail_diverged(states, slots, last_saved, config.optim.lr)
             fetched = jax.device_get(interval_metrics)
             for i, slot in enumerate(slots):
-                if not slot.active:
-                    continue
-                try:
+                if slot.active:
                     train.log_train_metrics(
-                        slot.writer,
-                        progress,
-                        done,
-                        [stacking.unstack(m, i) for m in fetched],
+                        slot.writer, progress, done, [stacking.unstack(m, i) for m in fetched]
                     )
-                except FloatingPointError as e:
-                    slot.failure = str(e)
-                    logging.error("Seed %s failed: %s", slot.components.config.seed, e)
             interval_metrics = []
         if not any(slot.active for slot in slots):
             break
         epoch_end = done % steps_per_epoch == 0
         if train.is_eval_step(config.train, done, steps_per_epoch, total_steps):
+            fail_diverged(states, slots, last_saved, config.optim.lr)
             with timer.phase("eval"):
                 logits_NxRxC = batching.predict_logits(
                     eval_fn,
@@ -330,6 +343,8 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             or done == total_steps
             or preemption.raised
         ):
+            fail_diverged(states, slots, last_saved, config.optim.lr)
+            last_saved = done
             with timer.phase("checkpoint"):
                 for i, slot in enumerate(slots):
                     if slot.active:

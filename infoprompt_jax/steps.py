@@ -30,6 +30,11 @@ class TrainState(flax.struct.PyTreeNode):
     trainable: Params
     opt_state: optax.OptState
     rng: jax.Array
+    # The first step whose loss or gradients were not finite (0: none yet), and its loss. From
+    # that step on, updates are skipped: the params stay the last finite ones, and the host
+    # reads these two scalars only where it logs, evaluates or saves (no sync per step).
+    diverged_at: jax.Array
+    diverged_loss: jax.Array
 
 
 def create_train_state(
@@ -41,6 +46,8 @@ def create_train_state(
         trainable=trainable,
         opt_state=optimizer.init(trainable),
         rng=rng,
+        diverged_at=jnp.zeros((), jnp.int32),
+        diverged_loss=jnp.zeros((), jnp.float32),
     )
 
 
@@ -53,7 +60,11 @@ def train_step(
     optimizer: optax.GradientTransformation,
     loss_weights: objective.ObjectiveWeights,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step on the InfoPrompt objective."""
+    """One optimisation step on the InfoPrompt objective.
+
+    A step whose loss or gradients are not finite changes nothing but `step` and records itself
+    in `diverged_at` / `diverged_loss`; so do all steps after it (see `divergence`).
+    """
     # Keyed by step, so a resumed run draws the same negatives and noise as an unbroken one.
     step_key = jax.random.fold_in(state.rng, state.step)
 
@@ -64,10 +75,21 @@ def train_step(
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    first_bad = (state.diverged_at == 0) & ~finite
+    healthy = finite & (state.diverged_at == 0)
+
+    def keep_if_unhealthy(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)
+
     new_state = state.replace(
         step=state.step + 1,
-        opt_state=opt_state,
-        trainable=optax.apply_updates(state.trainable, updates),
+        opt_state=keep_if_unhealthy(opt_state, state.opt_state),
+        trainable=keep_if_unhealthy(optax.apply_updates(state.trainable, updates), state.trainable),
+        diverged_at=jnp.where(first_bad, state.step + 1, state.diverged_at),
+        diverged_loss=jnp.where(first_bad, loss.astype(jnp.float32), state.diverged_loss),
     )
     correct_B = jnp.argmax(terms["logits"], axis=-1) == batch["label"]
     metrics = {
@@ -80,6 +102,12 @@ def train_step(
         "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics
+
+
+def divergence(state: TrainState) -> tuple[int, float] | None:
+    """(step, loss) of the first non-finite step of a run, or None; one small host transfer."""
+    diverged_at, loss = jax.device_get((state.diverged_at, state.diverged_loss))
+    return (int(diverged_at), float(loss)) if diverged_at else None
 
 
 def eval_step(

@@ -1,6 +1,6 @@
 """Templates: a small string language that turns an example into fixed-shape token arrays.
 
-A template is data, not code (DESIGN.md section 1, "Templates"): whitespace-separated items
+A template is data, not code (docs/design.md, "Templates"): whitespace-separated items
 
     <s>          the tokenizer's start token (cls_token, else bos_token: `<s>`, `[CLS]`)
     </s>         the tokenizer's separator (sep_token, else eos_token: `</s>`, `[SEP]`)

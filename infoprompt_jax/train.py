@@ -177,6 +177,11 @@ def train_and_evaluate(
     main_metric = f"eval_{task.main_metric}"
     interval_metrics, eval_scores = [], {}
     start_step, start_time = int(record["step"]), time.perf_counter()
+    last_saved = start_step
+
+    def stop_if_diverged():  # Where the loop logs, evaluates or saves: never on NaN params.
+        raise_if_diverged(state, workdir_path, last_saved, config.optim.lr)
+
     timer.start("train")
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, steps_per_epoch)
@@ -187,10 +192,12 @@ def train_and_evaluate(
         done = step + 1
         trajectory.maybe_record(done, state.trainable, frozen)
         if done % config.train.log_every_steps == 0 or done == total_steps:
+            stop_if_diverged()
             log_train_metrics(writer, progress, done, interval_metrics)
             interval_metrics = []
         epoch_end = done % steps_per_epoch == 0
         if is_eval_step(config.train, done, steps_per_epoch, total_steps):
+            stop_if_diverged()
             with timer.phase("eval"):
                 eval_scores = evaluate(
                     eval_fn, state.trainable, frozen, components, dev_arrays, mesh
@@ -205,7 +212,8 @@ def train_and_evaluate(
             or done == total_steps
             or preemption.raised
         ):
-            record["step"] = done
+            stop_if_diverged()
+            record["step"] = last_saved = done
             with timer.phase("checkpoint"):
                 writer.flush()  # The metrics file holds every record up to the checkpoint.
                 checkpointing.save(manager, done, state, record)
@@ -248,14 +256,28 @@ def is_eval_step(train_config, done: int, steps_per_epoch: int, total_steps: int
     return done % (steps_per_epoch * train_config.eval_every_epochs) == 0
 
 
+def raise_if_diverged(state, workdir, last_saved: int, lr: float) -> None:
+    """Stops a run whose loss or gradients became non-finite, naming the step and the value.
+
+    Nothing after the last checkpoint is saved, evaluated or exported; rerunning the same command
+    would resume there and diverge at the same step again, hence the advice of a new workdir.
+    """
+    diverged = steps.divergence(state)
+    if diverged is None:
+        return
+    step, loss = diverged
+    kept = f"the checkpoint of step {last_saved}" if last_saved else "no checkpoint (none was due)"
+    raise FloatingPointError(
+        f"Training diverged at step {step}: loss {loss} (or a gradient) is not finite. {workdir} "
+        f"keeps {kept}; nothing later was saved or evaluated. Rerunning resumes there and "
+        f"diverges again: start a new --workdir with a lower config.optim.lr (now {lr:g}), or "
+        "check the data."
+    )
+
+
 def log_train_metrics(writer, progress, step: int, interval: list) -> None:
-    """Writes the mean of the interval's train metrics; a non-finite loss stops the run."""
+    """Writes the mean of the interval's train metrics (finite: the loop checked)."""
     fetched = jax.device_get(interval)
     means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    if not np.isfinite(means["train_loss"]):
-        raise FloatingPointError(
-            f"Non-finite train loss {means['train_loss']} at step {step}; "
-            "lower config.optim.lr or check the data."
-        )
     writer.write(step, means)
     progress.update(step, fetched[-1])

@@ -9,7 +9,7 @@ import pytest
 import sentiment_fixture
 import torch
 
-from infoprompt_jax import components
+from infoprompt_jax import components as components_lib
 from infoprompt_jax import trainable as trainable_lib
 from infoprompt_jax.tools import bench, torch_reference
 
@@ -47,22 +47,22 @@ def result(tiny_roberta_dir):
 
 
 @pytest.fixture(scope="module")
-def comps(tiny_roberta_dir):
-    return components.build_components(sentiment_fixture.tiny_config(tiny_roberta_dir))
+def components(tiny_roberta_dir):
+    return components_lib.build_components(sentiment_fixture.tiny_config(tiny_roberta_dir))
 
 
 @pytest.fixture(scope="module")
-def batch(comps):
-    return bench.synthetic_batch(comps, BATCH)
+def batch(components):
+    return bench.synthetic_batch(components, BATCH)
 
 
 @pytest.fixture(scope="module")
-def trainable(comps, batch):
+def trainable(components, batch):
     """Random params of the trainable tree's shapes (no compilation: the test is of torch)."""
-    shapes = jax.eval_shape(comps.init_params, batch)
+    shapes = jax.eval_shape(components.init_params, batch)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
-    return trainable_lib.split_params(params, comps.method.name)[0]
+    return trainable_lib.split_params(params, components.method.name)[0]
 
 
 def test_result_line_has_every_key_and_cpu_has_no_peak(result):
@@ -110,14 +110,14 @@ def test_matmul_flops_counts_every_dot_with_its_gradient_and_nested_jaxprs():
     assert bench.matmul_flops(scanned) == 7 * one_pass
 
 
-def test_flops_per_step_counts_the_whole_step_once(comps, result):
+def test_flops_per_step_counts_the_whole_step_once(components, result):
     # bench counts the matmuls of the step's jaxpr, the global step, on 8 devices here: one
     # device's share, or every device's copy, would be 8x off. In units of one full forward of
     # this 2-layer encoder: its last layer computes only the rows read, so it costs about its K
     # and V projections, 0.24 of a layer. Unprompted pass 1.24 layers, prompted pass 1.24, input
     # gradient 1.48 (layer 1's matmuls again plus twice its attention, and layer 2's K and V):
     # 3.96 layers, 1.98 forwards, plus the head's and critics' small matmuls.
-    cfg = comps.model.encoder_config
+    cfg = components.model.encoder_config
     d, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     forward = BATCH * SEQ_LEN * layers * (2 * (4 * d * d + 2 * d * i) + 4 * SEQ_LEN * d)
     ratio = result["flops_per_step"] / forward
@@ -143,8 +143,8 @@ def test_peak_tflops_by_device_kind(kind, peak):
     assert bench.peak_tflops(kind) == peak
 
 
-def test_synthetic_batch_has_the_real_layout_and_full_attention(comps, batch):
-    unk, mask = comps.tokenizer.unk_token_id, comps.tokenizer.mask_token_id
+def test_synthetic_batch_has_the_real_layout_and_full_attention(components, batch):
+    unk, mask = components.tokenizer.unk_token_id, components.tokenizer.mask_token_id
     rows = np.arange(BATCH)[:, None]
     assert batch["input_ids"].shape == (BATCH, SEQ_LEN)
     assert (batch["attention_mask"] == 1).all(), "the prompted input fills max_len"
@@ -169,8 +169,8 @@ def test_torch_step_at_init_matches_the_jax_step(result):
         assert math.isfinite(loss) and abs(loss - expected) < 0.05, (loss, expected)
 
 
-def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
-    step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
+def test_torch_step_updates_only_trainable_tensors(components, batch, trainable):
+    step = torch_reference.TorchReferenceStep.from_components(components, trainable)
     encoder_before = {k: v.clone() for k, v in step.encoder.state_dict().items()}
     head_before = {k: v.clone() for k, v in step.mlm_transform.items()}
     trainable_before = {k: v.detach().clone() for k, v in step.params.items()}
@@ -187,8 +187,8 @@ def test_torch_step_updates_only_trainable_tensors(comps, batch, trainable):
     assert set(trainable_before) == set(trainable_lib.flatten(trainable))
 
 
-def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, batch, trainable):
-    step = torch_reference.TorchReferenceStep.from_components(comps, trainable)
+def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(components, batch, trainable):
+    step = torch_reference.TorchReferenceStep.from_components(components, trainable)
     uncached = torch_reference.to_torch(batch)
     generator_input, z0 = step.unprompted_pass(uncached)
     cached = torch_reference.to_torch(
@@ -205,10 +205,10 @@ def test_torch_step_reads_a_cached_unprompted_pass_as_the_pass_itself(comps, bat
             )
 
 
-def test_torch_reference_rejects_the_released_variant(comps):
+def test_torch_reference_rejects_the_released_variant(components):
     import dataclasses
 
-    released = dataclasses.replace(comps.method.model, critic="scaled_dot")
+    released = dataclasses.replace(components.method.model, critic="scaled_dot")
     with pytest.raises(ValueError, match="critic='scaled_dot'"):
         torch_reference.check_supported(released, adapter_size=0)
 
@@ -224,8 +224,8 @@ def test_torch_compares_on_the_platform_jax_runs_on():
             bench.torch_device_for("gpu")
 
 
-def test_torch_step_runs_where_its_device_says(comps, batch, trainable):
-    step = torch_reference.TorchReferenceStep.from_components(comps, trainable, device="cpu")
+def test_torch_step_runs_where_its_device_says(components, batch, trainable):
+    step = torch_reference.TorchReferenceStep.from_components(components, trainable, device="cpu")
     tensors = torch_reference.to_torch(batch, step.device)
     assert step.device == torch.device("cpu") and step.generator.device == step.device
     assert all(p.device == step.device for p in step.params.values())

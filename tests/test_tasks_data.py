@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import shared_data
 
 from infoprompt_jax import data, readers, tasks
-
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared/data/glue"
 
 
 def write(path: Path, text: str, bom: bool = False) -> Path:
@@ -177,6 +176,7 @@ def test_bad_split_and_source():
 # Real GLUE files (../shared/data/glue).
 
 
+@shared_data.requires_shared(shared_data.GLUE_DIR)
 @pytest.mark.parametrize(
     "task_name,folder,counts",
     [
@@ -187,7 +187,7 @@ def test_bad_split_and_source():
 def test_real_glue_files(task_name, folder, counts):
     task = tasks.get_task(task_name)
     for split, n in counts.items():
-        ex = data.load_split(task, split, "local", GLUE_DIR / folder)
+        ex = data.load_split(task, split, "local", shared_data.GLUE_DIR / folder)
         assert len(ex) == n
         assert {e.label for e in ex} == {0, 1}
         assert all(e.fields[f] for e in ex for f in task.text_fields)

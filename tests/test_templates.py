@@ -1,19 +1,18 @@
 """Tests of the template language and the tokenized batch contract."""
 
 import json
-import pathlib
 import random
 
 import numpy as np
 import pytest
+import shared_data
 import tokenizers
 import transformers
 
 from infoprompt_jax import templates
 from infoprompt_jax.templates import Template, TemplateError, TemplateTokenizer
 
-# The repo and ../shared sit side by side, here and in CI.
-ROBERTA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
+ROBERTA_DIR = shared_data.ROBERTA_TOKENIZER_DIR
 # That folder holds no tokenizer_config.json, so the special tokens must be named on load.
 ROBERTA_SPECIALS = dict(
     bos_token="<s>",
@@ -209,13 +208,8 @@ def test_contract_holds_at_every_length(tokenizer, template):
 
 def test_roberta_ids_by_hand(roberta):
     encoded = TemplateTokenizer(roberta, SINGLE, 2, max_len=10).encode({"sentence": "It is great"})
-    tokens = ["<s>", "It", "Ġis", "Ġgreat", "<unk>", "<unk>", "<mask>", "</s>"]
-    if ROBERTA_DIR.is_dir():
-        vocab = json.loads((ROBERTA_DIR / "vocab.json").read_text())
-        assert [vocab[t] for t in tokens] == [0, 243, 16, 372, 3, 3, 50264, 2]
-        expected = [0, 243, 16, 372, 3, 3, 50264, 2, 1, 1]
-    else:
-        expected = [0] + _field_tokens(roberta, "It is great") + [3, 3, 4, 2, 1, 1]
+    specials = [roberta.unk_token_id] * 2 + [roberta.mask_token_id, roberta.sep_token_id]
+    expected = [0] + _field_tokens(roberta, "It is great") + specials + [1, 1]
     assert encoded["input_ids"].tolist() == expected
     assert encoded["attention_mask"].tolist() == [1] * 8 + [0] * 2
     assert encoded["prompt_positions"].tolist() == [4, 5]
@@ -224,6 +218,23 @@ def test_roberta_ids_by_hand(roberta):
     assert encoded["unprompted_mask_position"] == 4
     assert encoded["unprompted_context_mask"].tolist() == [0, 1, 1, 1] + [0] * 6
     assert encoded["token_type_ids"].tolist() == [0] * 10
+
+
+@shared_data.requires_shared(ROBERTA_DIR)
+def test_real_roberta_vocabulary_ids(roberta):
+    """Ids checked by hand against the real vocab.json, so the stand-in cannot hide a change."""
+    encoded = TemplateTokenizer(roberta, SINGLE, 2, max_len=10).encode({"sentence": "It is great"})
+    tokens = ["<s>", "It", "Ġis", "Ġgreat", "<unk>", "<unk>", "<mask>", "</s>"]
+    vocab = json.loads((ROBERTA_DIR / "vocab.json").read_text())
+    assert [vocab[t] for t in tokens] == [0, 243, 16, 372, 3, 3, 50264, 2]
+    assert encoded["input_ids"].tolist() == [0, 243, 16, 372, 3, 3, 50264, 2, 1, 1]
+    # Hello 31414, Ġthere 89: a second field has no leading space, as in HF's pair
+    # `<s> A </s></s> B </s>`.
+    pair = {"sentence1": "It is great", "sentence2": "Hello there"}
+    encoded = TemplateTokenizer(roberta, PAIR, 1, max_len=32).encode(pair)
+    assert encoded["input_ids"][6:8].tolist() == [31414, 89]
+    assert roberta("It is great", "Hello there")["input_ids"][-3:-1] == [31414, 89]
+    assert templates.verbalizer_token_ids(roberta, [" yes", " no"]) == [[4420], [117]]
 
 
 def test_roberta_second_field_has_no_leading_space(roberta):
@@ -240,10 +251,6 @@ def test_roberta_second_field_has_no_leading_space(roberta):
     )
     assert encoded["input_ids"][: len(expected)].tolist() == expected
     assert second != _field_tokens(roberta, " Hello there")  # "Hello", not "ĠHello"
-    if ROBERTA_DIR.is_dir():
-        # vocab.json: Hello 31414, Ġthere 89; HF's pair `<s> A </s></s> B </s>` ends the same.
-        assert second == [31414, 89]
-        assert roberta("It is great", "Hello there")["input_ids"][-3:-1] == second
 
 
 def test_literal_words_are_tokenized_as_one_phrase(roberta):
@@ -398,8 +405,6 @@ def test_roberta_verbalizers_are_single_space_prefixed_tokens(roberta):
     expected = [[vocab["Ġyes"]], [vocab["Ġno"]]]
     assert templates.verbalizer_token_ids(roberta, [" yes", " no"]) == expected
     assert templates.verbalizer_token_ids(roberta, ["yes", "no"]) == expected
-    if ROBERTA_DIR.is_dir():
-        assert expected == [[4420], [117]]
     located_in = templates.verbalizer_token_ids(roberta, [" located in"])[0]
     assert located_in == [vocab["Ġlocated"], vocab["Ġin"]]
 

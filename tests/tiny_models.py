@@ -8,7 +8,9 @@ the fly so the tests still run. Weights are random (no RoBERTa weights can be do
 import pathlib
 import shutil
 
-SHARED_TOKENIZER = pathlib.Path(__file__).resolve().parents[2] / "shared/data/roberta_tokenizer"
+import shared_data
+
+SHARED_TOKENIZER = shared_data.ROBERTA_TOKENIZER_DIR
 
 _WORDS = (
     "the a an it is was good bad great terrible movie film plot actor yes no maybe not "

@@ -16,10 +16,21 @@ Rerunning the same command finishes what an earlier one started.
 import importlib.util
 import pathlib
 
-_SMOKE = pathlib.Path(__file__).with_name("minilm_smoke.py")
-_spec = importlib.util.spec_from_file_location("minilm_smoke", _SMOKE)
-minilm_smoke = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(minilm_smoke)
+
+def _sibling(name: str):
+    """A grid module beside this one (grid files are loaded by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, pathlib.Path(__file__).with_name(f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+minilm_smoke = _sibling("minilm_smoke")
+paper_full = _sibling("paper_full")
+# The paper's InfoPrompt rows and prompt baselines (Adapter and Fine-tuning left out).
+PAPER_ROWS = ("InfoPrompt", "gamma=0", "beta=0", "beta=gamma=0", "WARP", "IDPG")
 
 
 def get_grid():
@@ -32,12 +43,7 @@ def get_grid():
             },
         },
         "rows": {
-            "InfoPrompt": {"method": "infoprompt"},
-            "gamma=0": {"method": "infoprompt", "loss.gamma": 0.0},
-            "beta=0": {"method": "infoprompt", "loss.beta": 0.0},
-            "beta=gamma=0": {"method": "infoprompt", "loss.beta": 0.0, "loss.gamma": 0.0},
-            "WARP": {"method": "warp"},
-            "IDPG": {"method": "idpg"},
+            **{row: paper_full.ROWS[row] for row in PAPER_ROWS},
             "released": {"method": "infoprompt", "variant": "released"},
             "InfoPrompt other_examples": {
                 "method": "infoprompt",

@@ -1,7 +1,7 @@
 """Conditional mutual information of prompts, I(P; Z | X): the paper's Figure 1.
 
 For each dev example the estimate is the InfoNCE bound of the representation critic,
-`log K - NCE_rep` (DESIGN.md section 1, step 6), for three kinds of prompt:
+`log K - NCE_rep` (docs/design.md, step 6), for three kinds of prompt:
 
 - learned: each run's own prompts, scored by that run's trained critic;
 - random: one `[n_p, D]` Gaussian draw with the word-embedding matrix's per-dimension mean and

@@ -4,8 +4,8 @@ Training always evaluates the run's own prompts (generated or free). The analyse
 same terms for prompts given from outside: one `[n_p, D]` matrix for every example (a random or
 hand-written prompt in the CMI figure, a point of the loss landscape) or `[B, n_p, D]`.
 `prompt_terms` is that forward pass, run through `model.apply(..., method=prompt_terms)`, so it
-is built from the model's own steps 1, 3, 4 and 6 (DESIGN.md section 1) and cannot drift from
-them.
+is built from the model's own steps 1, 3, 4 and 6 (docs/design.md, "The forward pass") and
+cannot drift from them.
 """
 
 import functools

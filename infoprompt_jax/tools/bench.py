@@ -151,7 +151,7 @@ def peak_device_memory_mb(devices) -> float | None:
 
 
 def synthetic_batch(
-    comps: components_lib.Components, batch_size: int, seed: int = 0
+    components: components_lib.Components, batch_size: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """A training batch of the run's exact shapes: random words, no padding in the prompted input.
 
@@ -160,7 +160,7 @@ def synthetic_batch(
     them; the text is longer than `max_len`, so truncation fills every row (full attention).
 
     Args:
-        comps: the run's components (tokenizer, template, task).
+        components: the run's components (tokenizer, template, task).
         batch_size: rows.
         seed: seed of the words and labels.
 
@@ -168,7 +168,7 @@ def synthetic_batch(
         The tokenized batch contract (docs/architecture.md) with `label`.
     """
     rng = np.random.default_rng(seed)
-    tokenizer, template = comps.tokenizer, comps.template_tokenizer
+    tokenizer, template = components.tokenizer, components.template_tokenizer
     special = set(tokenizer.all_special_ids)
     words = np.asarray([i for i in range(tokenizer.vocab_size) if i not in special])
     length = 2 * template.max_len  # Words re-tokenise to at least as many tokens, mostly more.
@@ -180,7 +180,7 @@ def synthetic_batch(
         for _ in range(batch_size)
     ]
     arrays = template.encode_batch(examples)
-    arrays["label"] = rng.integers(0, comps.task.num_labels, batch_size).astype(np.int32)
+    arrays["label"] = rng.integers(0, components.task.num_labels, batch_size).astype(np.int32)
     return arrays
 
 
@@ -192,8 +192,8 @@ def components_with_batch(
     with config.unlocked():
         config.train.batch_size = batch_size
         config.max_len = seq_len
-    comps = components_lib.build_components(config)
-    return comps, synthetic_batch(comps, batch_size, config.seed)
+    components = components_lib.build_components(config)
+    return components, synthetic_batch(components, batch_size, config.seed)
 
 
 def time_steps(run_step: Callable[[], Any], warmup_steps: int, num_steps: int) -> list[float]:
@@ -248,27 +248,29 @@ class CompiledStep:
 
 
 def compile_train_step(
-    comps: components_lib.Components, arrays: Mapping[str, np.ndarray], total_steps: int
+    components: components_lib.Components, arrays: Mapping[str, np.ndarray], total_steps: int
 ) -> CompiledStep:
     """Builds the run's state on a mesh over all devices and compiles its train step (timed).
 
     Args:
-        comps: the run's components.
+        components: the run's components.
         arrays: the host batch (`synthetic_batch`), fed to every step.
         total_steps: steps of the optimizer's schedule.
     """
-    config = comps.config
+    config = components.config
     batch_size = len(arrays["label"])
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     sharding.check_batch_size(batch_size, mesh)
-    optimizer = optimizer_lib.from_config(config, comps.method.peak_lr, total_steps)
-    state, frozen = run_state.build_state(comps, optimizer, mesh, arrays)
+    optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
+    state, frozen = run_state.build_state(components, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
-    if train.uses_cached_unprompted_pass(comps):  # As training does: the step then skips that pass.
-        arrays = train.cache_unprompted_pass(comps.model, frozen, arrays, batch_size, mesh)
+    if train.uses_cached_unprompted_pass(
+        components
+    ):  # As training does: the step then skips that pass.
+        arrays = train.cache_unprompted_pass(components.model, frozen, arrays, batch_size, mesh)
     batch = batching.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(
-        comps.model, optimizer, comps.method.loss_weights, mesh, state, frozen
+        components.model, optimizer, components.method.loss_weights, mesh, state, frozen
     )
     progress(
         f"compiling the train step on {mesh.devices.size} {jax.devices()[0].device_kind} device(s)"
@@ -285,7 +287,7 @@ def compile_train_step(
 
 
 def benchmark_jax(
-    comps: components_lib.Components,
+    components: components_lib.Components,
     arrays: Mapping[str, np.ndarray],
     warmup_steps: int,
     num_steps: int,
@@ -293,7 +295,7 @@ def benchmark_jax(
     """Compiles and times the train step on a mesh over all devices.
 
     Args:
-        comps: the run's components.
+        components: the run's components.
         arrays: the host batch (`synthetic_batch`), fed to every step.
         warmup_steps: untimed steps after compilation.
         num_steps: timed steps.
@@ -303,7 +305,7 @@ def benchmark_jax(
         `arrays` with the cached unprompted pass when `config.cache_unprompted` asks for it).
         The PyTorch reference starts from the same params and batch.
     """
-    step = compile_train_step(comps, arrays, warmup_steps + num_steps)
+    step = compile_train_step(components, arrays, warmup_steps + num_steps)
     state = step.state
     history = []  # The first step's metrics are those of the initial params.
 
@@ -364,7 +366,7 @@ def torch_device_for(jax_platform: str, requested: str = "") -> str:
 
 
 def benchmark_torch(
-    comps: components_lib.Components,
+    components: components_lib.Components,
     arrays: Mapping[str, np.ndarray],
     initial_trainable: Mapping[str, Any],
     warmup_steps: int,
@@ -381,7 +383,9 @@ def benchmark_torch(
     from infoprompt_jax.tools import torch_reference
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    reference = torch_reference.TorchReferenceStep.from_components(comps, initial_trainable, device)
+    reference = torch_reference.TorchReferenceStep.from_components(
+        components, initial_trainable, device
+    )
     batch = torch_reference.to_torch(arrays, device)
     on_cuda = reference.device.type == "cuda"
     if on_cuda:
@@ -432,10 +436,10 @@ def run_benchmark(
     Returns:
         The result keys of the module docstring.
     """
-    comps, arrays = components_with_batch(config, batch_size, seq_len)
+    components, arrays = components_with_batch(config, batch_size, seq_len)
     devices = jax.devices()
     load_1m = os.getloadavg()[0]  # Before the run: other work on the host skews its timings.
-    results, initial_trainable, arrays = benchmark_jax(comps, arrays, warmup_steps, num_steps)
+    results, initial_trainable, arrays = benchmark_jax(components, arrays, warmup_steps, num_steps)
     results.update(utilisation(results, devices[0].device_kind, len(devices)))
     results.update(
         peak_device_mem_mb=peak_device_memory_mb(jax.local_devices()),
@@ -443,11 +447,11 @@ def run_benchmark(
         device_count=len(devices),
         batch_size=batch_size,
         seq_len=seq_len,
-        num_prompt_tokens=comps.method.model.num_prompt_tokens,
-        dtype=comps.config.model.dtype,
-        method=comps.method.name,
+        num_prompt_tokens=components.method.model.num_prompt_tokens,
+        dtype=components.config.model.dtype,
+        method=components.method.name,
         steps=num_steps,
-        cache_unprompted=train.uses_cached_unprompted_pass(comps),
+        cache_unprompted=train.uses_cached_unprompted_pass(components),
         jax_version=jax.__version__,
         host_load_1m=load_1m,
     )
@@ -455,7 +459,13 @@ def run_benchmark(
         device = torch_device_for(devices[0].platform, torch_device)
         results.update(
             benchmark_torch(
-                comps, arrays, initial_trainable, warmup_steps, num_steps, torch_threads, device
+                components,
+                arrays,
+                initial_trainable,
+                warmup_steps,
+                num_steps,
+                torch_threads,
+                device,
             )
         )
         results["jax_over_torch"] = results["examples_per_s"] / results["torch_examples_per_s"]

@@ -125,8 +125,8 @@ def profile(
     config, batch_size: int, seq_len: int, steps: int, warmup_steps: int, top: int, trace_dir: str
 ) -> dict:
     """Traces `steps` train steps of `config` and returns `summary`'s figures."""
-    comps, arrays = bench.components_with_batch(config, batch_size, seq_len)
-    step = bench.compile_train_step(comps, arrays, warmup_steps + steps)
+    components, arrays = bench.components_with_batch(config, batch_size, seq_len)
+    step = bench.compile_train_step(components, arrays, warmup_steps + steps)
     state = step.state
     for _ in range(warmup_steps):
         state, _ = step.compiled(state, step.frozen, step.batch)

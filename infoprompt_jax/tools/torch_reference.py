@@ -1,7 +1,7 @@
 """The InfoPrompt train step in PyTorch eager: the baseline `bench.py --compare_torch` times.
 
-It does the work of `steps.train_step` (DESIGN.md section 1) with the Hugging Face PyTorch
-encoder, frozen (`requires_grad=False`, eval mode):
+It does the work of `steps.train_step` (docs/design.md, "The forward pass") with the Hugging
+Face PyTorch encoder, frozen (`requires_grad=False`, eval mode):
 
 1. unprompted pass under `no_grad`: `P_src = H0[<s>]`, `Z0 = H0[<mask>]` (or, with
    `config.cache_unprompted`, their values precomputed by the JAX run, as training reads them);
@@ -156,15 +156,15 @@ class TorchReferenceStep:
     @classmethod
     def from_components(
         cls,
-        comps: components_lib.Components,
+        components: components_lib.Components,
         trainable: Mapping[str, Any],
         device: str | torch.device = "cpu",
     ) -> "TorchReferenceStep":
         """The reference of a JAX run on `device`: its checkpoint, method, optimizer and initial
         params."""
-        method, config = comps.method, comps.config
+        method, config = components.method, components.config
         check_supported(method.model, method.adapter_size)
-        mlm_transform = comps.mlm_transform if method.model.has_mlm_transform else None
+        mlm_transform = components.mlm_transform if method.model.has_mlm_transform else None
         hyper = Hyperparameters(
             lr=method.peak_lr,
             weight_decay=config.optim.weight_decay,
@@ -173,9 +173,9 @@ class TorchReferenceStep:
             seed=config.seed,
         )
         return cls(
-            comps.model_dir,
+            components.model_dir,
             method.model,
-            comps.model.encoder_config,
+            components.model.encoder_config,
             method.loss_weights,
             trainable,
             mlm_transform,

@@ -1,0 +1,43 @@
+"""Running the project's commands as a user does: `python -m infoprompt_jax.X ARGS` in a child."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    """One CPU device and this checkout's package (not an installed one) in the child."""
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
+
+
+def run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m infoprompt_jax.MODULE ARGS` from the repository root; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"infoprompt_jax.{module}", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_run_args(model_dir, data_dir, workdir, *overrides: str) -> list[str]:
+    """main.py's flags for the `:tiny` SST-2 run on a local checkpoint and local files."""
+    return [
+        "--config=configs/sst2.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.model.name={model_dir}",
+        "--config.data.source=local",
+        f"--config.data.dir={data_dir}",
+        *overrides,
+    ]
