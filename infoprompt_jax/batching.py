@@ -88,6 +88,16 @@ def order_by_length(arrays: Arrays) -> np.ndarray:
     return np.argsort(row_lengths(arrays), kind="stable")
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped); at least one, or an error."""
+    if num_examples < batch_size:
+        raise ValueError(
+            f"{num_examples} training examples make no batch of {batch_size}; lower "
+            "config.train.batch_size or raise config.data.few_shot."
+        )
+    return num_examples // batch_size
+
+
 def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     """`[steps_per_epoch, batch_size]` example indices of an epoch (the remainder is dropped)."""
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
@@ -46,23 +47,51 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, record: dict[str
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]] | None:
-    """(state, record) of the latest complete checkpoint, or None when there is none.
+    """(state, record) of the newest intact checkpoint, or None when there is none.
+
+    A checkpoint that cannot be read (truncated array data, missing metadata) is skipped with a
+    warning that names its directory, and the next older one is tried.
 
     Args:
       manager: the checkpoint manager.
       abstract_state: the state's structure with shapes, dtypes and shardings
         (`jax.ShapeDtypeStruct`s), which the restored arrays take.
+
+    Raises:
+      CheckpointError: there are checkpoints, and none of them can be read.
     """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
-        ),
-    )
-    return restored["state"], dict(restored["record"])
+    saved = sorted(manager.all_steps(), reverse=True)
+    for step in saved:
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:  # Orbax and TensorStore raise many types for a bad file.
+            logging.warning(
+                "Checkpoint %s is damaged and is skipped (%s: %s).",
+                manager.directory / str(step),
+                type(error).__name__,
+                str(error).splitlines()[0][:300] if str(error) else "",
+            )
+            continue
+        if step != saved[0]:
+            logging.warning("Resuming from step %d, the newest intact checkpoint.", step)
+        return restored["state"], dict(restored["record"])
+    if saved:
+        manager.close()  # Its background threads would otherwise fail at interpreter exit.
+        raise CheckpointError(
+            f"No checkpoint in {manager.directory} can be read (steps {sorted(saved)} are all "
+            "damaged). Delete that directory to train this run from the start, or restore it "
+            "from a copy."
+        )
+    return None
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoints of a workdir exist but none can be restored."""
 
 
 class PreemptionFlag:

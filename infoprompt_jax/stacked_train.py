@@ -11,7 +11,7 @@ Each run sees what its separate run sees: its own few-shot subset, data order (`
 its seed), initial parameters and critic draws (its RNG key, folded with the step).
 
 A run whose loss or gradients turn non-finite fails alone, by the rules of a separate run
-(`train.raise_if_diverged`): the step stops updating it, it writes nothing more (no summary.json;
+(`steps.raise_if_diverged`): the step stops updating it, it writes nothing more (no summary.json;
 its last checkpoint before the divergence stays), and its siblings finish.
 """
 
@@ -32,13 +32,16 @@ from etils import epath
 from infoprompt_jax import (
     batching,
     checkpointing,
+    config_validation,
     metric_logging,
     phase_timer,
     prompt_trajectory,
     run_state,
     sharding,
     stacking,
+    steps,
     train,
+    unprompted_cache,
     workdir_files,
 )
 from infoprompt_jax import components as components_lib
@@ -114,7 +117,7 @@ class RunSlot:
 
 def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) -> None:
     """Marks the runs whose loss or gradients turned non-finite as failed, with the message a
-    separate run stops with (`train.raise_if_diverged`); the step froze their params at the
+    separate run stops with (`steps.raise_if_diverged`); the step froze their params at the
     last finite ones, and they write nothing more."""
     diverged_at, diverged_loss = jax.device_get((states.diverged_at, states.diverged_loss))
     for i, slot in enumerate(slots):
@@ -122,7 +125,7 @@ def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) 
             continue
         run = types.SimpleNamespace(diverged_at=diverged_at[i], diverged_loss=diverged_loss[i])
         try:
-            train.raise_if_diverged(run, slot.workdir, last_saved, lr)
+            steps.raise_if_diverged(run, slot.workdir, last_saved, lr)
         except FloatingPointError as e:
             slot.failure = str(e)
             logging.error("Seed %s failed: %s", slot.components.config.seed, e)
@@ -163,6 +166,8 @@ def train_and_evaluate_stacked(
     """
     timer = timer or phase_timer.PhaseTimer()
     configs = list(configs)
+    for config in configs:
+        config_validation.validate(config)
     check_stackable(configs)
     workdirs = [epath.Path(w) for w in workdirs]
     summaries: dict[int, dict[str, Any]] = {}
@@ -196,12 +201,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     num_train = len(trains[0]["label"])
     if any(len(arrays["label"]) != num_train for arrays in trains):
         raise ValueError("Stacked seeds drew training sets of different sizes; run them apart.")
-    steps_per_epoch = num_train // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{num_train} training examples make no batch of {batch_size}; lower "
-            "config.train.batch_size or raise config.data.few_shot."
-        )
+    steps_per_epoch = batching.steps_per_epoch(num_train, batch_size)
     total_steps = steps_per_epoch * config.train.num_epochs
     optimizer = optimizer_lib.from_config(config, shared.method.peak_lr, total_steps)
     timer.start("init")
@@ -237,12 +237,12 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             workdir_files.write_config(slot.workdir, slot.components.config)
     lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
-    if train.uses_cached_unprompted_pass(shared):
+    if unprompted_cache.uses_cached_unprompted_pass(shared):
         for slot in slots:
-            slot.train_arrays = train.cache_unprompted_pass(
+            slot.train_arrays = unprompted_cache.cache_unprompted_pass(
                 shared.model, frozen, slot.train_arrays, batch_size, mesh, lengths
             )
-        dev_arrays = train.cache_unprompted_pass(
+        dev_arrays = unprompted_cache.cache_unprompted_pass(
             shared.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
     timer.stop("unprompted_cache")

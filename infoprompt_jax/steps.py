@@ -110,6 +110,25 @@ def divergence(state: TrainState) -> tuple[int, float] | None:
     return (int(diverged_at), float(loss)) if diverged_at else None
 
 
+def raise_if_diverged(state, workdir, last_saved: int, lr: float) -> None:
+    """Stops a run whose loss or gradients became non-finite, naming the step and the value.
+
+    Nothing after the last checkpoint is saved, evaluated or exported; rerunning the same command
+    would resume there and diverge at the same step again, hence the advice of a new workdir.
+    """
+    diverged = divergence(state)
+    if diverged is None:
+        return
+    step, loss = diverged
+    kept = f"the checkpoint of step {last_saved}" if last_saved else "no checkpoint (none was due)"
+    raise FloatingPointError(
+        f"Training diverged at step {step}: loss {loss} (or a gradient) is not finite. {workdir} "
+        f"keeps {kept}; nothing later was saved or evaluated. Rerunning resumes there and "
+        f"diverges again: start a new --workdir with a lower config.optim.lr (now {lr:g}), or "
+        "check the data."
+    )
+
+
 def eval_step(
     trainable: Params, frozen: Params, batch: Batch, *, model: models.InfoPromptModel
 ) -> jax.Array:

@@ -5,10 +5,8 @@ itself (epoch e's order is a permutation drawn from (seed, e)), so a run resumed
 checkpoint at step s continues exactly where an unbroken run would be.
 """
 
-import functools
 import json
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,12 +18,15 @@ from etils import epath
 from infoprompt_jax import (
     batching,
     checkpointing,
+    config_validation,
     metric_logging,
     phase_timer,
     prompt_trajectory,
+    run_dir,
     run_state,
     sharding,
     steps,
+    unprompted_cache,
     workdir_files,
 )
 from infoprompt_jax import components as components_lib
@@ -54,36 +55,6 @@ def evaluate(
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
-def cache_unprompted_pass(
-    model, frozen, arrays: Arrays, batch_size: int, mesh, lengths: Sequence[int] = ()
-) -> Arrays:
-    """`arrays` plus `cached_generator_input` and `cached_z0`: the unprompted pass of every example.
-
-    The encoder is frozen and deterministic, so this pass gives the same numbers every epoch;
-    computing it once saves one of the step's two encoder forwards.
-    """
-    unprompted = jax.jit(
-        functools.partial(steps.unprompted_step, model=model),
-        out_shardings=sharding.replicated(mesh),
-    )
-    outputs = batching.map_in_batches(
-        functools.partial(unprompted, frozen), arrays, batch_size, mesh, lengths
-    )
-    return {
-        **arrays,
-        "cached_generator_input": outputs["generator_input"],
-        "cached_z0": outputs["z0"],
-    }
-
-
-def uses_cached_unprompted_pass(components: components_lib.Components) -> bool:
-    """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
-    return (
-        bool(components.config.cache_unprompted)
-        and components.method.model.prompt_source == "generator"
-    )
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, timer: phase_timer.PhaseTimer | None = None
 ) -> dict[str, Any]:
@@ -98,13 +69,18 @@ def train_and_evaluate(
       The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics, and
       `seconds` per phase (`phase_timer.PHASES`).
     """
-    timer = timer or phase_timer.PhaseTimer()
+    config_validation.validate(config)
+    with run_dir.RunLock(workdir):
+        return _train(config, epath.Path(workdir), timer or phase_timer.PhaseTimer())
+
+
+def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> dict[str, Any]:
     # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
-    workdir_path = epath.Path(workdir)
     logging.info("Loading the %s encoder and the %s data.", config.model.name, config.task)
     with timer.phase("encoder_load"):
         components = components_lib.build_components(config)
     config, task = components.config, components.task
+    run_dir.check_same_run(workdir_path, config)
     timer.start("data")
     train_arrays = components.encode(components_lib.load_examples(config, task, "train"))
     dev_arrays = components.encode(components_lib.load_examples(config, task, "dev"))
@@ -114,13 +90,11 @@ def train_and_evaluate(
     sharding.check_batch_size(batch_size, mesh)
     sharding.check_batch_size(config.train.eval_batch_size, mesh)
     num_train = len(train_arrays["label"])
-    steps_per_epoch = num_train // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{num_train} training examples make no batch of {batch_size}; lower "
-            "config.train.batch_size or raise config.data.few_shot."
-        )
+    steps_per_epoch = batching.steps_per_epoch(num_train, batch_size)
     total_steps = steps_per_epoch * config.train.num_epochs
+    if (finished := run_dir.finished_summary(workdir_path, total_steps)) is not None:
+        logging.info("%s already finished at step %d; nothing to do.", workdir_path, total_steps)
+        return finished
     optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
     sample = {k: v[:batch_size] for k, v in train_arrays.items()}
     timer.start("init")
@@ -135,24 +109,21 @@ def train_and_evaluate(
         state, record = restored
         logging.info("Resumed from step %d in %s.", record["step"], workdir_path)
     summary_path = workdir_path / "summary.json"
-    if record["step"] >= total_steps and summary_path.exists():
-        logging.info("%s already finished at step %d; nothing to do.", workdir_path, record["step"])
-        return json.loads(summary_path.read_text())
     writer.truncate_after(record["step"])
     if jax.process_index() == 0:
         workdir_files.write_config(workdir_path, config)
     lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
-    if uses_cached_unprompted_pass(components):
+    if unprompted_cache.uses_cached_unprompted_pass(components):
         logging.info(
             "Caching the unprompted pass of %d train and %d dev examples.",
             num_train,
             len(dev_arrays["label"]),
         )
-        train_arrays = cache_unprompted_pass(
+        train_arrays = unprompted_cache.cache_unprompted_pass(
             components.model, frozen, train_arrays, batch_size, mesh, lengths
         )
-        dev_arrays = cache_unprompted_pass(
+        dev_arrays = unprompted_cache.cache_unprompted_pass(
             components.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
         jax.block_until_ready(train_arrays)
@@ -180,7 +151,7 @@ def train_and_evaluate(
     last_saved = start_step
 
     def stop_if_diverged():  # Where the loop logs, evaluates or saves: never on NaN params.
-        raise_if_diverged(state, workdir_path, last_saved, config.optim.lr)
+        steps.raise_if_diverged(state, workdir_path, last_saved, config.optim.lr)
 
     timer.start("train")
     for step in range(start_step, total_steps):
@@ -254,25 +225,6 @@ def is_eval_step(train_config, done: int, steps_per_epoch: int, total_steps: int
     if train_config.eval_every_steps:
         return done % train_config.eval_every_steps == 0
     return done % (steps_per_epoch * train_config.eval_every_epochs) == 0
-
-
-def raise_if_diverged(state, workdir, last_saved: int, lr: float) -> None:
-    """Stops a run whose loss or gradients became non-finite, naming the step and the value.
-
-    Nothing after the last checkpoint is saved, evaluated or exported; rerunning the same command
-    would resume there and diverge at the same step again, hence the advice of a new workdir.
-    """
-    diverged = steps.divergence(state)
-    if diverged is None:
-        return
-    step, loss = diverged
-    kept = f"the checkpoint of step {last_saved}" if last_saved else "no checkpoint (none was due)"
-    raise FloatingPointError(
-        f"Training diverged at step {step}: loss {loss} (or a gradient) is not finite. {workdir} "
-        f"keeps {kept}; nothing later was saved or evaluated. Rerunning resumes there and "
-        f"diverges again: start a new --workdir with a lower config.optim.lr (now {lr:g}), or "
-        "check the data."
-    )
 
 
 def log_train_metrics(writer, progress, step: int, interval: list) -> None:

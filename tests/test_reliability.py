@@ -1,9 +1,15 @@
 """Faults and bad input: each class fails with one message naming what and how to fix it."""
 
 import json
+import shutil
+import subprocess
+import sys
 
 import commands
+import pytest
 import sentiment_fixture
+
+from infoprompt_jax import config_validation, run_dir
 
 
 def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(
@@ -38,3 +44,187 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     second = commands.run("main", *args)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1] == error
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.batch_size=0",
+            "config.train.batch_size=0: it is examples per step; give an integer >= 1.",
+        ),
+        (
+            "train.eval_batch_size=-1",
+            "config.train.eval_batch_size=-1: it is dev examples per compiled call; give an integer >= 1.",
+        ),
+        (
+            "train.log_every_steps=0",
+            "config.train.log_every_steps=0: it is steps between train-metric records; give an integer >= 1.",
+        ),
+        (
+            "train.eval_every_epochs=0",
+            "config.train.eval_every_epochs=0: it is epochs between evaluations; give an integer >= 1.",
+        ),
+        (
+            "train.checkpoint_every_steps=-1",
+            "config.train.checkpoint_every_steps=-1: it is steps between checkpoints (0: every epoch end); give an integer >= 0.",
+        ),
+        (
+            "train.keep_checkpoints=0",
+            "config.train.keep_checkpoints=0: it is checkpoints kept (0 would leave nothing to resume or export); give an integer >= 1.",
+        ),
+        (
+            "data.max_eval_examples=-10",
+            "config.data.max_eval_examples=-10: it is dev examples (0: all); give an integer >= 0.",
+        ),
+        ("seed=-1", "config.seed=-1: it is the run's seed; give an integer >= 0."),
+        ("optim.lr=0", "config.optim.lr=0.0: give a learning rate > 0."),
+    ],
+)
+def test_bad_config_values_are_refused_before_any_work(override, message):
+    config = sentiment_fixture.tiny_config("/nonexistent/model")
+    field, value = override.split("=")
+    *sections, name = field.split(".")
+    target = config
+    for section in sections:
+        target = target[section]
+    target[name] = type(target[name])(value)
+    with pytest.raises(ValueError) as error:
+        config_validation.validate(config)
+    assert str(error.value) == message
+
+
+def test_a_bad_value_fails_the_command_in_one_line_before_the_encoder_loads(tmp_path):
+    result = commands.run(
+        "main",
+        *commands.tiny_run_args(
+            tmp_path / "no_model",
+            tmp_path / "no_data",
+            tmp_path / "run",
+            "--config.train.log_every_steps=0",
+        ),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: config.train.log_every_steps=0: it is steps between train-metric records; "
+        "give an integer >= 1."
+    )
+    assert "Loading the" not in result.stderr
+
+
+def test_a_max_len_that_leaves_no_text_warns(caplog):
+    config = sentiment_fixture.tiny_config("/nonexistent/model")
+    config.max_len = 8
+    config_validation.validate(config)
+    assert "config.max_len=8 leaves room for a token or two of text" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_roberta_dir, tmp_path_factory):
+    """A finished tiny run with checkpoints at steps 4, 6 and 8; tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("finished")
+    data_dir = sentiment_fixture.write_sst2(root / "data", 32, 16)
+    args = commands.tiny_run_args(
+        tiny_roberta_dir,
+        data_dir,
+        root / "run",
+        "--config.train.checkpoint_every_steps=2",
+        "--config.train.keep_checkpoints=3",
+    )
+    result = commands.run("main", *args)
+    assert result.returncode == 0, result.stderr
+    return root / "run", args
+
+
+def copy_run(finished_run, tmp_path):
+    workdir, args = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy, [f"--workdir={copy}" if a.startswith("--workdir=") else a for a in args]
+
+
+def test_a_workdir_refuses_another_config_even_when_finished(finished_run, tmp_path):
+    workdir, args = copy_run(finished_run, tmp_path)
+    result = commands.run("main", *args, "--config.optim.lr=0.0003", "--config.seed=3")
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: {workdir} holds a run of another config (")
+    assert "optim.lr: 0.001 -> 0.0003; seed: 0 -> 3)" in error
+    assert "A workdir is one run: give this config a new --workdir" in error
+    assert "Only reporting fields may change on resume: log_prompt_every" in error
+
+
+def test_reporting_fields_may_change_on_resume(finished_run, tmp_path):
+    workdir, args = copy_run(finished_run, tmp_path)
+    (workdir / "summary.json").unlink()  # Unfinished again: it resumes from step 8.
+    result = commands.run("main", *args, "--config.train.log_every_steps=3")
+    assert result.returncode == 0, result.stderr
+    assert "with other reporting fields (train.log_every_steps: 1 -> 3)" in result.stderr
+
+
+def test_a_second_process_on_a_workdir_refuses_and_a_killed_one_leaves_no_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        env=commands.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError) as error:
+        run_dir.RunLock(tmp_path)
+    assert str(error.value) == (
+        f"Another process is training in {tmp_path} (it holds {tmp_path}/.lock); wait for it "
+        "to finish or stop it, or give this run another --workdir."
+    )
+    holder.kill()  # SIGKILL: no cleanup code runs.
+    holder.wait()
+    with run_dir.RunLock(tmp_path):  # The kernel dropped the dead process's lock.
+        pass
+
+
+HOLD_LOCK = """
+import sys
+from infoprompt_jax import run_dir
+lock = run_dir.RunLock(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def damage(step_dir):
+    """Truncates every array data file of a checkpoint step to half its size."""
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(finished_run, tmp_path):
+    workdir, args = copy_run(finished_run, tmp_path)
+    final = json.loads((workdir / "summary.json").read_text())
+    (workdir / "summary.json").unlink()
+    damage(workdir / "checkpoints" / "8")
+    (workdir / "checkpoints" / "6" / "state" / "_METADATA").unlink()
+    result = commands.run("main", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"Checkpoint {workdir}/checkpoints/8 is damaged and is skipped" in result.stderr
+    assert f"Checkpoint {workdir}/checkpoints/6 is damaged and is skipped" in result.stderr
+    assert "Resuming from step 4, the newest intact checkpoint." in result.stderr
+    # Steps 5-8 again, from step 4's state: the same run as the unbroken one.
+    resumed = json.loads((workdir / "summary.json").read_text())
+    assert resumed["eval_accuracy"] == final["eval_accuracy"]
+    assert resumed["best_step"] == final["best_step"]
+
+
+def test_no_intact_checkpoint_names_the_directory_and_the_fix(finished_run, tmp_path):
+    workdir, args = copy_run(finished_run, tmp_path)
+    (workdir / "summary.json").unlink()
+    for step in ("4", "6", "8"):
+        damage(workdir / "checkpoints" / step)
+    result = commands.run("main", *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: No checkpoint in {workdir}/checkpoints can be read (steps [4, 6, 8] are all "
+        "damaged). Delete that directory to train this run from the start, or restore it from "
+        "a copy."
+    )

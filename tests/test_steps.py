@@ -8,7 +8,7 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import batching, run_state, sharding, steps, train
+from infoprompt_jax import batching, run_state, sharding, steps, unprompted_cache
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import trainable as trainable_lib
@@ -179,7 +179,7 @@ def test_cached_unprompted_pass_gives_the_uncached_results(tiny_roberta_dir):
     components = components_lib.build_components(config)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     arrays = components.encode(sentiment_fixture.examples(BATCH))
-    cached = train.cache_unprompted_pass(components.model, frozen, arrays, 4, mesh)
+    cached = unprompted_cache.cache_unprompted_pass(components.model, frozen, arrays, 4, mesh)
     assert cached["cached_generator_input"].shape == (BATCH, 32) and cached["cached_z0"].shape == (
         BATCH,
         32,

@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax import batching, run_state, sharding, train
+from infoprompt_jax import batching, run_state, sharding, unprompted_cache
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import steps as steps_lib
@@ -264,10 +264,12 @@ def compile_train_step(
     optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
     state, frozen = run_state.build_state(components, optimizer, mesh, arrays)
     initial_trainable = jax.device_get(state.trainable)  # Before the first step donates `state`.
-    if train.uses_cached_unprompted_pass(
+    if unprompted_cache.uses_cached_unprompted_pass(
         components
     ):  # As training does: the step then skips that pass.
-        arrays = train.cache_unprompted_pass(components.model, frozen, arrays, batch_size, mesh)
+        arrays = unprompted_cache.cache_unprompted_pass(
+            components.model, frozen, arrays, batch_size, mesh
+        )
     batch = batching.device_batch(arrays, np.arange(batch_size), mesh)
     train_fn, _ = steps_lib.compile_steps(
         components.model, optimizer, components.method.loss_weights, mesh, state, frozen
@@ -451,7 +453,7 @@ def run_benchmark(
         dtype=components.config.model.dtype,
         method=components.method.name,
         steps=num_steps,
-        cache_unprompted=train.uses_cached_unprompted_pass(components),
+        cache_unprompted=unprompted_cache.uses_cached_unprompted_pass(components),
         jax_version=jax.__version__,
         host_load_1m=load_1m,
     )

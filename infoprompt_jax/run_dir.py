@@ -1,0 +1,132 @@
+"""A workdir is one run: one config, one process at a time.
+
+`check_same_run` compares a resumed run's resolved config with the `config.json` it started
+with, and refuses a difference in anything that changes what is computed, so steps from two
+configs never mix in one directory. `RunLock` keeps a second process out of a workdir while one
+trains there.
+"""
+
+import fcntl
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from infoprompt_jax import workdir_files
+
+# Fields that change only what is logged, evaluated or kept, never a trained number: they may
+# differ on resume. (The mesh too: the sharded step computes the unsharded one, tested to float
+# tolerance, and a preempted pod slice may come back with another shape.)
+REPORTING_FIELDS = (
+    "log_prompt_every",
+    "mesh.data",
+    "mesh.fsdp",
+    "train.checkpoint_every_steps",
+    "train.eval_batch_size",
+    "train.eval_every_epochs",
+    "train.eval_every_steps",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+)
+LOCK_FILE = ".lock"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def _as_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as `config.json` reads back (tuples become lists)."""
+    return _flatten(json.loads(config.to_json_best_effort()))
+
+
+def check_same_run(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError if `workdir` holds a run of another config (reporting fields aside).
+
+    Args:
+      workdir: the run's directory; a directory without `config.json` is a new run.
+      config: the resolved config about to train there.
+    """
+    path = epath.Path(workdir) / workdir_files.CONFIG_FILE
+    if not path.exists():
+        return
+    old = _flatten(json.loads(path.read_text()))
+    new = _as_saved(config)
+    differing = sorted(
+        k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
+    )
+    computed = [k for k in differing if k not in REPORTING_FIELDS]
+    if computed:
+        changes = "; ".join(
+            f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in computed
+        )
+        raise ValueError(
+            f"{workdir} holds a run of another config ({changes}). A workdir is one run: give "
+            "this config a new --workdir, or rerun with the saved values to resume. Only "
+            f"reporting fields may change on resume: {', '.join(REPORTING_FIELDS)}."
+        )
+    if differing:
+        logging.info(
+            "Resuming %s with other reporting fields (%s); the trained numbers are unchanged.",
+            workdir,
+            ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing),
+        )
+
+
+def finished_summary(workdir: str | epath.Path, total_steps: int) -> dict[str, Any] | None:
+    """The summary of a run that already trained all `total_steps` steps, else None."""
+    path = epath.Path(workdir) / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("step", 0) >= total_steps else None
+
+
+class RunLock:
+    """An exclusive lock on a local workdir, held while a run trains there.
+
+    `flock` on `WORKDIR/.lock`: the kernel drops it when the process exits, however it exits, so a
+    crashed run never leaves it stuck. Object stores (gs://) have no such lock; there it is
+    skipped, and one process per workdir is the user's to keep.
+    """
+
+    def __init__(self, workdir: str | epath.Path):
+        self._fd = None
+        if jax.process_index() != 0:
+            return  # One lock per run: process 0 holds it for every host of a pod.
+        if "://" in str(workdir):
+            logging.info("%s is on an object store: no lock keeps a second run out.", workdir)
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(str(workdir), LOCK_FILE)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise RuntimeError(
+                f"Another process is training in {workdir} (it holds {path}); wait for it to "
+                "finish or stop it, or give this run another --workdir."
+            ) from None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Drops the lock (also dropped when the process exits)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
