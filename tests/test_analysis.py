@@ -180,16 +180,26 @@ def test_cmi_command_writes_csv_plot_and_medians(
         ]
     )
     table = cmi.read_csv(tmp_path / "cmi.csv")
-    assert list(table) == [
+    sources = [
         "learned: a",
         "random #0",
         "random #1",
         'phrase: "it is great"',
         'phrase: "the film"',
     ]
-    assert all(values.shape == (6,) for values in table.values())
-    assert all(np.all(values <= np.log(4) + 1e-6) for values in table.values())
-    assert not np.allclose(table["random #0"], table["random #1"])
+    assert list(table) == [(s, e) for s in sources for e in ("trained", "held_out")]
+    for (_, estimator), result in table.items():
+        assert result.values.shape == (6,)
+        # trained: K = 4 of the :tiny config; held_out: K_eval = min(256, 6 dev examples).
+        assert result.cap == pytest.approx(np.log(4 if estimator == "trained" else 6))
+        assert np.all(result.values <= result.cap + 1e-6)
+    assert not np.allclose(
+        table["random #0", "trained"].values, table["random #1", "trained"].values
+    )
+    # One prompt for every example carries nothing about any of them: the held-out bound is at
+    # most 0 (the mean of s_i - logsumexp_j s_j + log K, by Jensen), whatever the critic.
+    for source in sources[1:]:
+        assert table[source, "held_out"].values.mean() <= 1e-6
     # The key is fixed (--seed=0): the same numbers again, from the module's restored run.
     components, params = restored_infoprompt
     dev = runs.encode_examples(components, "dev", max_examples=6)
@@ -203,10 +213,13 @@ def test_cmi_command_writes_csv_plot_and_medians(
         estimate = cmi.estimate_cmi(
             components.model, params, dev, jax.random.PRNGKey(0), BATCH, prompt
         )
-        np.testing.assert_allclose(table[source], estimate, rtol=1e-5, atol=1e-6, err_msg=source)
+        np.testing.assert_allclose(
+            table[source, "trained"].values, estimate, rtol=1e-5, atol=1e-6, err_msg=source
+        )
     assert (tmp_path / "cmi.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert f"learned: a: median CMI {np.median(table['learned: a']):.4f}" in printed
+    median = np.median(table["learned: a", "trained"].values)
+    assert f"learned: a [trained]: median {median:.4f} nats, cap {np.log(4):.4f}" in printed
 
 
 def test_run_labels():

@@ -13,15 +13,25 @@ score them. The critic's negatives come from the unprompted pass, as in training
 key is fixed and, batch for batch, the same for every source that shares a critic, so the sources
 are compared on the same noise and a rerun gives the same numbers.
 
-    python -m infoprompt_jax.analysis.cmi --workdirs=W1,W2 --output=DIR \
+Two estimators (`--estimator=trained|held_out|both`, default both):
+
+- trained: the run's own representation critic, `log K - NCE_rep` with the training K. That
+  critic was trained to win at exactly this task, and it wins trivially when its negatives come
+  from the unprompted pass: every learned prompt then scores the cap log K.
+- held_out: a fresh critic (`mi_estimator.py`) fitted on the train split's pairs of mean prompt
+  P_bar and prompted representation Z, and evaluated on the dev split's pairs against K_eval =
+  min(256, dev examples) candidates. It bounds I(P_bar; Z) across examples, below log K_eval.
+
+    python -m infoprompt_jax.analysis.cmi --workdirs=W1,W2 --output=DIR [--estimator=both] \
         [--phrases="it is equivalent to;has the same meaning"] [--num_random=1] [--max_examples=N]
 
-writes `DIR/cmi.csv` (source, example_index, cmi) and `DIR/cmi.png` (a box per source) and
-prints each source's median.
+writes `DIR/cmi.csv` (source, estimator, example_index, cmi, cap) and `DIR/cmi.png` (a box per
+source and estimator, each estimator's cap drawn) and prints each source's median and cap.
 """
 
 import argparse
 import csv
+import dataclasses
 import functools
 import math
 import pathlib
@@ -34,9 +44,19 @@ import ml_collections
 import numpy as np
 
 from infoprompt_jax import batching, losses, models, workdir_files
-from infoprompt_jax.analysis import plotting, prompt_eval, runs
+from infoprompt_jax.analysis import mi_estimator, plotting, prompt_eval, runs
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
+ESTIMATORS = ("trained", "held_out")
+HELD_OUT_CANDIDATES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Per-example estimates of one (source, estimator), and the estimator's cap log K."""
+
+    values: np.ndarray
+    cap: float
 
 
 def cmi_from_scores(scores_BxK: jax.Array) -> jax.Array:
@@ -124,6 +144,75 @@ def estimate_cmi(
     return np.concatenate(estimates)[:count]
 
 
+def _prompt_and_representation(module, batch, prompts):
+    if prompts is None:
+        prompts = prompt_eval.own_prompts(module, batch)
+    return jax.numpy.mean(prompts, axis=1), module.prompted_pass(batch, prompts)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _pairs_fn(model, params, batch, prompts):
+    return model.apply({"params": params}, batch, prompts, method=_prompt_and_representation)
+
+
+def prompt_representation_pairs(
+    model: models.InfoPromptModel,
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    prompt_NxD: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P_bar `[N, D]`, Z `[N, D]`): each example's mean prompt and prompted representation."""
+    padded, count = batching.pad_to_multiple(arrays, batch_size)
+    means, states = [], []
+    for start in range(0, len(padded["input_ids"]), batch_size):
+        batch = {name: value[start : start + batch_size] for name, value in padded.items()}
+        prompts = None
+        if prompt_NxD is not None:
+            prompts = np.broadcast_to(
+                np.asarray(prompt_NxD, np.float32), (batch_size,) + np.shape(prompt_NxD)
+            )
+        mean_BxD, z_BxD = _pairs_fn(model, params, batch, prompts)
+        means.append(np.asarray(mean_BxD))
+        states.append(np.asarray(z_BxD))
+    return np.concatenate(means)[:count], np.concatenate(states)[:count]
+
+
+def held_out_cmi(model, params, train_arrays, dev_arrays, batch_size, seed, prompt_NxD=None):
+    """`mi_estimator.held_out_estimate` of I(P_bar; Z), fitted on train, evaluated on dev."""
+    train_pairs = prompt_representation_pairs(model, params, train_arrays, batch_size, prompt_NxD)
+    dev_pairs = prompt_representation_pairs(model, params, dev_arrays, batch_size, prompt_NxD)
+    estimate = mi_estimator.held_out_estimate(
+        *train_pairs, *dev_pairs, num_candidates=HELD_OUT_CANDIDATES, seed=seed
+    )
+    return Result(estimate.per_example, estimate.cap)
+
+
+def estimate_source(
+    components,
+    params,
+    dev_arrays,
+    train_arrays,
+    key,
+    batch_size,
+    seed,
+    estimators,
+    name,
+    prompt_NxD=None,
+) -> dict[tuple[str, str], Result]:
+    """The estimates of one prompt source (a run's own prompts when `prompt_NxD` is None)."""
+    results = {}
+    if "trained" in estimators:
+        values = estimate_cmi(components.model, params, dev_arrays, key, batch_size, prompt_NxD)
+        cap = math.log(components.config.loss.num_candidates)
+        results[(name, "trained")] = Result(values, cap)
+    if "held_out" in estimators:
+        results[(name, "held_out")] = held_out_cmi(
+            components.model, params, train_arrays, dev_arrays, batch_size, seed, prompt_NxD
+        )
+    return results
+
+
 def require_representation_critic(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises unless the run trained a representation critic (InfoPrompt with beta > 0)."""
     if config.method != "infoprompt" or not config.loss.beta > 0:
@@ -142,15 +231,18 @@ def compute(
     max_examples: int = 0,
     seed: int = 0,
     batch_size: int = 32,
-) -> dict[str, np.ndarray]:
-    """Per-example CMI estimates of every prompt source, in plot order.
+    estimators: Sequence[str] = ESTIMATORS,
+) -> dict[tuple[str, str], Result]:
+    """Per-example CMI estimates of every prompt source and estimator, in plot order.
 
     Returns:
-        source name -> `[N]` estimates over the dev examples (the first N with max_examples).
+        (source name, estimator) -> its `Result` over the dev examples (the first N with
+        max_examples; held_out: the examples of its whole groups of K_eval).
     """
     configs = [workdir_files.load_config(w) for w in workdirs]
-    for config, workdir in zip(configs, workdirs):
-        require_representation_critic(config, workdir)  # Before any slow restore.
+    if "trained" in estimators:
+        for config, workdir in zip(configs, workdirs):
+            require_representation_critic(config, workdir)  # Before any slow restore.
     labels = list(labels) if labels else [runs.default_label(c) for c in configs]
     if len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs.")
@@ -160,62 +252,98 @@ def compute(
     for index, (workdir, label) in enumerate(zip(workdirs, labels)):
         components, params = runs.restore_run(workdir)
         arrays = runs.encode_examples(components, "dev", max_examples)
-        estimate = functools.partial(
-            estimate_cmi, components.model, params, arrays, key, batch_size
+        train_arrays = (
+            runs.encode_examples(components, "train") if "held_out" in estimators else None
         )
-        learned[f"learned: {label}"] = estimate()
+
+        estimate = functools.partial(
+            estimate_source,
+            components,
+            params,
+            arrays,
+            train_arrays,
+            key,
+            batch_size,
+            seed,
+            estimators,
+        )
+        learned.update(estimate(f"learned: {label}"))
         if index:
             continue
         table = runs.word_embedding_table(params)
         num_tokens = components.method.model.num_prompt_tokens
         for draw in range(num_random):
             name = "random" if num_random == 1 else f"random #{draw}"
-            fixed[name] = estimate(random_prompt(table, num_tokens, seed=seed * 1000 + draw))
+            fixed.update(estimate(name, random_prompt(table, num_tokens, seed=seed * 1000 + draw)))
         for phrase in phrases:
             prompt = phrase_prompt(components.tokenizer, table, phrase, num_tokens)
-            fixed[f'phrase: "{phrase}"'] = estimate(prompt)
+            fixed.update(estimate(f'phrase: "{phrase}"', prompt))
     return {**learned, **fixed}
 
 
-def write_csv(results: dict[str, np.ndarray], path: pathlib.Path) -> None:
-    """One row per (source, dev example): `source, example_index, cmi`."""
+def write_csv(results: dict[tuple[str, str], Result], path: pathlib.Path) -> None:
+    """One row per (source, estimator, dev example): `source, estimator, example_index, cmi, cap`."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["source", "example_index", "cmi"])
-        for source, values in results.items():
+        writer.writerow(["source", "estimator", "example_index", "cmi", "cap"])
+        for (source, estimator), result in results.items():
             # Nine significant digits: float32 values survive the round trip exactly.
-            writer.writerows((source, i, f"{v:.9g}") for i, v in enumerate(values))
+            writer.writerows(
+                (source, estimator, i, f"{v:.9g}", f"{result.cap:.9g}")
+                for i, v in enumerate(result.values)
+            )
 
 
-def read_csv(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """The inverse of `write_csv`: source -> estimates in example order."""
-    rows: dict[str, list[tuple[int, float]]] = {}
+def read_csv(path: str | pathlib.Path) -> dict[tuple[str, str], Result]:
+    """The inverse of `write_csv`."""
+    rows: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    caps = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            pair = (int(row["example_index"]), float(row["cmi"]))
-            rows.setdefault(row["source"], []).append(pair)
-    return {source: np.asarray([v for _, v in sorted(pairs)]) for source, pairs in rows.items()}
+            key = (row["source"], row["estimator"])
+            rows.setdefault(key, []).append((int(row["example_index"]), float(row["cmi"])))
+            caps[key] = float(row["cap"])
+    return {
+        key: Result(np.asarray([v for _, v in sorted(pairs)]), caps[key])
+        for key, pairs in rows.items()
+    }
 
 
-def plot(
-    results: dict[str, np.ndarray], path: pathlib.Path, num_candidates: int | None = None
-) -> None:
-    """A box per prompt source; a dashed line at the bound's ceiling `log K` when given."""
+def plot(results: dict[tuple[str, str], Result], path: pathlib.Path) -> None:
+    """A box per source and estimator; a line at each estimator's cap log K."""
     plt = plotting.pyplot()
-    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(results), 4.5))
-    axes.boxplot(list(results.values()), showfliers=True)
-    axes.set_xticks(range(1, len(results) + 1), list(results), rotation=25, ha="right")
-    if num_candidates:
+    estimators = list(dict.fromkeys(estimator for _, estimator in results))
+    sources = list(dict.fromkeys(source for source, _ in results))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(sources) * len(estimators), 4.8))
+    colors = {"trained": "tab:blue", "held_out": "tab:orange"}
+    width = 0.8 / len(estimators)
+    for e, estimator in enumerate(estimators):
+        keys = [(s, estimator) for s in sources if (s, estimator) in results]
+        positions = [
+            sources.index(s) + 1 + (e - (len(estimators) - 1) / 2) * width for s, _ in keys
+        ]
+        boxes = axes.boxplot(
+            [results[k].values for k in keys],
+            positions=positions,
+            widths=width * 0.9,
+            patch_artist=True,
+            showfliers=False,
+        )
+        for box in boxes["boxes"]:
+            box.set_facecolor(colors.get(estimator, "gray"))
+            box.set_alpha(0.6)
+        cap = results[keys[0]].cap
         axes.axhline(
-            math.log(num_candidates),
-            color="gray",
+            cap,
+            color=colors.get(estimator, "gray"),
             linestyle="--",
             linewidth=1,
-            label=f"log K (K={num_candidates})",
+            label=f"{estimator}: cap log K = {cap:.2f} (K = {round(math.exp(cap))})",
         )
-        axes.legend(loc="best")
-    axes.set_ylabel("CMI estimate  log K - NCE_rep  (nats)")
-    axes.set_title("I(P; Z | X) per dev example")
+    axes.set_xticks(range(1, len(sources) + 1), sources, rotation=25, ha="right")
+    axes.legend(loc="best", fontsize=8)
+    axes.set_ylabel("MI estimate, log K - NCE (nats)")
+    axes.set_title("Prompt information per dev example, trained and held-out critics")
     axes.grid(axis="y", alpha=0.3)
     plotting.save(figure, path)
 
@@ -244,6 +372,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--num_random", type=int, default=1, help="Random prompts to draw.")
     parser.add_argument(
+        "--estimator",
+        choices=("trained", "held_out", "both"),
+        default="both",
+        help="trained: the run's own critic (capped at log K of training); held_out: a fresh "
+        "critic fitted on train pairs, evaluated on dev with K_eval = min(256, dev) candidates.",
+    )
+    parser.add_argument(
         "--max_examples",
         type=int,
         default=0,
@@ -264,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     workdirs = runs.split_list(args.workdirs)
     if not workdirs:
         raise ValueError("--workdirs names no workdir.")
+    estimators = ESTIMATORS if args.estimator == "both" else (args.estimator,)
     results = compute(
         workdirs,
         runs.split_list(args.labels) or None,
@@ -272,13 +408,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         args.max_examples,
         args.seed,
         args.batch_size,
+        estimators,
     )
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(results, output / "cmi.csv")
-    plot(results, output / "cmi.png", workdir_files.load_config(workdirs[0]).loss.num_candidates)
-    for source, values in results.items():
-        print(f"{source}: median CMI {np.median(values):.4f} nats over {len(values)} examples")
+    plot(results, output / "cmi.png")
+    for (source, estimator), result in results.items():
+        print(
+            f"{source} [{estimator}]: median {np.median(result.values):.4f} nats, cap "
+            f"{result.cap:.4f}, over {len(result.values)} examples"
+        )
     print(f"Wrote {output / 'cmi.csv'} and {output / 'cmi.png'}.")
     return results
 
