@@ -14,6 +14,11 @@ Reads every `cell.json` under ROOT (written by `infoprompt_jax.experiments`) wit
 one (`best_eval_<main>`, other metrics at that step, from metrics.jsonl). results.csv has one line
 per (setting, row, task, metric) with n, expected n, mean and std (x 100, 4 decimals), and
 `Average` lines.
+
+Convergence (the paper's "InfoPrompt converges faster", as a number): per row and task, the
+steps a run takes to first reach 95% of its final dev score (main metric), mean ± std over seeds;
+a table under each setting in results.md, and metric `steps_to_95pct` (in steps, not x 100) in
+results.csv. Runs that evaluate often (`train.eval_every_steps`) resolve it finely.
 """
 
 import csv
@@ -63,6 +68,7 @@ class Run:
 
     cell: dict[str, Any]
     scores: dict[str, float] | None
+    steps_to_95pct: int | None = None
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
@@ -97,6 +103,30 @@ def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, floa
     return {m: float(v) for m, v in values.items() if v is not None}
 
 
+CONVERGENCE_FRACTION = 0.95
+CONVERGENCE_METRIC = "steps_to_95pct"
+
+
+def steps_to_fraction(
+    records: Sequence[dict[str, Any]], metric: str, fraction: float = CONVERGENCE_FRACTION
+) -> int | None:
+    """The first eval step whose `metric` reaches `fraction` of the run's last eval's value.
+
+    Args:
+        records: metrics.jsonl's records; those with `metric` are the evaluations.
+        metric: e.g. "eval_accuracy".
+        fraction: of the final score (0.95: 95%).
+
+    Returns:
+        The step, or None when the run has no evaluation.
+    """
+    evals = sorted((r["step"], r[metric]) for r in records if metric in r)
+    if not evals:
+        return None
+    target = fraction * evals[-1][1]
+    return next(step for step, value in evals if value >= target)
+
+
 def load_runs(root: str | pathlib.Path, select: str = "final") -> list[Run]:
     """Every cell under `root` with its scores."""
     if select not in ("final", "best"):
@@ -107,7 +137,12 @@ def load_runs(root: str | pathlib.Path, select: str = "final") -> list[Run]:
     runs = []
     for path in sorted(root.rglob("cell.json")):
         cell = _read_json(path)
-        runs.append(Run(cell, read_scores(path.parent, cell["task"], select)))
+        scores = read_scores(path.parent, cell["task"], select)
+        steps = None
+        if scores is not None:
+            records = workdir_files.read_metrics(path.parent, missing_ok=True)
+            steps = steps_to_fraction(records, f"eval_{task_metrics(cell['task'])[0]}")
+        runs.append(Run(cell, scores, steps))
     return runs
 
 
@@ -120,9 +155,9 @@ class Stat:
     std: float | None
 
 
-def summarize(values: Sequence[float]) -> Stat:
-    """Mean and sample std (ddof=1; None below 2 values) of [0, 1] scores, x 100."""
-    scaled = [100.0 * v for v in values]
+def summarize(values: Sequence[float], scale: float = 100.0) -> Stat:
+    """Mean and sample std (ddof=1; None below 2 values) of values x `scale` ([0, 1] scores x 100)."""
+    scaled = [scale * v for v in values]
     mean = statistics.fmean(scaled) if scaled else None
     std = statistics.stdev(scaled) if len(scaled) >= 2 else None
     return Stat(len(scaled), mean, std)
@@ -138,6 +173,7 @@ class Table:
     tasks: list[str]
     expected_n: dict[tuple[str, str], int]
     stats: dict[tuple[str, str], dict[str, Stat]]
+    convergence: dict[tuple[str, str], Stat] = dataclasses.field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -171,10 +207,12 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
     for (_, few_shot, num_tokens), group in sorted(settings.items()):
         rows = _ordered({(r.cell["row_index"], r.cell["row"]) for r in group})
         tasks = _ordered({(r.cell["task_index"], r.cell["task"]) for r in group})
-        values, expected = {}, {}
+        values, expected, steps = {}, {}, {}
         for run in group:
             key = (run.cell["row"], run.cell["task"])
             expected[key] = max(expected.get(key, 0), run.cell["num_seeds"])
+            if run.steps_to_95pct is not None:
+                steps.setdefault(key, []).append(run.steps_to_95pct)
             for metric, value in (run.scores or {}).items():
                 values.setdefault(key, {}).setdefault(metric, []).append(value)
         stats = {
@@ -184,7 +222,12 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
             for row in rows
             for task in tasks
         }
-        tables.append(Table(few_shot, num_tokens, rows, tasks, expected, stats))
+        convergence = {
+            (row, task): summarize(steps.get((row, task), []), scale=1.0)
+            for row in rows
+            for task in tasks
+        }
+        tables.append(Table(few_shot, num_tokens, rows, tasks, expected, stats, convergence))
     return tables
 
 
@@ -225,6 +268,27 @@ def table_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def convergence_markdown(table: Table) -> str:
+    """Steps to 95% of the final dev score per row and task, mean ± std over seeds."""
+    header = ["Method"] + [TASK_NAMES.get(t, t.upper()) for t in table.tasks]
+    lines = [
+        f"### {table.title}: steps to {CONVERGENCE_FRACTION:.0%} of the final dev score",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in table.rows:
+        entries = [row]
+        for task in table.tasks:
+            stat = table.convergence.get((row, task), Stat(0, None, None))
+            text = MISSING if stat.mean is None else f"{stat.mean:.0f}"
+            if stat.std is not None:
+                text += f" ± {stat.std:.0f}"
+            entries.append(text)
+        lines.append("| " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def legend(tables: Sequence[Table], select: str, num_unfinished: int) -> str:
     """What the numbers are, for the top of results.md."""
     which = (
@@ -256,7 +320,8 @@ def legend(tables: Sequence[Table], select: str, num_unfinished: int) -> str:
 def to_markdown(tables: Sequence[Table], select: str, num_unfinished: int = 0) -> str:
     """results.md: the legend, then one table per setting."""
     parts = ["# Results\n", legend(tables, select, num_unfinished)]
-    parts += [table_markdown(table) for table in tables]
+    for table in tables:
+        parts += [table_markdown(table), convergence_markdown(table)]
     return "\n".join(parts)
 
 
@@ -286,6 +351,20 @@ def to_csv(tables: Sequence[Table]) -> str:
                             _number(stat.std),
                         ]
                     )
+                stat = table.convergence.get((row, task), Stat(0, None, None))
+                writer.writerow(
+                    [
+                        table.few_shot,
+                        table.num_tokens,
+                        row,
+                        task,
+                        CONVERGENCE_METRIC,
+                        stat.n,
+                        table.expected_n.get((row, task), 0),
+                        _number(stat.mean),
+                        _number(stat.std),
+                    ]
+                )
             writer.writerow(
                 [
                     table.few_shot,

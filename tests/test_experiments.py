@@ -428,8 +428,14 @@ def report_root(tmp_path):
         if summary is not None:
             (cell.workdir(root) / "summary.json").write_text(json.dumps(summary))
         if cell.task == "mrpc":  # For --select=best: F1 at the best step.
+            # Steps to 95% of the final 0.8 (>= 0.76): seed 1's step-5 eval reaches it, seed 0's
+            # and seed 2's first reach it at step 10.
+            early = {0: "", 1: '{"step": 5, "eval_accuracy": 0.78}\n'}.get(
+                cell.seed, '{"step": 5, "eval_accuracy": 0.5}\n'
+            )
             (cell.workdir(root) / "metrics.jsonl").write_text(
-                '{"step": 10, "train_loss": 0.5}\n{"step": 10, "eval_accuracy": 0.9, "eval_f1": 0.95}\n'
+                early + '{"step": 10, "train_loss": 0.5}\n'
+                '{"step": 10, "eval_accuracy": 0.9, "eval_f1": 0.95}\n'
                 '{"step": 20, "eval_accuracy": 0.8, "eval_f1": 0.5}\n'
             )
     return root
@@ -445,9 +451,20 @@ EXPECTED_TABLE = """\
 """
 
 
+EXPECTED_CONVERGENCE = """\
+### Full data, n_p = 4: steps to 95% of the final dev score
+
+| Method | RTE | MRPC |
+|---|---|---|
+| InfoPrompt | – | 8 ± 3 |
+| WARP | – | – |
+"""
+
+
 def test_report_markdown(report_root):
     markdown = report.write_report(report_root)
-    assert markdown.endswith(EXPECTED_TABLE)
+    assert EXPECTED_TABLE + "\n" + EXPECTED_CONVERGENCE in markdown
+    assert markdown.endswith(EXPECTED_CONVERGENCE)
     assert markdown.startswith("# Results\n")
     assert "MRPC accuracy / F1" in markdown and "ddof=1" in markdown
     assert "4 cells have no summary.json yet" in markdown
@@ -466,12 +483,28 @@ def test_report_csv(report_root):
         ("InfoPrompt", "mrpc", "accuracy"): ("3", "3", "82.0000", "2.0000"),
         ("InfoPrompt", "mrpc", "f1"): ("3", "3", "86.0000", "1.0000"),
         ("InfoPrompt", "Average", "main"): ("", "", "77.0000", ""),
+        ("InfoPrompt", "rte", "steps_to_95pct"): ("0", "3", "", ""),
+        ("InfoPrompt", "mrpc", "steps_to_95pct"): ("3", "3", "8.3333", "2.8868"),
         ("WARP", "rte", "accuracy"): ("2", "3", "62.0000", "2.8284"),
         ("WARP", "mrpc", "accuracy"): ("0", "3", "", ""),
         ("WARP", "mrpc", "f1"): ("0", "3", "", ""),
         ("WARP", "Average", "main"): ("", "", "", ""),
+        ("WARP", "rte", "steps_to_95pct"): ("0", "3", "", ""),
+        ("WARP", "mrpc", "steps_to_95pct"): ("0", "3", "", ""),
     }
     assert {(r["few_shot"], r["num_tokens"]) for r in rows} == {("0", "4")}
+
+
+def test_steps_to_95pct_is_the_first_eval_at_95pct_of_the_final_one():
+    records = [
+        {"step": 4, "train_loss": 1.0},
+        {"step": 8, "eval_accuracy": 0.5},
+        {"step": 16, "eval_accuracy": 0.86},
+        {"step": 24, "eval_accuracy": 0.95},
+        {"step": 32, "eval_accuracy": 0.9},
+    ]
+    assert report.steps_to_fraction(records, "eval_accuracy") == 16  # 0.86 >= 0.95 * 0.9.
+    assert report.steps_to_fraction(records[:1], "eval_accuracy") is None
 
 
 def test_report_best(report_root):
