@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
-from infoprompt_jax import cli, pretrained, run_state, sharding, workdir_files
+from infoprompt_jax import cli, pretrained, run_state, safetensors_file, sharding, workdir_files
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import trainable as trainable_lib
 
@@ -183,6 +183,9 @@ def write_export(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = flat_float32(trainable)
+    safetensors_file.check_finite(
+        tensors, f"step {step}'s params", "Export an earlier checkpoint (--step) of the run."
+    )
     # save() and a plain write, not save_file(): that writes through a private temporary file,
     # so the export would be mode 0600, unreadable to the other users of a shared machine.
     (output_dir / PARAMS_FILE).write_bytes(
@@ -195,6 +198,7 @@ def write_export(
     info = export_info(
         components, step, sum(t.size for t in tensors.values()), record, eval_metrics
     )
+    info["params"]["sha256"] = safetensors_file.sha256(output_dir / PARAMS_FILE)
     (output_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
     components.tokenizer.save_pretrained(str(output_dir / TOKENIZER_DIR))
     return output_dir

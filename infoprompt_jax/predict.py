@@ -24,7 +24,17 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import batching, cli, pretrained, readers, run_state, sharding, steps, templates
+from infoprompt_jax import (
+    batching,
+    cli,
+    pretrained,
+    readers,
+    run_state,
+    safetensors_file,
+    sharding,
+    steps,
+    templates,
+)
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import export as export_lib
 from infoprompt_jax import tasks as tasks_lib
@@ -107,11 +117,22 @@ def task_from_export(info: Mapping[str, Any]) -> tasks_lib.TaskSpec:
     return task
 
 
-def load_trainable(path: pathlib.Path) -> dict[str, Any]:
-    """The nested trainable params from `params.safetensors`."""
-    import safetensors.numpy  # Deferred: only loading needs it.
+def load_trainable(path: pathlib.Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The nested trainable params from an export's `params.safetensors`, checked.
 
-    return trainable_lib.unflatten(safetensors.numpy.load_file(str(path)))
+    Raises:
+        DamagedFileError: the file is damaged, differs from the one exported (its SHA-256), or
+            holds non-finite values.
+    """
+    fix = "Export the run again: python -m infoprompt_jax.export --workdir=W --output=DIR."
+    if expected_sha256 is not None and safetensors_file.sha256(path) != expected_sha256:
+        raise safetensors_file.DamagedFileError(
+            f"{path} is not the file that was exported: its SHA-256 is "
+            f"{safetensors_file.sha256(path)}, export.json records {expected_sha256}. {fix}"
+        )
+    tensors = safetensors_file.read(path, fix)
+    safetensors_file.check_finite(tensors, str(path), fix)
+    return trainable_lib.unflatten({k: np.asarray(v) for k, v in tensors.items()})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -165,7 +186,7 @@ class InfoPromptClassifier:
         components = components_lib.build_components(config, task=task_from_export(info))
         components = _with_exported_tokenizer(components, export_dir / export_lib.TOKENIZER_DIR)
         params_path = export_dir / export_lib.PARAMS_FILE
-        trainable = load_trainable(params_path)
+        trainable = load_trainable(params_path, info["params"].get("sha256"))
         frozen = run_state.pretrained_frozen(components)
         run_state.check_params(
             components,
@@ -245,9 +266,16 @@ class InfoPromptClassifier:
             missing = [f for f in fields if f not in item]
             if missing:
                 raise ValueError(f"Input {index} lacks the field(s) {missing}; {expects}.")
-            return {f: item[f] for f in fields}
-        texts = (item,) if isinstance(item, str) else tuple(item)
-        if len(texts) != len(fields) or not all(isinstance(t, str) for t in texts):
+            texts = tuple(item[f] for f in fields)
+        elif isinstance(item, str):
+            texts = (item,)
+        elif isinstance(item, (tuple, list)):
+            texts = tuple(item)
+        else:
+            raise TypeError(f"Input {index} is {item!r} of type {type(item).__name__}; {expects}.")
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"Input {index} is {item!r}, not all strings; {expects}.")
+        if len(texts) != len(fields):
             raise ValueError(f"Input {index} is {item!r}; {expects}.")
         return dict(zip(fields, texts))
 
@@ -329,7 +357,8 @@ def predict_file(
                 record = {"line": row.line, "input": row.fields, **result}
                 if row.label is not None:
                     record["gold"] = row.label
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                # allow_nan=False: a bare NaN is not JSON; the params were checked finite.
+                f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
     _log_accuracy(rows, results)
     return len(rows)
 

@@ -10,16 +10,15 @@ alongside so that `transformers.AutoTokenizer` can load them from the same direc
 import hashlib
 import json
 import pathlib
-import struct
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import serialization, traverse_util
 
 from infoprompt_jax import encoder as encoder_lib
+from infoprompt_jax import safetensors_file
 
 # model_type -> (family, defaults of the fields a config.json may leave out).
 _ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
@@ -145,36 +144,6 @@ def _find_weights(model_dir: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
     return "", []
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    # Parsed by hand because safetensors.numpy cannot hold bf16, which many checkpoints use.
-    # The format: 8-byte little-endian header size, a JSON header, then the raw tensors.
-    with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
-    header.pop("__metadata__", None)
-    return {
-        name: np.asarray(data[slice(*info["data_offsets"])])
-        .view(_SAFETENSORS_DTYPES[info["dtype"]])
-        .reshape(info["shape"])
-        for name, info in header.items()
-    }
-
-
 def _read_pytorch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch  # pylint: disable=g-import-not-at-top  # Optional dependency.
@@ -186,6 +155,10 @@ def _read_pytorch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     # numpy has no bf16, so floating tensors come out as fp32.
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+# What to do about damaged encoder weights.
+_FIX = "Download the checkpoint again, or point --config.model.name at an intact copy of it."
 
 
 def read_state_dict(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -206,12 +179,18 @@ def read_state_dict(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
     model_dir = pathlib.Path(model_dir)
     kind, files = _find_weights(model_dir)
     if kind in (_SAFETENSORS, _SAFETENSORS_INDEX):
-        return {k: v for f in files for k, v in _read_safetensors(f).items()}
-    if kind == _FLAX_MSGPACK:
+        tensors = {k: v for f in files for k, v in safetensors_file.read(f, _FIX).items()}
+    elif kind == _FLAX_MSGPACK:
         tree = serialization.msgpack_restore(files[0].read_bytes())
-        return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
-    if kind == _PYTORCH_BIN:
-        return _read_pytorch_bin(files[0])
+        tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
+    elif kind == _PYTORCH_BIN:
+        tensors = _read_pytorch_bin(files[0])
+    else:
+        tensors = None
+    if tensors is not None:
+        # NaN weights are damaged weights: said here, not as "lower the lr" at step 1.
+        safetensors_file.check_finite(tensors, f"{model_dir} ({kind})", _FIX)
+        return tensors
     raise FileNotFoundError(
         f"No weights in {model_dir}: looked for {_SAFETENSORS}, "
         f"{_SAFETENSORS_INDEX}, {_FLAX_MSGPACK} and {_PYTORCH_BIN}."

@@ -276,6 +276,13 @@ def test_pair_task_takes_pairs_and_names_the_arity(rte_classifier):
         rte_classifier.predict([{"sentence1": "a"}])
     with pytest.raises(TypeError, match="wrap a single input in a list"):
         rte_classifier.predict("a man walks")
+    # Not text at all: a TypeError naming the input's index and the types it takes.
+    with pytest.raises(TypeError, match=r"^Input 1 is None of type NoneType; task 'rte' reads 2"):
+        rte_classifier.predict([("a", "b"), None])
+    with pytest.raises(TypeError, match=r"^Input 0 is 5 of type int; .*or a dict with those keys"):
+        rte_classifier.predict([5])
+    with pytest.raises(TypeError, match=r"^Input 0 is \('a', 5\), not all strings"):
+        rte_classifier.predict([("a", 5)])
     pairs = rte_classifier.predict([("a man walks", "a man moves"), ("it is dull", "it is fun")])
     dicts = rte_classifier.predict(
         [
