@@ -150,7 +150,13 @@ def _load_local(task: TaskSpec, split: str, data_dir: Path, names: Sequence[str]
     path = _local_path(task, split, data_dir)
     ids = {name: i for i, name in enumerate(names)}
     examples = []
-    for rec in readers.read_task_file(task, path):
+    records = readers.read_task_file(task, path)
+    if not records:
+        raise ValueError(
+            f"{path} holds no examples (a header or blank lines only); the split {split} of "
+            f"task {task.name!r} needs at least one."
+        )
+    for rec in records:
         if rec.label not in ids:
             raise ValueError(
                 f"{path} line {rec.line}: unknown label {rec.label!r}; allowed: {list(names)}"

@@ -6,10 +6,20 @@ import subprocess
 import sys
 
 import commands
+import numpy as np
 import pytest
+import safetensors.numpy
 import sentiment_fixture
 
-from infoprompt_jax import config_validation, run_dir
+from infoprompt_jax import (
+    config_validation,
+    data,
+    predict,
+    pretrained,
+    run_dir,
+    safetensors_file,
+    tasks,
+)
 
 
 def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(
@@ -227,4 +237,94 @@ def test_no_intact_checkpoint_names_the_directory_and_the_fix(finished_run, tmp_
         f"Error: No checkpoint in {workdir}/checkpoints can be read (steps [4, 6, 8] are all "
         "damaged). Delete that directory to train this run from the start, or restore it from "
         "a copy."
+    )
+
+
+def damaged_copies(model_dir, tmp_path):
+    """Copies of a checkpoint directory whose model.safetensors is damaged in each known way."""
+    good = (model_dir / "model.safetensors").read_bytes()
+    header_size = int.from_bytes(good[:8], "little")
+    damages = {
+        "empty": b"",
+        "lfs": b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+        "truncated": good[: len(good) // 2],
+        "header": good[:8] + b"{not json" + good[17:],
+        "short": good[:5],
+    }
+    copies = {}
+    for name, content in damages.items():
+        copy = tmp_path / name
+        shutil.copytree(model_dir, copy)
+        (copy / "model.safetensors").write_bytes(content)
+        copies[name] = copy
+    assert header_size < len(good) // 2  # "truncated" cuts the tensors, not the header.
+    return copies
+
+
+def test_damaged_encoder_weights_name_the_file_the_fault_and_the_fix(tiny_roberta_dir, tmp_path):
+    copies = damaged_copies(tiny_roberta_dir, tmp_path)
+    fix = "Download the checkpoint again, or point --config.model.name at an intact copy of it."
+    expected = {
+        "empty": "is empty (0 bytes): a download or copy did not finish.",
+        "lfs": "is a git-LFS pointer (",
+        "truncated": "is truncated: tensor ",
+        "header": "has a corrupt header (",
+        "short": "is truncated: 5 bytes, not even a header.",
+    }
+    for name, copy in copies.items():
+        with pytest.raises(safetensors_file.DamagedFileError) as error:
+            pretrained.read_state_dict(copy)
+        message = str(error.value)
+        assert message.startswith(f"{copy / 'model.safetensors'} "), message
+        assert expected[name] in message and message.endswith(fix), message
+
+
+def test_nan_encoder_weights_are_reported_as_bad_weights_at_load(tiny_roberta_dir, tmp_path):
+    tensors = pretrained.read_state_dict(tiny_roberta_dir)
+    name = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    tensors[name][3, 2] = np.nan
+    copy = tmp_path / "nan"
+    shutil.copytree(tiny_roberta_dir, copy)
+    safetensors.numpy.save_file(tensors, str(copy / "model.safetensors"))
+    with pytest.raises(safetensors_file.DamagedFileError) as error:
+        pretrained.load_pretrained(copy)
+    assert str(error.value) == (
+        f"{copy} (model.safetensors): tensor {name!r} holds 1 non-finite values (NaN or inf); "
+        "these weights are damaged. Download the checkpoint again, or point "
+        "--config.model.name at an intact copy of it."
+    )
+
+
+def test_a_damaged_or_altered_export_names_its_params_file(tmp_path):
+    params = tmp_path / "params.safetensors"
+    safetensors.numpy.save_file({"head/bias": np.ones(3, np.float32)}, str(params))
+    digest = safetensors_file.sha256(params)
+    assert predict.load_trainable(params, digest)["head"]["bias"].tolist() == [1.0, 1.0, 1.0]
+    fix = "Export the run again: python -m infoprompt_jax.export --workdir=W --output=DIR."
+    safetensors.numpy.save_file({"head/bias": np.full(3, np.nan, np.float32)}, str(params))
+    with pytest.raises(safetensors_file.DamagedFileError) as error:
+        predict.load_trainable(params, digest)
+    assert str(error.value).startswith(f"{params} is not the file that was exported: its SHA-256")
+    with pytest.raises(safetensors_file.DamagedFileError) as error:
+        predict.load_trainable(params)  # An export without a recorded digest: still checked.
+    assert str(error.value) == (
+        f"{params}: tensor 'head/bias' holds 3 non-finite values (NaN or inf); these weights "
+        f"are damaged. {fix}"
+    )
+    params.write_bytes(params.read_bytes()[:20])
+    with pytest.raises(
+        safetensors_file.DamagedFileError, match="is truncated or not a safetensors"
+    ):
+        predict.load_trainable(params)
+
+
+def test_a_header_only_train_file_names_the_file(tmp_path):
+    data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 8, 4)
+    (data_dir / "train.tsv").write_text("sentence\tlabel\n")
+    with pytest.raises(ValueError) as error:
+        data.load_split(tasks.get_task("sst2"), "train", source="local", data_dir=str(data_dir))
+    assert str(error.value) == (
+        f"{data_dir / 'train.tsv'} holds no examples (a header or blank lines only); the split "
+        "train of task 'sst2' needs at least one."
     )
