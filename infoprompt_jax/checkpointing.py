@@ -44,6 +44,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, record: dict[str
     manager.wait_until_finished()
 
 
+# Beside WORKDIR/checkpoints: where damaged steps are moved, kept for inspection.
+DAMAGED_DIR = "damaged_checkpoints"
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]] | None:
@@ -70,22 +74,30 @@ def restore_latest(
                 ),
             )
         except Exception as error:  # Orbax and TensorStore raise many types for a bad file.
+            # Moved aside, not left: the rerun saves this step again, and a save at an existing
+            # step is skipped, which would leave the damaged one as the run's final checkpoint.
+            aside = manager.directory.parent / DAMAGED_DIR / str(step)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            (manager.directory / str(step)).rename(aside)
             logging.warning(
-                "Checkpoint %s is damaged and is skipped (%s: %s).",
+                "Checkpoint %s is damaged, moved to %s (%s: %s).",
                 manager.directory / str(step),
+                aside,
                 type(error).__name__,
                 str(error).splitlines()[0][:300] if str(error) else "",
             )
             continue
         if step != saved[0]:
+            manager.reload()  # It forgets the steps moved aside.
             logging.warning("Resuming from step %d, the newest intact checkpoint.", step)
         return restored["state"], dict(restored["record"])
     if saved:
+        manager.reload()
         manager.close()  # Its background threads would otherwise fail at interpreter exit.
         raise CheckpointError(
             f"No checkpoint in {manager.directory} can be read (steps {sorted(saved)} are all "
-            "damaged). Delete that directory to train this run from the start, or restore it "
-            "from a copy."
+            f"damaged; moved to {manager.directory.parent / DAMAGED_DIR}). Rerun to train this "
+            "run from the start, or restore its checkpoints from a copy."
         )
     return None
 

@@ -232,9 +232,19 @@ def test_run_labels():
     assert runs.unique_labels(["a", "a"], ["x/s0", "y/s0"]) == ["a [s0] #0", "a [s0] #1"]
 
 
-def test_cmi_refuses_a_run_without_a_representation_critic(infoprompt_run, warp_run):
+def test_cmi_needs_a_critic_in_the_first_run_and_gives_others_the_held_out_estimate_only(
+    infoprompt_run, warp_run
+):
     with pytest.raises(ValueError, match="representation critic"):
-        cmi.compute([infoprompt_run, warp_run])
+        cmi.compute([warp_run, infoprompt_run])
+    results = cmi.compute(
+        [infoprompt_run, warp_run], labels=["ip", "warp"], max_examples=6, batch_size=BATCH
+    )
+    assert list(results)[:3] == [
+        ("learned: ip", "trained"),
+        ("learned: ip", "held_out"),
+        ("learned: warp", "held_out"),
+    ]
 
 
 # Loss landscape.

@@ -217,13 +217,21 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(finishe
     (workdir / "checkpoints" / "6" / "state" / "_METADATA").unlink()
     result = commands.run("main", *args)
     assert result.returncode == 0, result.stderr
-    assert f"Checkpoint {workdir}/checkpoints/8 is damaged and is skipped" in result.stderr
-    assert f"Checkpoint {workdir}/checkpoints/6 is damaged and is skipped" in result.stderr
+    for step in (8, 6):
+        assert (
+            f"Checkpoint {workdir}/checkpoints/{step} is damaged, moved to "
+            f"{workdir}/damaged_checkpoints/{step}"
+        ) in result.stderr
     assert "Resuming from step 4, the newest intact checkpoint." in result.stderr
     # Steps 5-8 again, from step 4's state: the same run as the unbroken one.
     resumed = json.loads((workdir / "summary.json").read_text())
     assert resumed["eval_accuracy"] == final["eval_accuracy"]
     assert resumed["best_step"] == final["best_step"]
+    # Steps 6 and 8 were saved again, intact: the run's final checkpoint can be exported.
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8"]
+    assert (
+        commands.run("export", f"--workdir={workdir}", f"--output={tmp_path / 'e'}").returncode == 0
+    )
 
 
 def test_no_intact_checkpoint_names_the_directory_and_the_fix(finished_run, tmp_path):
@@ -235,8 +243,8 @@ def test_no_intact_checkpoint_names_the_directory_and_the_fix(finished_run, tmp_
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"Error: No checkpoint in {workdir}/checkpoints can be read (steps [4, 6, 8] are all "
-        "damaged). Delete that directory to train this run from the start, or restore it from "
-        "a copy."
+        f"damaged; moved to {workdir}/damaged_checkpoints). Rerun to train this run from the "
+        "start, or restore its checkpoints from a copy."
     )
 
 

@@ -213,9 +213,14 @@ def estimate_source(
     return results
 
 
+def has_representation_critic(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trained a representation critic (InfoPrompt with beta > 0)."""
+    return config.method == "infoprompt" and config.loss.beta > 0
+
+
 def require_representation_critic(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises unless the run trained a representation critic (InfoPrompt with beta > 0)."""
-    if config.method != "infoprompt" or not config.loss.beta > 0:
+    if not has_representation_critic(config):
         raise ValueError(
             f"{workdir}: method={config.method}, loss.beta={config.loss.beta} has no trained "
             "representation critic, which the CMI estimate needs: pass InfoPrompt runs with "
@@ -240,9 +245,8 @@ def compute(
         max_examples; held_out: the examples of its whole groups of K_eval).
     """
     configs = [workdir_files.load_config(w) for w in workdirs]
-    if "trained" in estimators:
-        for config, workdir in zip(configs, workdirs):
-            require_representation_critic(config, workdir)  # Before any slow restore.
+    if "trained" in estimators:  # The first run's critic scores the fixed prompts too.
+        require_representation_critic(configs[0], workdirs[0])  # Before any slow restore.
     labels = list(labels) if labels else [runs.default_label(c) for c in configs]
     if len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs.")
@@ -256,6 +260,10 @@ def compute(
             runs.encode_examples(components, "train") if "held_out" in estimators else None
         )
 
+        # A run without a representation critic (beta = 0, baselines): the held-out one only.
+        run_estimators = [
+            e for e in estimators if e != "trained" or has_representation_critic(configs[index])
+        ]
         estimate = functools.partial(
             estimate_source,
             components,
@@ -265,7 +273,7 @@ def compute(
             key,
             batch_size,
             seed,
-            estimators,
+            run_estimators,
         )
         learned.update(estimate(f"learned: {label}"))
         if index:
