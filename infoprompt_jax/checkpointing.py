@@ -46,6 +46,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, record: dict[str
 
 # Beside WORKDIR/checkpoints: where damaged steps are moved, kept for inspection.
 DAMAGED_DIR = "damaged_checkpoints"
+# Orbax's words for a checkpoint whose tree is not the restore target's: intact, not damaged.
+_LAYOUT_MISMATCH = "tree structures do not match"
 
 
 def restore_latest(
@@ -74,6 +76,15 @@ def restore_latest(
                 ),
             )
         except Exception as error:  # Orbax and TensorStore raise many types for a bad file.
+            if _LAYOUT_MISMATCH in str(error):
+                # Intact, but not this run's state: another version or config wrote it. Never
+                # moved aside (it is not damaged); the user decides.
+                raise CheckpointError(
+                    f"{manager.directory / str(step)} holds a train state of another layout than "
+                    "this run's: it was written by another version of infoprompt_jax or for "
+                    "another config. Use the version and config that wrote it, or give this run "
+                    "a new --workdir."
+                ) from None
             # Moved aside, not left: the rerun saves this step again, and a save at an existing
             # step is skipped, which would leave the damaged one as the run's final checkpoint.
             aside = manager.directory.parent / DAMAGED_DIR / str(step)

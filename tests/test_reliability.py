@@ -6,12 +6,15 @@ import subprocess
 import sys
 
 import commands
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 import sentiment_fixture
 
 from infoprompt_jax import (
+    checkpointing,
     config_validation,
     data,
     predict,
@@ -336,3 +339,16 @@ def test_a_header_only_train_file_names_the_file(tmp_path):
         f"{data_dir / 'train.tsv'} holds no examples (a header or blank lines only); the split "
         "train of task 'sst2' needs at least one."
     )
+
+
+def test_a_checkpoint_of_another_layout_is_refused_and_kept(finished_run, tmp_path):
+    workdir, _ = copy_run(finished_run, tmp_path)
+    manager = checkpointing.make_manager(workdir)
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32)}  # Not the run's TrainState.
+    with pytest.raises(checkpointing.CheckpointError) as error:
+        checkpointing.restore_latest(manager, state)
+    assert str(error.value).startswith(
+        f"{workdir}/checkpoints/8 holds a train state of another layout than this run's"
+    )
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8"]
+    assert not (workdir / "damaged_checkpoints").exists()
