@@ -53,6 +53,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if not value >= 0:
             raise ValueError(f"config.{field}={value!r}: give a loss weight >= 0.")
+    negatives = config.loss.representation_negatives
+    if negatives != "unprompted" and config.train.batch_size < 2:
+        raise ValueError(
+            f"config.loss.representation_negatives={negatives!r} draws its negatives from the "
+            f"other examples of a batch; config.train.batch_size={config.train.batch_size} has "
+            "none: give a batch_size >= 2."
+        )
     if config.max_len < _SHORT_MAX_LEN:
         logging.warning(
             "config.max_len=%d leaves room for a token or two of text once the template's "

@@ -112,10 +112,9 @@ def representation_nce(
                 shifted.append(mu_s)
                 shifted_sigma.append(sigma_s)
         if num_negatives < 1:
-            raise ValueError(
-                f"representation_negatives={scheme!r} draws negatives from the other examples "
-                f"of a batch; a batch of {batch_size} has none: raise config.train.batch_size."
-            )
+            # A one-row batch (the model's init traces one): no other example, and InfoNCE over
+            # the positive alone is 0. Training refuses batch_size < 2 for these schemes.
+            return jnp.zeros(z_BxD.shape[:1], jnp.float32)
         mu_BxNxZ, sigma_BxNxZ = jnp.stack(shifted, axis=1), jnp.stack(shifted_sigma, axis=1)
         noise_BxNxZ = jax.random.normal(negative_key, mu_BxNxZ.shape)
         negatives_BxNxZ = mu_BxNxZ + sigma_BxNxZ * noise_BxNxZ

@@ -67,3 +67,15 @@ def test_prompted_negatives_come_from_the_batch(tiny_roberta_dir, negatives):
     assert np.all(np.isfinite(scores))
     # Each example's own generated prompt: the negatives differ from the positive.
     assert np.abs(scores[:, 1:] - scores[:, :1]).min() > 0
+
+
+def test_a_one_row_batch_has_no_in_batch_negatives_and_a_zero_term(tiny_roberta_dir):
+    # The model's init and restore trace one row: the term is 0 there instead of an error.
+    config = sentiment_fixture.tiny_config(tiny_roberta_dir)
+    config.loss.representation_negatives = "other_examples"
+    components = components_lib.build_components(config)
+    arrays = components.encode(sentiment_fixture.examples(1))
+    params = components.init_params(arrays)
+    batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+    terms = components.model.apply({"params": params}, batch, jax.random.PRNGKey(0))
+    assert terms["nce_rep"].shape == (1,) and float(terms["nce_rep"][0]) == 0.0

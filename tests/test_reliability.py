@@ -107,6 +107,14 @@ def test_bad_config_values_are_refused_before_any_work(override, message):
     assert str(error.value) == message
 
 
+def test_in_batch_negatives_need_a_batch_of_two():
+    config = sentiment_fixture.tiny_config("/nonexistent/model")
+    config.loss.representation_negatives = "other_prompts"
+    config.train.batch_size = 1
+    with pytest.raises(ValueError, match="give a batch_size >= 2"):
+        config_validation.validate(config)
+
+
 def test_a_bad_value_fails_the_command_in_one_line_before_the_encoder_loads(tmp_path):
     result = commands.run(
         "main",
