@@ -47,7 +47,8 @@ def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
     loggers = {re.match(r"[IWE]\d{4} [\d:.]+ +\d+ (\S+):\d+\]", line).group(1) for line in lines}
     assert loggers <= OWN_MODULES, loggers
     messages = [line.split("] ", 1)[1] for line in lines]
-    assert messages[1:3] == [
+    assert messages[0].startswith("Persistent compilation cache: ")
+    assert messages[2:4] == [
         f"Loading the {tiny_roberta_dir} encoder and the sst2 data.",
         "Compiling the train step (the first step takes longest).",
     ]
@@ -67,7 +68,8 @@ def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
         rf"Outputs in {re.escape(str(workdir))}: .*",
         messages[-1],
     )
-    assert len(lines) == 1 + 2 + 2 + 2 + 8 + 1  # Devices, start, saves, evals, progress, end.
+    # Cache, devices, start, saves, evals, progress, end.
+    assert len(lines) == 1 + 1 + 2 + 2 + 2 + 8 + 1
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
