@@ -19,7 +19,7 @@ def env(**extra: str) -> dict[str, str]:
     )
 
 
-def run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m infoprompt_jax.MODULE ARGS` from the repository root; output captured."""
     return subprocess.run(
         [sys.executable, "-m", f"infoprompt_jax.{module}", *args],
