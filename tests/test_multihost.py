@@ -6,9 +6,13 @@ import socket
 import subprocess
 import sys
 
+import commands
 import numpy as np
 import sentiment_fixture
-from test_train import REPO, read_jsonl
+
+from infoprompt_jax import workdir_files
+
+REPO = commands.REPO
 
 
 def free_port() -> int:
@@ -22,14 +26,14 @@ def command(model_dir, data_dir, workdir) -> list[str]:
         sys.executable,
         "-m",
         "infoprompt_jax.main",
-        "--config=configs/sst2.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.model.name={model_dir}",
-        "--config.data.source=local",
-        f"--config.data.dir={data_dir}",
-        "--config.data.few_shot=32",
-        "--config.train.batch_size=8",
-        "--config.train.eval_batch_size=8",
+        *commands.tiny_run_args(
+            model_dir,
+            data_dir,
+            workdir,
+            "--config.data.few_shot=32",
+            "--config.train.batch_size=8",
+            "--config.train.eval_batch_size=8",
+        ),
     ]
 
 
@@ -73,8 +77,8 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp
         check=True,
         capture_output=True,
     )
-    multi = read_jsonl(tmp_path / "multi" / "metrics.jsonl")
-    single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
+    multi = workdir_files.read_metrics(tmp_path / "multi")
+    single = workdir_files.read_metrics(tmp_path / "single")
     assert [r["step"] for r in multi] == [r["step"] for r in single] and len(single) == 10
     for m, s in zip(multi, single):
         for key in s:
