@@ -6,7 +6,9 @@ directory and renames it when complete, so a half-written checkpoint is never ta
 `PreemptionFlag` tells the loop when to save and stop.
 """
 
+import logging as std_logging
 import signal
+import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -67,6 +69,8 @@ def restore_latest(
       CheckpointError: there are checkpoints, and none of them can be read.
     """
     saved = sorted(manager.all_steps(), reverse=True)
+    # Before the first read: a damaged step's abandoned reads report as soon as its error is raised.
+    _silence_abandoned_reads()
     for step in saved:
         try:
             restored = manager.restore(
@@ -111,6 +115,38 @@ def restore_latest(
             "run from the start, or restore its checkpoints from a copy."
         )
     return None
+
+
+def _silence_abandoned_reads() -> None:
+    """Drops the noise of a failed restore's abandoned reads, which outlive the error.
+
+    When one array of a checkpoint cannot be read, Orbax raises at once and closes its event
+    loop, while TensorStore still finishes the step's other reads: each then fails to report
+    to the closed loop ("Event loop is closed", printed as an unraisable exception) and asyncio
+    logs its unretrieved error at garbage collection. Both come from threads, at any time up to
+    interpreter exit, so they would bury the one line that names the damaged checkpoint. Other
+    unraisable exceptions and asyncio messages still go to their usual handlers.
+    """
+    global _reads_silenced
+    if _reads_silenced:
+        return
+    _reads_silenced = True
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage()
+    )
+
+
+_reads_silenced = False
 
 
 class CheckpointError(RuntimeError):
