@@ -5,6 +5,7 @@ the class vectors from the verbalizer words' embeddings (WARP), the prompt gener
 critics from random initialisers.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,13 +41,7 @@ def init_params(
             the mean of their word embeddings. None keeps the random class vectors.
         prompt_init: `[n_p, D]` initial free prompt (WARP); None keeps the random one.
     """
-
-    def init_without_encoder(key):
-        params = model.init(key, sample_batch, key)["params"]
-        # Dropped here so XLA never materialises a random copy of the (large) encoder.
-        return {name: value for name, value in params.items() if name != "encoder"}
-
-    params = jax.jit(init_without_encoder)(rng)
+    params = _init_without_encoder(model, rng, dict(sample_batch))
     params["encoder"] = encoder_params
     head = dict(params["task_head"])
     if model.config.has_mlm_transform:
@@ -65,6 +60,16 @@ def init_params(
             raise ValueError(f"prompt_init has shape {prompt_init.shape}; expected {expected}.")
         params["prompt"] = jnp.asarray(prompt_init, jnp.float32)
     return params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_without_encoder(model: models.InfoPromptModel, key: jax.Array, sample_batch) -> Params:
+    """Every param but the encoder's. One jit for all calls (the model is static, equal models
+    hash equal): each seed of a stacked run, or a second run in one process, reuses the compiled
+    init instead of compiling its own."""
+    params = model.init(key, sample_batch, key)["params"]
+    # Dropped here so XLA never materialises a random copy of the (large) encoder.
+    return {name: value for name, value in params.items() if name != "encoder"}
 
 
 def word_embedding_table(encoder_params: Params) -> jax.Array:

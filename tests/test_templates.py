@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import shared_data
-import tokenizers
+import tiny_models
 import transformers
 
 from infoprompt_jax import templates
@@ -42,18 +42,10 @@ def _sentence(rng: random.Random, num_words: int) -> str:
 
 
 def _train_byte_level_bpe() -> transformers.PreTrainedTokenizerFast:
-    """A small byte-level BPE in RoBERTa's format, trained on generated text."""
+    """The stand-in RoBERTa tokenizer, trained on text over WORDS (so each has its own token)."""
     rng = random.Random(0)
     lines = ["It is great", "It was bad"] * 20 + [_sentence(rng, 12) for _ in range(60)]
-    bpe = tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        lines,
-        vocab_size=400,
-        min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        show_progress=False,
-    )
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **ROBERTA_SPECIALS)
+    return tiny_models.trained_byte_level_bpe(lines)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,21 @@ _WORDS = (
 ).split()
 
 
-def _train_byte_level_bpe(directory: pathlib.Path) -> None:
+def trained_byte_level_bpe(corpus: list[str]):
+    """A byte-level BPE in RoBERTa's format (vocabulary 400, RoBERTa's special tokens), trained
+    on `corpus`: the stand-in for the real RoBERTa tokenizer where `../shared` is absent."""
     import tokenizers
     import transformers
 
     tokenizer = tokenizers.ByteLevelBPETokenizer()
-    corpus = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12)) for i in range(300)]
     tokenizer.train_from_iterator(
         corpus,
         vocab_size=400,
         min_frequency=1,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
     )
-    fast = transformers.RobertaTokenizerFast(
+    return transformers.RobertaTokenizerFast(
         tokenizer_object=tokenizer._tokenizer,
         bos_token="<s>",
         eos_token="</s>",
@@ -41,7 +43,6 @@ def _train_byte_level_bpe(directory: pathlib.Path) -> None:
         pad_token="<pad>",
         mask_token="<mask>",
     )
-    fast.save_pretrained(directory)
 
 
 def roberta_tokenizer_kind() -> str:
@@ -57,7 +58,8 @@ def install_roberta_tokenizer(directory: pathlib.Path) -> str:
         tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(SHARED_TOKENIZER))
         tokenizer.save_pretrained(directory)
         return "real"
-    _train_byte_level_bpe(directory)
+    corpus = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12)) for i in range(300)]
+    trained_byte_level_bpe(corpus).save_pretrained(directory)
     return "trained"
 
 
