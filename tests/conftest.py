@@ -14,22 +14,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 def pytest_configure(config):
-    """One persistent compilation cache for the session, this process and its children.
+    """One persistent compilation cache for the session: every process and child of it.
 
     Many tests train the same tiny programs (a second seed, a resumed run, the same run from
     main.py in a child): each loads them from the cache instead of compiling again. The cache is
     fresh per session, so no result depends on an earlier run, and it never touches the user's
-    ~/.cache. A test of the cache itself passes its own directory.
+    ~/.cache. pytest-xdist workers inherit the directory from the controlling process, which
+    made it and removes it. A test of the cache itself passes its own directory.
     """
     from infoprompt_jax import compile_cache
 
-    config.compile_cache_dir = tempfile.mkdtemp(prefix="infoprompt_jax_test_cache_")
-    os.environ[compile_cache.ENV_VAR] = config.compile_cache_dir
-    compile_cache.enable(config.compile_cache_dir)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.compile_cache_dir = tempfile.mkdtemp(prefix="infoprompt_jax_test_cache_")
+        os.environ[compile_cache.ENV_VAR] = config.compile_cache_dir
+    compile_cache.enable(os.environ[compile_cache.ENV_VAR])
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(getattr(config, "compile_cache_dir", ""), ignore_errors=True)
+    if hasattr(config, "compile_cache_dir"):
+        shutil.rmtree(config.compile_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

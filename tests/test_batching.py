@@ -77,19 +77,28 @@ def run_metrics(model_dir, data_dir, workdir, buckets, cache_unprompted=False) -
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("cache_unprompted", [False, True], ids=["uncached", "cached"])
 def test_training_with_buckets_logs_what_training_at_max_len_logs(
-    tiny_roberta_dir, sst2_dir, tmp_path, cache_unprompted
+    tiny_roberta_dir, sst2_dir, tmp_path
 ):
+    """Bucketed runs, with and without the cached unprompted pass, log the max_len run's metrics."""
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(sst2_dir)
     components = components_lib.build_components(config)
     dev = components.encode(sentiment_fixture.examples(12))
     assert batching.row_lengths(dev).max() <= 16 < config.max_len  # The cut is real.
-    full = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "full", (), cache_unprompted)
-    cut = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "cut", (16,), cache_unprompted)
-    assert [sorted(m) for m in cut] == [sorted(m) for m in full]
+    full = run_metrics(tiny_roberta_dir, sst2_dir, tmp_path / "full", ())
     assert any("eval_accuracy" in m for m in full)
-    for bucketed, reference in zip(cut, full):
-        for name, value in reference.items():
-            np.testing.assert_allclose(bucketed[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+    for cache_unprompted in (False, True):
+        cut = run_metrics(
+            tiny_roberta_dir, sst2_dir, tmp_path / f"cut{cache_unprompted}", (16,), cache_unprompted
+        )
+        assert [sorted(m) for m in cut] == [sorted(m) for m in full]
+        for bucketed, reference in zip(cut, full):
+            for name, value in reference.items():
+                np.testing.assert_allclose(
+                    bucketed[name],
+                    value,
+                    rtol=2e-5,
+                    atol=1e-6,
+                    err_msg=f"{name} {cache_unprompted=}",
+                )
