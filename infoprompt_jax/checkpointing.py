@@ -6,6 +6,7 @@ directory and renames it when complete, so a half-written checkpoint is never ta
 `PreemptionFlag` tells the loop when to save and stop.
 """
 
+import functools
 import logging as std_logging
 import signal
 import sys
@@ -117,6 +118,7 @@ def restore_latest(
     return None
 
 
+@functools.cache  # Once per process: the hook and the filter are process-wide.
 def _silence_abandoned_reads() -> None:
     """Drops the noise of a failed restore's abandoned reads, which outlive the error.
 
@@ -127,10 +129,6 @@ def _silence_abandoned_reads() -> None:
     interpreter exit, so they would bury the one line that names the damaged checkpoint. Other
     unraisable exceptions and asyncio messages still go to their usual handlers.
     """
-    global _reads_silenced
-    if _reads_silenced:
-        return
-    _reads_silenced = True
     previous_hook = sys.unraisablehook
 
     def hook(unraisable):
@@ -144,9 +142,6 @@ def _silence_abandoned_reads() -> None:
     std_logging.getLogger("asyncio").addFilter(
         lambda record: "exception was never retrieved" not in record.getMessage()
     )
-
-
-_reads_silenced = False
 
 
 class CheckpointError(RuntimeError):

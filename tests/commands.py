@@ -8,12 +8,12 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def env(**extra: str) -> dict[str, str]:
-    """One CPU device and this checkout's package (not an installed one) in the child."""
+def env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """`devices` CPU devices and this checkout's package (not an installed one) in the child."""
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         PYTHONPATH=str(REPO),
         **extra,
     )

@@ -1,7 +1,6 @@
 """Multi-host for real on one machine: 2 processes x 4 CPU devices equal 1 process x 8 devices."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -37,16 +36,6 @@ def command(model_dir, data_dir, workdir) -> list[str]:
     ]
 
 
-def environment(devices: int, **extra) -> dict[str, str]:
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        **extra,
-    )
-
-
 def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp_path):
     data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 32, 16)
     port = free_port()
@@ -54,7 +43,7 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp
         subprocess.Popen(
             command(tiny_roberta_dir, data_dir, tmp_path / "multi"),
             cwd=REPO,
-            env=environment(
+            env=commands.env(
                 4,
                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                 JAX_NUM_PROCESSES="2",
@@ -73,7 +62,7 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tiny_roberta_dir, tmp
     subprocess.run(
         command(tiny_roberta_dir, data_dir, tmp_path / "single"),
         cwd=REPO,
-        env=environment(8),
+        env=commands.env(8),
         check=True,
         capture_output=True,
     )

@@ -13,16 +13,6 @@ from infoprompt_jax import templates
 from infoprompt_jax.templates import Template, TemplateError, TemplateTokenizer
 
 ROBERTA_DIR = shared_data.ROBERTA_TOKENIZER_DIR
-# That folder holds no tokenizer_config.json, so the special tokens must be named on load.
-ROBERTA_SPECIALS = dict(
-    bos_token="<s>",
-    eos_token="</s>",
-    sep_token="</s>",
-    cls_token="<s>",
-    unk_token="<unk>",
-    pad_token="<pad>",
-    mask_token="<mask>",
-)
 
 WORDS = (
     "it is great the movie was good bad and a film story yes no not very "
@@ -53,7 +43,9 @@ def roberta():
     """The real RoBERTa tokenizer from ../shared, or a trained stand-in in a bare clone."""
     if ROBERTA_DIR.is_dir():
         print(f"RoBERTa tokenizer: real, from {ROBERTA_DIR}")
-        return transformers.AutoTokenizer.from_pretrained(str(ROBERTA_DIR), **ROBERTA_SPECIALS)
+        return transformers.AutoTokenizer.from_pretrained(
+            str(ROBERTA_DIR), **tiny_models.ROBERTA_SPECIALS
+        )
     print(f"RoBERTa tokenizer: {ROBERTA_DIR} is absent; using a byte-level BPE trained here")
     return _train_byte_level_bpe()
 

@@ -19,6 +19,19 @@ _WORDS = (
 ).split()
 
 
+# RoBERTa's special tokens; its tokenizer folder in ../shared has no tokenizer_config.json to
+# name them, and the trained stand-in needs them too.
+ROBERTA_SPECIALS = dict(
+    bos_token="<s>",
+    eos_token="</s>",
+    sep_token="</s>",
+    cls_token="<s>",
+    unk_token="<unk>",
+    pad_token="<pad>",
+    mask_token="<mask>",
+)
+
+
 def trained_byte_level_bpe(corpus: list[str]):
     """A byte-level BPE in RoBERTa's format (vocabulary 400, RoBERTa's special tokens), trained
     on `corpus`: the stand-in for the real RoBERTa tokenizer where `../shared` is absent."""
@@ -34,14 +47,7 @@ def trained_byte_level_bpe(corpus: list[str]):
         show_progress=False,
     )
     return transformers.RobertaTokenizerFast(
-        tokenizer_object=tokenizer._tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
+        tokenizer_object=tokenizer._tokenizer, **ROBERTA_SPECIALS
     )
 
 
