@@ -6,12 +6,15 @@ directory and renames it when complete, so a half-written checkpoint is never ta
 `PreemptionFlag` tells the loop when to save and stop.
 """
 
+import dataclasses
 import functools
 import logging as std_logging
 import signal
 import sys
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -74,22 +77,10 @@ def restore_latest(
     _silence_abandoned_reads()
     for step in saved:
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
-                ),
-            )
+            restored = restore_step(manager, step, abstract_state)
+        except CheckpointError:
+            raise
         except Exception as error:  # Orbax and TensorStore raise many types for a bad file.
-            if _LAYOUT_MISMATCH in str(error):
-                # Intact, but not this run's state: another version or config wrote it. Never
-                # moved aside (it is not damaged); the user decides.
-                raise CheckpointError(
-                    f"{manager.directory / str(step)} holds a train state of another layout than "
-                    "this run's: it was written by another version of infoprompt_jax or for "
-                    "another config. Use the version and config that wrote it, or give this run "
-                    "a new --workdir."
-                ) from None
             # Moved aside, not left: the rerun saves this step again, and a save at an existing
             # step is skipped, which would leave the damaged one as the run's final checkpoint.
             aside = manager.directory.parent / DAMAGED_DIR / str(step)
@@ -106,7 +97,7 @@ def restore_latest(
         if step != saved[0]:
             manager.reload()  # It forgets the steps moved aside.
             logging.warning("Resuming from step %d, the newest intact checkpoint.", step)
-        return restored["state"], dict(restored["record"])
+        return restored
     if saved:
         manager.reload()
         manager.close()  # Its background threads would otherwise fail at interpreter exit.
@@ -116,6 +107,93 @@ def restore_latest(
             "run from the start, or restore its checkpoints from a copy."
         )
     return None
+
+
+def restore_step(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any
+) -> tuple[Any, dict[str, Any]]:
+    """(state, record) of the checkpoint at `step`, also one written before the state's latest
+    fields (`_restore_older_layout`).
+
+    Raises:
+      CheckpointError: the checkpoint is intact but holds another layout than `abstract_state`.
+      Exception: whatever Orbax or TensorStore raise for a damaged checkpoint.
+    """
+    try:
+        return _restore(manager, step, abstract_state)
+    except Exception as error:
+        if _LAYOUT_MISMATCH not in str(error):
+            raise
+    restored = _restore_older_layout(manager, step, abstract_state)
+    if restored is None:
+        # Intact, but not this run's state: another version or config wrote it. Never moved
+        # aside (it is not damaged); the user decides.
+        raise CheckpointError(
+            f"{manager.directory / str(step)} holds a train state of another layout than this "
+            "run's: it was written by another version of infoprompt_jax or for another config. "
+            "Use the version and config that wrote it, or give this run a new --workdir."
+        ) from None
+    return restored
+
+
+def _restore(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any
+) -> tuple[Any, dict[str, Any]]:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["record"])
+
+
+def _restore_older_layout(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any
+) -> tuple[Any, dict[str, Any]] | None:
+    """(state, record) of a checkpoint written before the state gained fields; None otherwise.
+
+    The state's class names, in `ZERO_IF_ABSENT`, the fields that older checkpoints lack and
+    whose zero is right for them (a run that never diverged). Such a checkpoint is restored
+    without them and they are filled with zeros, so an upgrade keeps a grid's finished and
+    preempted runs readable and resumable.
+    """
+    absent = getattr(type(abstract_state), "ZERO_IF_ABSENT", ())
+    if not absent:
+        return None
+    older = {
+        field.name: getattr(abstract_state, field.name)
+        for field in dataclasses.fields(abstract_state)
+        if field.name not in absent
+    }
+    try:
+        state, record = _restore(manager, step, older)
+    except Exception as error:
+        if _LAYOUT_MISMATCH in str(error):
+            return None
+        raise
+    # Orbax returns plain containers; the target's tree types (optax's states) are put back.
+    fields = {
+        name: jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(state[name]))
+        for name, target in older.items()
+    }
+    fields.update({name: _zeros(getattr(abstract_state, name)) for name in absent})
+    logging.info(
+        "%s predates the train state's %s: restored with them at 0.",
+        manager.directory / str(step),
+        ", ".join(absent),
+    )
+    return abstract_state.replace(**fields), record
+
+
+def _zeros(abstract: jax.ShapeDtypeStruct) -> jax.Array:
+    """Zeros of `abstract`'s shape and dtype, placed with its sharding (on every host)."""
+    zeros = np.zeros(abstract.shape, abstract.dtype)
+    if abstract.sharding is None:
+        return jax.numpy.asarray(zeros)
+    return jax.make_array_from_callback(
+        abstract.shape, abstract.sharding, lambda index: zeros[index]
+    )
 
 
 @functools.cache  # Once per process: the hook and the filter are process-wide.

@@ -131,23 +131,54 @@ def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) 
             logging.error("Seed %s failed: %s", slot.components.config.seed, e)
 
 
+def _drop_steps_after(slot: RunSlot, start_step: int) -> None:
+    """Deletes a run's checkpoints after the step the stacked runs resume from together.
+
+    The run trains those steps again, and a save at an existing step is skipped: kept, a stale
+    checkpoint could end up as the run's latest.
+    """
+    later = [step for step in slot.manager.all_steps() if step > start_step]
+    if later:
+        logging.warning(
+            "%s has checkpoints at steps %s, after step %d where the stacked runs resume "
+            "together: they are deleted and those steps trained again.",
+            slot.workdir,
+            sorted(later),
+            start_step,
+        )
+    for step in later:
+        slot.manager.delete(step)
+
+
+def _resume(slots: list[RunSlot], run_states: list[Any], abstract_state: Any) -> int:
+    """Restores every run at the newest step all of them reached; returns that step (0: none).
+
+    Each run's newest intact checkpoint is found as for a single run (a damaged one is moved
+    aside). Runs ahead of the slowest go back to its step, as the stack trains in lockstep.
+    """
+    restored = [checkpointing.restore_latest(slot.manager, abstract_state) for slot in slots]
+    start_step = min(int(run[1]["step"]) if run else 0 for run in restored)
+    for i, (slot, run) in enumerate(zip(slots, restored)):
+        _drop_steps_after(slot, start_step)
+        if not start_step:
+            continue
+        if int(run[1]["step"]) != start_step:
+            run = _restore_at(slot.manager, start_step, abstract_state)
+        run_states[i], slot.record = run
+    if start_step:
+        logging.info("Resumed %d stacked runs from step %d.", len(slots), start_step)
+    return start_step
+
+
 def _restore_at(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
-    """(state, record) of the checkpoint at `step` (stacked runs resume from a common step)."""
+    """(state, record) of the checkpoint at `step`, an older one than the run's newest."""
     if step not in manager.all_steps():
         raise ValueError(
             f"{manager.directory} has no checkpoint at step {step} (it has "
             f"{sorted(manager.all_steps())}): the stacked runs stopped at different steps and "
             "this one kept too few checkpoints; rerun its seed separately with main.py."
         )
-    if step == manager.latest_step():
-        return checkpointing.restore_latest(manager, abstract_state)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
-        ),
-    )
-    return restored["state"], dict(restored["record"])
+    return checkpointing.restore_step(manager, step, abstract_state)
 
 
 def train_and_evaluate_stacked(
@@ -223,12 +254,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
         record = {"step": 0, "best_step": None, "best_score": None}
         slots.append(RunSlot(components, workdir, arrays, writer, manager, record))
     with timer.phase("checkpoint"):
-        start_step = min(slot.manager.latest_step() or 0 for slot in slots)
-        if start_step:
-            for i, slot in enumerate(slots):
-                run_states[i], slot.record = _restore_at(slot.manager, start_step, abstract_state)
-                slot.record["step"] = start_step
-            logging.info("Resumed %d stacked runs from step %d.", num_runs, start_step)
+        start_step = _resume(slots, run_states, abstract_state)
     states = stacking.place_states(stacking.stack(run_states), mesh, spread)
     del run_states
     for slot in slots:

@@ -8,7 +8,7 @@ replicated, frozen weights replicated or FSDP-sharded, the state donated.
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import jax
@@ -35,6 +35,10 @@ class TrainState(flax.struct.PyTreeNode):
     # reads these two scalars only where it logs, evaluates or saves (no sync per step).
     diverged_at: jax.Array
     diverged_loss: jax.Array
+
+    # Checkpoints written before divergence tracking lack these; restored, they read 0 (never
+    # diverged), which is true of any run such a version saved (checkpointing.restore_latest).
+    ZERO_IF_ABSENT: ClassVar[tuple[str, ...]] = ("diverged_at", "diverged_loss")
 
 
 def create_train_state(

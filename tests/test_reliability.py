@@ -22,7 +22,10 @@ from infoprompt_jax import (
     run_dir,
     safetensors_file,
     tasks,
+    workdir_files,
 )
+from infoprompt_jax import components as components_lib
+from infoprompt_jax.analysis import runs as analysis_runs
 
 
 def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(
@@ -363,3 +366,26 @@ def test_a_checkpoint_of_another_layout_is_refused_and_kept(finished_run, tmp_pa
     )
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8"]
     assert not (workdir / "damaged_checkpoints").exists()
+
+
+def test_a_checkpoint_from_before_divergence_tracking_restores_with_zeros(finished_run, tmp_path):
+    """An upgrade keeps old runs readable: their state lacks diverged_at and diverged_loss."""
+    workdir, _ = copy_run(finished_run, tmp_path)
+    components = components_lib.build_components(workdir_files.load_config(workdir))
+    sample = analysis_runs.encode_examples(components, "dev", max_examples=1)
+    abstract_state, _ = analysis_runs.restore_target(components, sample)
+    manager = checkpointing.make_manager(workdir)
+    current, record = checkpointing.restore_latest(manager, abstract_state)
+    # Step 8 as the older version wrote it: the same state without the two fields.
+    older = {name: getattr(current, name) for name in ("step", "trainable", "opt_state", "rng")}
+    old_workdir = tmp_path / "old"
+    old_manager = checkpointing.make_manager(old_workdir)
+    checkpointing.save(old_manager, 8, older, record)
+    restored, restored_record = checkpointing.restore_latest(old_manager, abstract_state)
+    assert restored_record == record
+    assert int(restored.diverged_at) == 0 and float(restored.diverged_loss) == 0.0
+    for name in ("step", "trainable", "opt_state", "rng"):
+        assert jax.tree.structure(getattr(restored, name)) == jax.tree.structure(
+            getattr(current, name)
+        ), name
+        jax.tree.map(np.testing.assert_array_equal, getattr(restored, name), getattr(current, name))

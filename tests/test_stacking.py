@@ -6,11 +6,13 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import sentiment_fixture
 
 from infoprompt_jax import (
     batching,
+    checkpointing,
     compile_cache,
     experiments,
     report,
@@ -152,6 +154,39 @@ def test_interrupted_stacked_run_resumes_to_the_unbroken_result(runs, tiny_rober
         )
         for key in ("step", "eval_accuracy", "best_step", "best_eval_accuracy"):
             assert a[key] == b[key], key
+
+
+def test_a_damaged_checkpoint_of_one_seed_resumes_the_stack_from_the_newest_common_step(
+    runs, tiny_roberta_dir, tmp_path
+):
+    data_dir, _, stacked = runs
+    workdirs = [tmp_path / f"seed{s}" for s in SEEDS]
+    for source, workdir in zip(stacked, workdirs):
+        shutil.copytree(source, workdir)
+        (workdir / "summary.json").unlink()
+    assert sorted(p.name for p in (workdirs[1] / "checkpoints").iterdir()) == ["6", "9"]
+    for path in (workdirs[1] / "checkpoints" / "9" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # Truncated array data.
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
+    stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
+    # Seed 1 falls back to step 6, seed 0 goes back to it: both train steps 7-9 again.
+    assert (tmp_path / "seed1" / "damaged_checkpoints" / "9").is_dir()
+    for workdir, reference in zip(workdirs, stacked):
+        assert read_jsonl(workdir / "metrics.jsonl") == read_jsonl(reference / "metrics.jsonl")
+        assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["6", "9"]
+        final, expected = (saved_trainable(d, 9) for d in (workdir, reference))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), final, expected)
+
+
+def saved_trainable(workdir: pathlib.Path, step: int):
+    """The trainable params saved at `step`, as numpy arrays (no target tree needed)."""
+    manager = checkpointing.make_manager(workdir)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    return jax.tree.map(np.asarray, restored["state"]["trainable"])
 
 
 def test_a_diverging_seed_fails_alone(runs, tiny_roberta_dir, tmp_path, monkeypatch):
