@@ -1,16 +1,18 @@
 import os
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 import pathlib
-import shutil
 import sys
-import tempfile
-
-import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import commands  # noqa: E402 (our helpers; no jax: XLA_FLAGS must be set before jax loads)
+
+os.environ.setdefault("XLA_FLAGS", commands.xla_flags(8))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
 
 
 def pytest_configure(config):

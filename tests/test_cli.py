@@ -2,15 +2,15 @@
 
 import logging
 import os
-import pathlib
 import subprocess
 import sys
 
+import commands
 import pytest
 
 from infoprompt_jax import cli, tasks
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 
 
 def run_command(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -17,9 +17,10 @@ import re
 import subprocess
 import sys
 
+import commands
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 DOC_FILES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 PACKAGE = "infoprompt_jax"
 

@@ -9,11 +9,12 @@ import shlex
 import subprocess
 import sys
 
+import commands
 import pytest
 
 from infoprompt_jax import experiments, grids, report
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 
 # ml_collections loads config files with importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")

@@ -1,46 +1,26 @@
 """Tests of the training command as a user sees it: its log lines, --show_config, the last line."""
 
-import os
-import pathlib
 import re
 import subprocess
-import sys
 
+import commands
 import sentiment_fixture
 
 from configs import default
 from infoprompt_jax import config_listing
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 OWN_MODULES = {path.name for path in (REPO / "infoprompt_jax").rglob("*.py")}
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "infoprompt_jax.main", *args],
-        cwd=REPO,
-        env=dict(
-            os.environ,
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_force_host_platform_device_count=1",
-            PYTHONPATH=str(REPO),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return commands.run("main", *args)
 
 
 def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
     data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 32, 16)
     workdir = tmp_path / "run"
-    result = run_main(
-        "--config=configs/sst2.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.model.name={tiny_roberta_dir}",
-        "--config.data.source=local",
-        f"--config.data.dir={data_dir}",
-    )
+    result = run_main(*commands.tiny_run_args(tiny_roberta_dir, data_dir, workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     # absl's prefix names the file that logged: ours only, no Orbax or JAX INFO chatter.

@@ -1,18 +1,13 @@
 """Phase timings in summary.json, `report --timings`, and the persistent compilation cache."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import time
 
+import commands
 import pytest
 import sentiment_fixture
 
 from infoprompt_jax import compile_cache, phase_timer, report
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_nested_phases_are_counted_once():
@@ -65,22 +60,12 @@ def test_compile_cache_directory_precedence(monkeypatch, tmp_path):
 
 
 def _run_main(model_dir, data_dir, workdir, cache_dir) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "infoprompt_jax.main",
-        "--config=configs/sst2.py:tiny",
-        f"--workdir={workdir}",
+    result = commands.run(
+        "main",
+        *commands.tiny_run_args(model_dir, data_dir, workdir, "--config.train.num_epochs=1"),
         f"--compile_cache={cache_dir}",
-        f"--config.model.name={model_dir}",
-        "--config.data.source=local",
-        f"--config.data.dir={data_dir}",
-        "--config.train.num_epochs=1",
-    ]
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO)
     )
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((workdir / "summary.json").read_text())
 
 

@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import commands
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -25,7 +26,7 @@ from infoprompt_jax import (
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 
 SEEDS = (0, 1)
 # Measured on this CPU: stacked vs separate eval accuracy differs by 0 and the train loss by
@@ -239,7 +240,7 @@ def get_grid():
 
 def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", commands.xla_flags(1))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     # experiments.run sets the cache directory in os.environ; undo it after the test.
     monkeypatch.setenv(compile_cache.ENV_VAR, "")

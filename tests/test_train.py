@@ -1,12 +1,12 @@
 """Tests of the training driver: configs, resume after SIGKILL, SIGTERM, checkpoints."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 
+import commands
 import ml_collections
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from infoprompt_jax import checkpointing, methods, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = commands.REPO
 
 
 def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
@@ -82,41 +82,26 @@ def test_methods_resolve_to_their_loss_weights_and_prompts():
         methods.resolve(config, 2, has_mlm_transform=True)
 
 
-def main_command(model_dir, data_dir, workdir) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "infoprompt_jax.main",
-        "--config=configs/sst2.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.model.name={model_dir}",
-        "--config.data.source=local",
-        f"--config.data.dir={data_dir}",
+def main_args(model_dir, data_dir, workdir) -> list[str]:
+    return commands.tiny_run_args(
+        model_dir,
+        data_dir,
+        workdir,
         "--config.train.checkpoint_every_steps=3",
         "--config.train.num_epochs=3",
-    ]
-
-
-def single_device_env() -> dict[str, str]:
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO),
     )
-    return env
 
 
-def run_until(command: list[str], marker: str, sig: int) -> tuple[int, str]:
-    """Runs `command`, sends `sig` when `marker` appears on its stderr.
+def run_until(args: list[str], marker: str, sig: int) -> tuple[int, str]:
+    """Runs main.py with `args`, sends `sig` when `marker` appears on its stderr.
 
     Returns:
         The exit code and the stderr printed after the marker.
     """
     process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=single_device_env(),
+        [sys.executable, "-m", "infoprompt_jax.main", *args],
+        cwd=commands.REPO,
+        env=commands.env(),
         text=True,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -140,13 +125,8 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 def uninterrupted(tiny_roberta_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     data_dir = sentiment_fixture.write_sst2(root / "data", 32, 16)
-    subprocess.run(
-        main_command(tiny_roberta_dir, data_dir, root / "run"),
-        cwd=REPO,
-        env=single_device_env(),
-        check=True,
-        capture_output=True,
-    )
+    result = commands.run("main", *main_args(tiny_roberta_dir, data_dir, root / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
     return (
         data_dir,
         read_jsonl(root / "run" / "metrics.jsonl"),
@@ -158,16 +138,17 @@ def test_sigterm_and_sigkill_then_rerun_end_with_the_uninterrupted_metrics(
     tiny_roberta_dir, tmp_path, uninterrupted
 ):
     data_dir, reference_metrics, reference_summary = uninterrupted
-    command = main_command(tiny_roberta_dir, data_dir, tmp_path / "run")
+    args = main_args(tiny_roberta_dir, data_dir, tmp_path / "run")
     # Preemption: SIGTERM makes the run save at the next step and exit 143.
-    code, stderr = run_until(command, "Saved checkpoint at step 3", signal.SIGTERM)
+    code, stderr = run_until(args, "Saved checkpoint at step 3", signal.SIGTERM)
     assert code == 143, stderr[-2000:]
     assert "SIGTERM: saved step" in stderr
     assert not (tmp_path / "run" / "summary.json").exists()
     # A crash: SIGKILL gives no chance to save; the rerun goes back to the last checkpoint.
-    code, _ = run_until(command, "Saved checkpoint at step 6", signal.SIGKILL)
+    code, _ = run_until(args, "Saved checkpoint at step 6", signal.SIGKILL)
     assert code == -signal.SIGKILL
-    subprocess.run(command, cwd=REPO, env=single_device_env(), check=True, capture_output=True)
+    result = commands.run("main", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == reference_metrics
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     for key in ("step", "eval_accuracy", "best_step", "best_eval_accuracy"):
