@@ -26,7 +26,7 @@ setuptools.setup(
     ],
     extras_require={
         # torch is the parity reference of the tests only; ==2.13.0 is the CPU build on disk.
-        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.8", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "matplotlib>=3.8", "ruff>=0.6"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "analysis": ["matplotlib>=3.8"],
         # gcsfs lets Orbax and etils read and write gs:// workdirs without TensorFlow.
