@@ -30,10 +30,15 @@ def env(devices: int = 1, **extra: str) -> dict[str, str]:
     )
 
 
+def argv(module: str, *args: str) -> list[str]:
+    """The command line `python -m infoprompt_jax.MODULE ARGS`."""
+    return [sys.executable, "-m", f"infoprompt_jax.{module}", *args]
+
+
 def run(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m infoprompt_jax.MODULE ARGS` from the repository root; output captured."""
     return subprocess.run(
-        [sys.executable, "-m", f"infoprompt_jax.{module}", *args],
+        argv(module, *args),
         cwd=REPO,
         env=env(),
         capture_output=True,

@@ -1,7 +1,6 @@
 """Tests of the training command as a user sees it: its log lines, --show_config, the last line."""
 
 import re
-import subprocess
 
 import commands
 import sentiment_fixture
@@ -13,14 +12,10 @@ REPO = commands.REPO
 OWN_MODULES = {path.name for path in (REPO / "infoprompt_jax").rglob("*.py")}
 
 
-def run_main(*args: str) -> subprocess.CompletedProcess:
-    return commands.run("main", *args)
-
-
 def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
     data_dir = sentiment_fixture.write_sst2(tmp_path / "data", 32, 16)
     workdir = tmp_path / "run"
-    result = run_main(*commands.tiny_run_args(tiny_roberta_dir, data_dir, workdir))
+    result = commands.run("main", *commands.tiny_run_args(tiny_roberta_dir, data_dir, workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     # absl's prefix names the file that logged: ours only, no Orbax or JAX INFO chatter.
@@ -54,7 +49,9 @@ def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
 
 
 def test_show_config_lists_resolved_fields_under_their_comments():
-    result = run_main("--config=configs/rte.py:tiny", "--show_config", "--config.optim.lr=3e-4")
+    result = commands.run(
+        "main", "--config=configs/rte.py:tiny", "--show_config", "--config.optim.lr=3e-4"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("# rte config from configs/rte.py:tiny")

@@ -4,7 +4,6 @@ import json
 import pathlib
 import signal
 import subprocess
-import sys
 
 import commands
 import ml_collections
@@ -99,7 +98,7 @@ def run_until(args: list[str], marker: str, sig: int) -> tuple[int, str]:
         The exit code and the stderr printed after the marker.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "infoprompt_jax.main", *args],
+        commands.argv("main", *args),
         cwd=commands.REPO,
         env=commands.env(),
         text=True,
