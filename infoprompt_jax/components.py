@@ -120,15 +120,22 @@ def load_examples(
     return examples
 
 
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of the config as a run reads it: references resolved, the released variant's
+    knobs applied. It is what the run's `config.json` records."""
+    config = config.copy_and_resolve_references()
+    if config.variant == "released":
+        methods.apply_released_variant(config)
+    return config
+
+
 def build_components(
     config: ml_collections.ConfigDict, task: tasks.TaskSpec | None = None
 ) -> Components:
     """Loads the encoder and tokenizer and builds the model the config describes."""
     import transformers  # Heavy import, deferred to where it is needed.
 
-    config = config.copy_and_resolve_references()
-    if config.variant == "released":
-        methods.apply_released_variant(config)
+    config = resolve_config(config)
     task = task or load_task(config)
     if config.model.dtype not in DTYPES:
         raise ValueError(

@@ -3,7 +3,7 @@
 Usage (from the repository root, where `configs/` is importable, as for `main.py`):
 
     python -m infoprompt_jax.experiments --grid=configs/grids/minilm_smoke.py --root=DIR \
-        [--shard=i/n] [--dry_run] [--max_parallel=1] [--stack_seeds]
+        [--shard=i/n] [--dry_run] [--max_parallel=1] [--stack_seeds | --stack_rows]
 
 then `python -m infoprompt_jax.report --root=DIR` for the tables. The grid file format, the
 cells and their directories are `grids.py`'s; this module runs the cells: one process per cell,
@@ -11,8 +11,10 @@ logs, SIGTERM forwarding, parallelism, and the summary of what is left to run.
 
 `--stack_seeds` trains the cells that differ only in seed in one process, one compiled step for
 all of them (main.py `--seeds`, docs/stacking.md); each still writes its own cell directory,
-and the group's output goes to `log.txt` beside them. Every cell shares JAX's persistent
-compilation cache in `ROOT/.jax_cache`, so cells with the same shapes compile once.
+and the group's output goes to `log.txt` beside them. `--stack_rows` also puts InfoPrompt's rows
+that differ only in loss weights in that process (main.py `--rows`); their log is the `log.txt`
+beside the rows' directories. Every cell shares JAX's persistent compilation cache in
+`ROOT/.jax_cache`, so cells with the same shapes compile once.
 """
 
 import concurrent.futures
@@ -30,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
-from infoprompt_jax import cli, compile_cache, grids, seed_stacks
+from infoprompt_jax import cell_stacks, cli, compile_cache, grids
 
 # main.py's exit status after SIGTERM: checkpoint saved, rerun to resume.
 PREEMPTED_STATUS = 143
@@ -94,11 +96,28 @@ def run_cell(cell: grids.Cell, root: str | pathlib.Path) -> Outcome:
     return Outcome(cell, "failed", seconds, detail)
 
 
-def run_seed_stack(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> list[Outcome]:
-    """Runs cells that differ only in seed as one stacked main.py process (`--stack_seeds`).
+def stack_command(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> list[str]:
+    """The main.py command that trains a group of `stack_groups` as one process."""
+    command = cells[0].command(root)
+    if len(cells) == 1:
+        return command
+    row_cells = {cell.workdir(root).parent.name: cell for cell in cells}
+    seeds = sorted({cell.seed for cell in cells})
+    if len(row_cells) == 1:
+        return cell_stacks.stacked_command(command, seeds)
+    rows = []
+    for name, cell in row_cells.items():
+        config = grids.parse_command(cell.command(root))[0]
+        rows.append((name, float(config.loss.beta), float(config.loss.gamma)))
+    return cell_stacks.rows_command(command, rows, seeds)
 
-    Its output goes to `log.txt` beside the cells' directories; each cell's outcome is read from
-    its own directory, so one diverging seed fails alone.
+
+def run_stack(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> list[Outcome]:
+    """Runs a group of cells (seeds, and with `--stack_rows` rows) as one main.py process.
+
+    Its output goes to `log.txt` beside the cells' directories (beside the rows' directories for
+    several rows); each cell's outcome is read from its own directory, so one diverging run fails
+    alone.
     """
     if len(cells) == 1:
         return [run_cell(cells[0], root)]
@@ -108,8 +127,9 @@ def run_seed_stack(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> lis
         ]
     for cell in cells:
         grids.write_cell_json(cell, root)
-    command = seed_stacks.stacked_command(cells[0].command(root), [cell.seed for cell in cells])
-    log_path = cells[0].workdir(root).parent / "log.txt"
+    command = stack_command(cells, root)
+    rows = {cell.workdir(root).parent for cell in cells}
+    log_path = (rows.pop() if len(rows) == 1 else cells[0].workdir(root).parent.parent) / "log.txt"
     start = time.perf_counter()
     status = run_command(command, log_path)
     seconds = (time.perf_counter() - start) / len(cells)
@@ -124,11 +144,17 @@ def run_seed_stack(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> lis
     return outcomes
 
 
-def stack_groups(cells: Sequence[grids.Cell], root: str | pathlib.Path) -> list[list[grids.Cell]]:
-    """The cells in the groups `--stack_seeds` runs together."""
-    return seed_stacks.group_by_seeds(
-        cells, lambda cell: grids.parse_command(cell.command(root))[0].method
-    )
+def stack_groups(
+    cells: Sequence[grids.Cell], root: str | pathlib.Path, stack_rows: bool = False
+) -> list[list[grids.Cell]]:
+    """The cells in the groups `--stack_seeds` (or `--stack_rows`) runs together."""
+
+    def config_of(cell):
+        return grids.parse_command(cell.command(root))[0]
+
+    if stack_rows:
+        return cell_stacks.group_by_rows(cells, config_of)
+    return cell_stacks.group_by_seeds(cells, lambda cell: config_of(cell).method)
 
 
 def format_seconds(seconds: float) -> str:
@@ -169,10 +195,12 @@ def run_cells(
     max_parallel: int = 1,
     out: Callable[[str], None] = print,
     stack_seeds: bool = False,
+    stack_rows: bool = False,
 ) -> list[Outcome]:
     """Runs the unfinished cells, `max_parallel` at a time; returns the ones that did not finish.
 
-    With `stack_seeds`, the cells that differ only in seed run as one process.
+    With `stack_seeds`, the cells that differ only in seed run as one process; with `stack_rows`,
+    also the rows that differ only in loss weights.
     """
     todo = [cell for cell in cells if not grids.is_finished(cell, root)]
     out(
@@ -182,8 +210,9 @@ def run_cells(
     progress = ProgressLog(len(cells), len(cells) - len(todo), max_parallel, out)
     unfinished = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
-        if stack_seeds:
-            futures = [pool.submit(run_seed_stack, g, root) for g in stack_groups(todo, root)]
+        if stack_seeds or stack_rows:
+            groups = stack_groups(todo, root, stack_rows)
+            futures = [pool.submit(run_stack, group, root) for group in groups]
         else:
             futures = [pool.submit(lambda c: [run_cell(c, root)], cell) for cell in todo]
         for future in concurrent.futures.as_completed(futures):
@@ -227,11 +256,13 @@ def run(
     max_parallel: int = 1,
     out: Callable[[str], None] = print,
     stack_seeds: bool = False,
+    stack_rows: bool = False,
 ) -> int:
     """Expands, checks and runs (or prints) a grid's shard; returns the exit status.
 
     `stack_seeds`: cells that differ only in seed train together in one process
-    (docs/stacking.md); a shard stacks the seeds it holds.
+    (docs/stacking.md); a shard stacks the seeds it holds. `stack_rows`: so do the rows of those
+    cells that differ only in loss weights (it implies `stack_seeds`).
 
     Returns:
       0 when every cell of the shard has its summary; 1 when any failed or was preempted.
@@ -242,11 +273,9 @@ def run(
     grids.validate(cells, root)
     if dry_run:
         todo = [cell for cell in cells if not grids.is_finished(cell, root)]
-        for group in stack_groups(todo, root) if stack_seeds else [[cell] for cell in todo]:
-            command = group[0].command(root)
-            if len(group) > 1:
-                command = seed_stacks.stacked_command(command, [cell.seed for cell in group])
-            out(shlex.join(command))
+        stacked = stack_seeds or stack_rows
+        for group in stack_groups(todo, root, stack_rows) if stacked else [[c] for c in todo]:
+            out(shlex.join(stack_command(group, root)))
         return 0
     # Cells with the same shapes compile once between them (compile_cache.py).
     os.environ.setdefault(
@@ -255,7 +284,7 @@ def run(
     if max_parallel > 1:
         # JAX preallocates 75% of accelerator memory per process; concurrent cells must share it.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    unfinished = run_cells(cells, root, max_parallel, out, stack_seeds)
+    unfinished = run_cells(cells, root, max_parallel, out, stack_seeds, stack_rows)
     report_unfinished(unfinished, root, out)
     return 1 if unfinished else 0
 
@@ -277,6 +306,12 @@ def define_flags() -> None:
         "Train the cells that differ only in seed together: one process and one compiled step "
         "per group (main.py --seeds; docs/stacking.md). Each cell keeps its own directory.",
     )
+    flags.DEFINE_bool(
+        "stack_rows",
+        False,
+        "As --stack_seeds, and the InfoPrompt rows that differ only in loss.beta / loss.gamma "
+        "(its ablations) join one group (main.py --rows; docs/stacking.md).",
+    )
     flags.mark_flags_as_required(["grid", "root"])
 
 
@@ -293,6 +328,7 @@ def main(argv):
         FLAGS.max_parallel,
         out=lambda line: print(line, flush=True),
         stack_seeds=FLAGS.stack_seeds,
+        stack_rows=FLAGS.stack_rows,
     )
     sys.exit(PREEMPTED_STATUS if _STOP.is_set() else status)
 

@@ -7,11 +7,15 @@ error (INFOPROMPT_TRACEBACK=1: the traceback alone).
 
 `--seeds=0,1,2` trains those seeds of the config together in one process, one compiled step
 (`stacked_train.py`, docs/stacking.md): seed s writes `WORKDIR/seed<s>`, the same directory a
-separate run with `--config.seed=s --workdir=WORKDIR/seed<s>` writes.
+separate run with `--config.seed=s --workdir=WORKDIR/seed<s>` writes. `--rows=NAME:BETA:GAMMA,...`
+adds InfoPrompt's loss-weight rows to the stack: row NAME, seed s writes `WORKDIR/NAME/seed<s>`,
+the directory of `--config.loss.beta=BETA --config.loss.gamma=GAMMA --config.seed=s`.
 """
 
+import math
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -28,6 +32,14 @@ _SEEDS = flags.DEFINE_list(
     "Train several seeds of --config together, as one stacked program (docs/stacking.md): "
     "comma-separated distinct non-negative ints, e.g. 0,1,2, in place of config.seed. Seed s "
     "writes WORKDIR/seed<s>, a complete run directory like a separate run's.",
+)
+_ROWS = flags.DEFINE_list(
+    "rows",
+    None,
+    "Also stack InfoPrompt rows that differ only in loss weights (docs/stacking.md): "
+    "comma-separated NAME:BETA:GAMMA, e.g. infoprompt:0.1:0.05,beta-gamma-0:0:0, each NAME a "
+    "directory name. Row NAME of seed s (--seeds, else config.seed) writes WORKDIR/NAME/seed<s>, "
+    "with config.loss.beta=BETA and config.loss.gamma=GAMMA.",
 )
 _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config",
@@ -98,15 +110,52 @@ def parse_seeds(values: list[str]) -> list[int]:
     return seeds
 
 
-def train_seeds(config, workdir: str, seeds: list[int], timer) -> list[dict]:
-    """Trains `seeds` of `config` stacked; seed s in `workdir/seed<s>`."""
-    configs = []
-    for seed in seeds:
-        seed_config = config.copy_and_resolve_references()
-        with seed_config.unlocked():
-            seed_config.seed = seed
-        configs.append(seed_config)
-    workdirs = [os.path.join(workdir, f"seed{seed}") for seed in seeds]
+_ROW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def parse_rows(values: list[str]) -> list[tuple[str, float, float]]:
+    """`--rows` as (name, beta, gamma), checked: directory names, distinct rows, weights >= 0."""
+    example = "e.g. infoprompt:0.1:0.05,beta-gamma-0:0:0"
+    rows = []
+    for value in values:
+        parts = value.split(":")
+        try:
+            name, beta, gamma = parts[0], float(parts[1]), float(parts[2])
+            if len(parts) != 3:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise app.UsageError(
+                f"--rows: {value!r} is not NAME:BETA:GAMMA with two numbers; {example}."
+            ) from None
+        if not _ROW_NAME.match(name):
+            raise app.UsageError(
+                f"--rows: row name {name!r} must be a directory name of letters, digits, "
+                f"'_', '-' and '.'; {example}."
+            )
+        if not (math.isfinite(beta) and math.isfinite(gamma) and beta >= 0 and gamma >= 0):
+            raise app.UsageError(f"--rows: {value!r} needs finite weights >= 0; {example}.")
+        rows.append((name, beta, gamma))
+    names, weights = [row[0] for row in rows], [row[1:] for row in rows]
+    if not rows or len(set(names)) != len(names) or len(set(weights)) != len(weights):
+        raise app.UsageError(
+            f"--rows={','.join(values)}: give rows with distinct names and distinct "
+            f"(beta, gamma); {example}."
+        )
+    return rows
+
+
+def train_stack(config, workdir: str, seeds: list[int], rows, timer) -> list[dict]:
+    """Trains `seeds` of `config` stacked, in `workdir/seed<s>`; with `rows` (name, beta,
+    gamma), every row of every seed, in `workdir/<name>/seed<s>`."""
+    configs, workdirs = [], []
+    for name, beta, gamma in rows or [(None, None, None)]:
+        for seed in seeds:
+            run_config = config.copy_and_resolve_references()
+            run_config.seed = seed
+            if name is not None:
+                run_config.loss.beta, run_config.loss.gamma = beta, gamma
+            configs.append(run_config)
+            workdirs.append(os.path.join(workdir, *([name] if name else []), f"seed{seed}"))
     return stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
 
 
@@ -160,9 +209,17 @@ def main(argv):
     )
     timer = phase_timer.PhaseTimer()
     timer.record_startup()
-    if _SEEDS.value is not None:
-        seeds = parse_seeds(_SEEDS.value)
-        summaries = train_seeds(flags.FLAGS.config, _WORKDIR.value, seeds, timer)
+    config = flags.FLAGS.config
+    if _ROWS.value is not None and (config.method != "infoprompt" or config.variant != "paper"):
+        raise app.UsageError(
+            f"--rows sets InfoPrompt's loss weights; it needs --config.method=infoprompt and "
+            f"--config.variant=paper (got {config.method}, {config.variant})."
+        )
+    stacked = _SEEDS.value is not None or _ROWS.value is not None
+    if stacked:
+        seeds = parse_seeds(_SEEDS.value) if _SEEDS.value is not None else [int(config.seed)]
+        rows = parse_rows(_ROWS.value) if _ROWS.value is not None else None
+        summaries = train_stack(config, _WORKDIR.value, seeds, rows, timer)
     else:
         summaries = [train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)]
     if any(summary.get("preempted") for summary in summaries):
@@ -170,7 +227,7 @@ def main(argv):
     failed = [s for s in summaries if s.get("failed")]
     if failed:
         sys.exit(f"{len(failed)} of {len(summaries)} stacked runs failed: {failed[0]['failed']}")
-    if _SEEDS.value is None:
+    if not stacked:
         logging.info(closing_line(summaries[0], _WORKDIR.value, time.perf_counter() - start))
 
 

@@ -193,8 +193,18 @@ def infoprompt_objective(terms: Mapping[str, jax.Array], weights: ObjectiveWeigh
         nce_head_B = jnp.minimum(nce_head_B, weights.nce_clamp)
     total_B = (
         terms["ce"]
-        + weights.beta * nce_rep_B
-        + weights.gamma * nce_head_B
+        + _weighted(weights.beta, nce_rep_B)
+        + _weighted(weights.gamma, nce_head_B)
         + weights.kl_weight * terms["kl"]
     )
     return jnp.mean(total_B)
+
+
+def _weighted(weight: float | jax.Array, term_B: jax.Array) -> jax.Array:
+    """`weight * term`, and exactly 0 for a weight of 0 even where the term is not finite.
+
+    A weight may be traced (stacked rows, `stacking.stacked_train_step`): a row with weight 0 then
+    still computes the term, and 0 * inf would turn its loss into NaN where its separate run,
+    which never computes the term, has a finite one.
+    """
+    return jnp.where(weight > 0, weight * term_B, 0.0)

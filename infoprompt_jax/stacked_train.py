@@ -1,20 +1,25 @@
-"""The training loop of several seeds of one config at once: one process, one compiled step.
+"""The training loop of several runs of one config at once: one process, one compiled step.
 
-`train_and_evaluate_stacked(configs, workdirs)` trains configs that differ only in `seed` as one
-stacked program (`stacking.py`): the encoder is read once, each batch shape compiles once, and
-every evaluation runs all the runs on the same dev batches. Each run still writes its own
+`train_and_evaluate_stacked(configs, workdirs)` trains configs that differ only in `seed` and the
+loss weights `loss.beta` and `loss.gamma` (InfoPrompt and its ablations) as one stacked program
+(`stacking.py`): the encoder is read once, each batch shape compiles once, and every evaluation
+runs all the runs on the same dev batches. Each run still writes its own
 workdir exactly as `train.train_and_evaluate` does (config.json with its seed, metrics.jsonl,
 checkpoints, summary.json), so reports, export, predict and resume read it unchanged; a run
 directory may even be resumed by a separate `main.py` run, and the other way round.
 
 Each run sees what its separate run sees: its own few-shot subset, data order (`epoch_order` of
-its seed), initial parameters and critic draws (its RNG key, folded with the step).
+its seed), initial parameters and critic draws (its RNG key, folded with the step). Runs with
+other loss weights share one model that has every critic some run uses (the union model); a
+run's weights are per-run arrays of the step, a weight of 0 leaves the run's numbers those of
+its ablation, and the run saves only its own model's part of the state.
 
 A run whose loss or gradients turn non-finite fails alone, by the rules of a separate run
 (`steps.raise_if_diverged`): the step stops updating it, it writes nothing more (no summary.json;
 its last checkpoint before the divergence stays), and its siblings finish.
 """
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -33,9 +38,12 @@ from infoprompt_jax import (
     batching,
     checkpointing,
     config_validation,
+    methods,
     metric_logging,
+    models,
     phase_timer,
     prompt_trajectory,
+    run_dir,
     run_state,
     sharding,
     stacking,
@@ -52,28 +60,50 @@ from infoprompt_jax import progress as progress_lib
 # Methods whose frozen tree depends on the seed (adapters load with the encoder) or that train
 # the encoder itself: nothing would be shared.
 UNSTACKABLE_METHODS = ("adapter", "finetune")
+# The config fields stacked runs may differ in: per-run arrays of the one compiled step.
+PER_RUN_FIELDS = ("seed", "loss.beta", "loss.gamma")
+
+
+def run_identity(config: ml_collections.ConfigDict) -> tuple[int, float, float]:
+    """(seed, beta, gamma): what tells the runs of a stack apart."""
+    return int(config.seed), float(config.loss.beta), float(config.loss.gamma)
 
 
 def check_stackable(configs: Sequence[ml_collections.ConfigDict]) -> None:
-    """Raises ValueError unless the configs differ only in seed, and their method can stack."""
-    if len({int(c.seed) for c in configs}) != len(configs):
-        raise ValueError(f"Stacked runs need distinct seeds; got {[c.seed for c in configs]}.")
-    first = _without_seed(configs[0])
+    """Raises ValueError unless the configs differ only in `PER_RUN_FIELDS` and can stack."""
+    identities = [run_identity(c) for c in configs]
+    repeated = sorted({i for i in identities if identities.count(i) > 1})
+    if repeated:
+        raise ValueError(
+            f"Stacked runs must be distinct runs; (seed, beta, gamma) {repeated} appear more "
+            "than once."
+        )
+    first = shared_fields(configs[0])
     for config in configs[1:]:
-        other = _without_seed(config)
+        other = shared_fields(config)
         if other != first:
             changed = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
             raise ValueError(
-                f"Stacked runs must differ only in seed; seed {config.seed} also changes {changed}."
+                f"Stacked runs must differ only in {', '.join(PER_RUN_FIELDS)}; the run "
+                f"(seed, beta, gamma) = {run_identity(config)} also changes {changed}."
             )
-    if configs[0].method in UNSTACKABLE_METHODS:
+    method, variant = configs[0].method, configs[0].variant
+    if method in UNSTACKABLE_METHODS:
         raise ValueError(
-            f"method={configs[0].method} cannot stack seeds (its encoder weights are per "
+            f"method={method} cannot stack seeds (its encoder weights are per "
             f"run); run its seeds separately. Stackable: methods other than {UNSTACKABLE_METHODS}."
+        )
+    weights = {identity[1:] for identity in identities}
+    if len(weights) > 1 and (method != "infoprompt" or variant != "paper"):
+        raise ValueError(
+            f"Runs stacked with different loss.beta / loss.gamma {sorted(weights)} must be "
+            f"method=infoprompt, variant=paper (got method={method}, variant={variant}): other "
+            "methods ignore the weights and the released variant sets its own."
         )
 
 
-def _without_seed(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def shared_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config's fields, flattened to dotted keys, less the ones stacked runs may differ in."""
     flat = {}
 
     def walk(node, prefix):
@@ -84,8 +114,31 @@ def _without_seed(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 flat[f"{prefix}{key}"] = value
 
     walk(config.to_dict(), "")
-    flat.pop("seed")
+    for field in PER_RUN_FIELDS:
+        flat.pop(field)
     return flat
+
+
+def union_config(configs: Sequence[ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+    """The first config with the runs' largest beta and gamma: its model has every critic that a
+    stacked run uses (`methods.resolve` builds a critic when its weight is > 0)."""
+    config = configs[0].copy_and_resolve_references()
+    config.loss.beta = max(float(c.loss.beta) for c in configs)
+    config.loss.gamma = max(float(c.loss.gamma) for c in configs)
+    return config
+
+
+def run_components(
+    shared: components_lib.Components, config: ml_collections.ConfigDict
+) -> components_lib.Components:
+    """One stacked run's components: the shared encoder, tokenizer and task, with the run's own
+    config, method (loss weights) and model (only the critics its weights use)."""
+    config = components_lib.resolve_config(config)
+    method = methods.resolve(
+        config, shared.task.num_labels, has_mlm_transform=shared.mlm_transform is not None
+    )
+    model = models.InfoPromptModel(method.model, shared.model.encoder_config, shared.model.dtype)
+    return dataclasses.replace(shared, config=config, method=method, model=model)
 
 
 def seed_config(components: components_lib.Components, seed: int) -> components_lib.Components:
@@ -98,9 +151,13 @@ def seed_config(components: components_lib.Components, seed: int) -> components_
 
 @dataclasses.dataclass
 class RunSlot:
-    """One run of the stack and what is its own: workdir, data, writer, checkpoints, record."""
+    """One run of the stack and what is its own: workdir, data, writer, checkpoints, record.
+
+    `abstract_state` is the run's own train state (its own model's params), what it saves.
+    """
 
     components: components_lib.Components
+    abstract_state: Any
     workdir: epath.Path
     train_arrays: dict[str, np.ndarray]
     writer: metric_logging.MetricWriter
@@ -113,6 +170,11 @@ class RunSlot:
     @property
     def active(self) -> bool:
         return not self.failure
+
+    @property
+    def label(self) -> str:
+        """The run in log lines: its workdir's last two parts, e.g. `gamma-0/seed3`."""
+        return f"{self.workdir.parent.name}/{self.workdir.name}"
 
 
 def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) -> None:
@@ -128,7 +190,7 @@ def fail_diverged(states, slots: Sequence[RunSlot], last_saved: int, lr: float) 
             steps.raise_if_diverged(run, slot.workdir, last_saved, lr)
         except FloatingPointError as e:
             slot.failure = str(e)
-            logging.error("Seed %s failed: %s", slot.components.config.seed, e)
+            logging.error("%s failed: %s", slot.label, e)
 
 
 def _drop_steps_after(slot: RunSlot, start_step: int) -> None:
@@ -150,21 +212,23 @@ def _drop_steps_after(slot: RunSlot, start_step: int) -> None:
         slot.manager.delete(step)
 
 
-def _resume(slots: list[RunSlot], run_states: list[Any], abstract_state: Any) -> int:
+def _resume(slots: list[RunSlot], run_states: list[Any]) -> int:
     """Restores every run at the newest step all of them reached; returns that step (0: none).
 
     Each run's newest intact checkpoint is found as for a single run (a damaged one is moved
-    aside). Runs ahead of the slowest go back to its step, as the stack trains in lockstep.
+    aside). Runs ahead of the slowest go back to its step, as the stack trains in lockstep. A
+    run's own state goes into its stacked one; the critics it does not use keep their init.
     """
-    restored = [checkpointing.restore_latest(slot.manager, abstract_state) for slot in slots]
+    restored = [checkpointing.restore_latest(slot.manager, slot.abstract_state) for slot in slots]
     start_step = min(int(run[1]["step"]) if run else 0 for run in restored)
     for i, (slot, run) in enumerate(zip(slots, restored)):
         _drop_steps_after(slot, start_step)
         if not start_step:
             continue
         if int(run[1]["step"]) != start_step:
-            run = _restore_at(slot.manager, start_step, abstract_state)
-        run_states[i], slot.record = run
+            run = _restore_at(slot.manager, start_step, slot.abstract_state)
+        own_state, slot.record = run
+        run_states[i] = stacking.embed(own_state, run_states[i])
     if start_step:
         logging.info("Resumed %d stacked runs from step %d.", len(slots), start_step)
     return start_step
@@ -186,10 +250,12 @@ def train_and_evaluate_stacked(
     workdirs: Sequence[str],
     timer: phase_timer.PhaseTimer | None = None,
 ) -> list[dict[str, Any]]:
-    """Trains configs that differ only in seed together; run i lives in `workdirs[i]`.
+    """Trains configs that differ only in seed and loss weights together; run i in `workdirs[i]`.
 
     Runs whose summary.json exists are finished and not trained again. Resuming: every run
-    restarts from the latest step all of them have checkpointed.
+    restarts from the latest step all of them have checkpointed. A workdir that holds a run of
+    another config is refused, as by a separate run (`run_dir.check_same_run`), and each workdir
+    is locked while the stack trains.
 
     Returns:
       Each run's summary, as `train.train_and_evaluate` returns it, plus `stacked_runs` (how many
@@ -201,28 +267,38 @@ def train_and_evaluate_stacked(
         config_validation.validate(config)
     check_stackable(configs)
     workdirs = [epath.Path(w) for w in workdirs]
+    if len(set(workdirs)) != len(workdirs):
+        raise ValueError(f"Stacked runs need distinct workdirs; got {[str(w) for w in workdirs]}.")
     summaries: dict[int, dict[str, Any]] = {}
-    for i, workdir in enumerate(workdirs):
-        if (workdir / "summary.json").exists():
-            logging.info("%s already finished; nothing to do for it.", workdir)
-            summaries[i] = json.loads((workdir / "summary.json").read_text())
-    todo = [i for i in range(len(configs)) if i not in summaries]
-    if todo:
-        results = _train_stack([configs[i] for i in todo], [workdirs[i] for i in todo], timer)
-        summaries.update(zip(todo, results))
+    with contextlib.ExitStack() as locks:
+        for config, workdir in zip(configs, workdirs):
+            locks.enter_context(run_dir.RunLock(workdir))
+            run_dir.check_same_run(workdir, components_lib.resolve_config(config))
+        for i, workdir in enumerate(workdirs):
+            if (workdir / "summary.json").exists():
+                logging.info("%s already finished; nothing to do for it.", workdir)
+                summaries[i] = json.loads((workdir / "summary.json").read_text())
+        todo = [i for i in range(len(configs)) if i not in summaries]
+        if todo:
+            results = _train_stack([configs[i] for i in todo], [workdirs[i] for i in todo], timer)
+            summaries.update(zip(todo, results))
     return [summaries[i] for i in range(len(configs))]
 
 
 def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[str, Any]]:
     num_runs = len(configs)
     with timer.phase("encoder_load"):
-        shared = components_lib.build_components(configs[0])
-    run_components = [seed_config(shared, int(c.seed)) for c in configs]
+        shared = components_lib.build_components(union_config(configs))
+    runs = [run_components(shared, c) for c in configs]
+    # Each run initialised, trained and evaluated with the union model (its seed, its weights).
+    union_runs = [
+        dataclasses.replace(run, model=shared.model, method=shared.method) for run in runs
+    ]
+    run_weights = [run.method.loss_weights for run in runs]
+    per_run_weights = len({(w.beta, w.gamma) for w in run_weights}) > 1
     config, task = shared.config, shared.task
     timer.start("data")
-    trains = [
-        c.encode(components_lib.load_examples(c.config, task, "train")) for c in run_components
-    ]
+    trains = [c.encode(components_lib.load_examples(c.config, task, "train")) for c in runs]
     dev_arrays = shared.encode(components_lib.load_examples(config, task, "dev"))
     timer.stop("data")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -239,22 +315,25 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     samples = [{k: v[:batch_size] for k, v in arrays.items()} for arrays in trains]
     # The first run's frozen tree goes on the mesh and serves every run; the others' are dropped
     # unplaced (the frozen weights are the pretrained ones, the same for every seed).
-    first_state, frozen = run_state.build_state(run_components[0], optimizer, mesh, samples[0])
+    first_state, frozen = run_state.build_state(union_runs[0], optimizer, mesh, samples[0])
     run_states = [first_state] + [
         run_state.initial_state(components, optimizer, sample)[0]
-        for components, sample in zip(run_components[1:], samples[1:])
+        for components, sample in zip(union_runs[1:], samples[1:])
     ]
-    abstract_state = run_state.abstract_like(first_state)
+    union_abstract = run_state.abstract_like(first_state)
     timer.stop("init")
 
     slots = []
-    for components, workdir, arrays in zip(run_components, workdirs, trains):
+    for run, sample, workdir, arrays in zip(runs, samples, workdirs, trains):
+        own_abstract = union_abstract
+        if run.model != shared.model:  # A run without a critic of the union model.
+            own_abstract = run_state.abstract_state(run, sample, sharding.replicated(mesh))
         manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
         writer = metric_logging.MetricWriter(workdir)
         record = {"step": 0, "best_step": None, "best_score": None}
-        slots.append(RunSlot(components, workdir, arrays, writer, manager, record))
+        slots.append(RunSlot(run, own_abstract, workdir, arrays, writer, manager, record))
     with timer.phase("checkpoint"):
-        start_step = _resume(slots, run_states, abstract_state)
+        start_step = _resume(slots, run_states)
     states = stacking.place_states(stacking.stack(run_states), mesh, spread)
     del run_states
     for slot in slots:
@@ -264,10 +343,11 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
     if unprompted_cache.uses_cached_unprompted_pass(shared):
-        for slot in slots:
-            slot.train_arrays = unprompted_cache.cache_unprompted_pass(
-                shared.model, frozen, slot.train_arrays, batch_size, mesh, lengths
-            )
+        cached = unprompted_cache.cache_unprompted_passes(
+            shared.model, frozen, [slot.train_arrays for slot in slots], batch_size, mesh, lengths
+        )
+        for slot, arrays in zip(slots, cached):
+            slot.train_arrays = arrays
         dev_arrays = unprompted_cache.cache_unprompted_pass(
             shared.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
         )
@@ -275,16 +355,19 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
         for fn in stacking.compile_stacked_steps(
-            shared.model, optimizer, shared.method.loss_weights, mesh, states, frozen, spread=spread
+            shared.model,
+            optimizer,
+            shared.method.loss_weights,
+            mesh,
+            states,
+            frozen,
+            spread=spread,
+            per_run_weights=per_run_weights,
         )
     )
     replicated = sharding.replicated(mesh)
-    betas = jax.device_put(
-        np.full(num_runs, shared.method.loss_weights.beta, np.float32), replicated
-    )
-    gammas = jax.device_put(
-        np.full(num_runs, shared.method.loss_weights.gamma, np.float32), replicated
-    )
+    betas = jax.device_put(np.asarray([w.beta for w in run_weights], np.float32), replicated)
+    gammas = jax.device_put(np.asarray([w.gamma for w in run_weights], np.float32), replicated)
     if config.log_prompt_every:
         for i, slot in enumerate(slots):
             first_rows = batching.device_batch(slot.train_arrays, np.arange(batch_size), mesh)
@@ -357,8 +440,8 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
                         record.update(best_step=done, best_score=slot.eval_scores[main_metric])
                     slot.writer.write(done, {"epoch": epoch + 1, **slot.eval_scores})
                     logging.info(
-                        "seed %s step %d epoch %d: %s",
-                        slot.components.config.seed,
+                        "%s step %d epoch %d: %s",
+                        slot.label,
                         done,
                         epoch + 1,
                         slot.eval_scores,
@@ -376,9 +459,10 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
                     if slot.active:
                         slot.record["step"] = done
                         slot.writer.flush()  # The metrics file holds every record so far.
-                        checkpointing.save(
-                            slot.manager, done, stacking.unstack(states, i), slot.record
+                        own_state = stacking.restrict(
+                            stacking.unstack(states, i), slot.abstract_state
                         )
+                        checkpointing.save(slot.manager, done, own_state, slot.record)
             logging.info("Saved checkpoint at step %d.", done)
         if preemption.raised:
             logging.warning(

@@ -39,6 +39,36 @@ def unstack(tree: Any, index: int) -> Any:
     return jax.tree.map(lambda x: x[index], tree)
 
 
+def _leaves_by_path(tree: Any) -> dict[str, Any]:
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree.leaves_with_path(tree)}
+
+
+def restrict(tree: Any, target: Any) -> Any:
+    """The leaves of `tree` at the paths of `target`, in `target`'s structure.
+
+    A run stacked with rows that use a critic it does not carries that critic's params (and their
+    optimizer moments); restricted to its own model's state, it saves exactly the tree its
+    separate run saves.
+    """
+    leaves = _leaves_by_path(tree)
+    missing = [path for path in _leaves_by_path(target) if path not in leaves]
+    if missing:
+        raise ValueError(f"The stacked state has no leaves at {missing[:5]}.")
+    return jax.tree.map_with_path(lambda path, _: leaves[jax.tree_util.keystr(path)], target)
+
+
+def embed(tree: Any, into: Any) -> Any:
+    """`into` with its leaves replaced by `tree`'s where `tree` has a leaf at the same path.
+
+    The inverse of `restrict` on the shared paths: a run's own restored state placed in the
+    stacked (union) state, whose extra leaves keep their initial values.
+    """
+    leaves = _leaves_by_path(tree)
+    return jax.tree.map_with_path(
+        lambda path, leaf: leaves.get(jax.tree_util.keystr(path), leaf), into
+    )
+
+
 def spreads_runs(batch_size: int, num_runs: int, mesh: Mesh) -> bool:
     """Whether runs go whole to devices: a run's batch does not split over them, the runs do.
 
@@ -113,15 +143,23 @@ def stacked_train_step(
         batches: `[R, B, ...]`.
         betas_R, gammas_R: per-run loss weights, read only when `per_run_weights` (rows that
             differ in beta and gamma); otherwise `weights` is static, as in a single run.
+            `model` then has every critic some run uses; a run whose weight is 0 computes that
+            critic's term but neither feels it (`objective.infoprompt_objective`) nor logs it.
     """
 
     def one_run(state, batch, beta, gamma):
-        run_weights = (
-            dataclasses.replace(weights, beta=beta, gamma=gamma) if per_run_weights else weights
-        )
-        return steps.train_step(
+        if not per_run_weights:
+            return steps.train_step(
+                state, frozen, batch, model=model, optimizer=optimizer, loss_weights=weights
+            )
+        run_weights = dataclasses.replace(weights, beta=beta, gamma=gamma)
+        state, metrics = steps.train_step(
             state, frozen, batch, model=model, optimizer=optimizer, loss_weights=run_weights
         )
+        # Its separate run has no such critic and logs the term as 0.
+        metrics["nce_rep"] = jnp.where(beta > 0, metrics["nce_rep"], 0.0)
+        metrics["nce_head"] = jnp.where(gamma > 0, metrics["nce_head"], 0.0)
+        return state, metrics
 
     return jax.vmap(one_run)(states, batches, betas_R, gammas_R)
 

@@ -39,6 +39,43 @@ def cache_unprompted_pass(
     }
 
 
+def cache_unprompted_passes(
+    model, frozen, runs_arrays: Sequence[Arrays], batch_size: int, mesh, lengths: Sequence[int] = ()
+) -> list[Arrays]:
+    """`cache_unprompted_pass` of several runs' arrays, each distinct example computed once.
+
+    Stacked runs draw overlapping training sets (rows of one seed draw the same few-shot subset),
+    and an example's unprompted pass depends on its `unprompted_*` arrays alone, so the union of
+    their examples is passed through the encoder once and every run reads its rows from it.
+    """
+    union_rows: dict[bytes, int] = {}
+    runs_rows = []  # Per run, the union row of each of its examples.
+    sources = []  # Per union row, (run, row) of its first occurrence.
+    for run, arrays in enumerate(runs_arrays):
+        fields = sorted(name for name in arrays if name.startswith("unprompted_"))
+        rows = []
+        for row in range(len(arrays["label"])):
+            key = b"".join(arrays[name][row].tobytes() for name in fields)
+            if key not in union_rows:
+                union_rows[key] = len(sources)
+                sources.append((run, row))
+            rows.append(union_rows[key])
+        runs_rows.append(np.asarray(rows, np.int64))
+    union = {
+        name: np.stack([runs_arrays[run][name][row] for run, row in sources])
+        for name in runs_arrays[0]
+    }
+    cached = cache_unprompted_pass(model, frozen, union, batch_size, mesh, lengths)
+    return [
+        {
+            **arrays,
+            "cached_generator_input": cached["cached_generator_input"][rows],
+            "cached_z0": cached["cached_z0"][rows],
+        }
+        for arrays, rows in zip(runs_arrays, runs_rows)
+    ]
+
+
 def uses_cached_unprompted_pass(components: components_lib.Components) -> bool:
     """Whether a run precomputes the unprompted pass: asked for, and read (generator methods)."""
     return (

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import sentiment_fixture
+import stacked_runs
 
 from infoprompt_jax import (
     batching,
@@ -29,26 +30,10 @@ from infoprompt_jax import optimizer as optimizer_lib
 REPO = commands.REPO
 
 SEEDS = (0, 1)
-# Measured on this CPU: stacked vs separate eval accuracy differs by 0 and the train loss by
-# < 1e-6 relative (the vmapped matmuls round differently); see docs/stacking.md.
-LOSS_RTOL = 1e-4
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def seed_config(model_dir, data_dir, seed, **train_overrides):
-    config = sentiment_fixture.tiny_config(model_dir)
-    config.data.dir = str(data_dir)
-    config.data.few_shot = 24
-    config.seed = seed
-    config.train.num_epochs = 3
-    config.train.log_every_steps = 1
-    config.train.checkpoint_every_steps = 3
-    for key, value in train_overrides.items():
-        config.train[key] = value
-    return config
+LOSS_RTOL = stacked_runs.LOSS_RTOL
+read_jsonl = stacked_runs.read_jsonl
+seed_config = stacked_runs.run_config
+compare_metrics = stacked_runs.compare_metrics
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +49,6 @@ def runs(tiny_roberta_dir, tmp_path_factory):
     summaries = stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in stacked])
     assert [s["stacked_runs"] for s in summaries] == [2, 2]
     return data_dir, separate, stacked
-
-
-def compare_metrics(separate: list[dict], stacked: list[dict]) -> tuple[float, float]:
-    """Largest relative train-loss and absolute eval-accuracy differences, record by record."""
-    assert [r["step"] for r in separate] == [r["step"] for r in stacked]
-    loss_diff = acc_diff = 0.0
-    for a, b in zip(separate, stacked):
-        assert set(a) == set(b)
-        if "train_loss" in a:
-            loss_diff = max(
-                loss_diff, abs(a["train_loss"] - b["train_loss"]) / abs(a["train_loss"])
-            )
-        if "eval_accuracy" in a:
-            acc_diff = max(acc_diff, abs(a["eval_accuracy"] - b["eval_accuracy"]))
-    return loss_diff, acc_diff
 
 
 def test_stacked_seeds_match_their_separate_runs(runs):
@@ -211,10 +181,14 @@ def test_a_diverging_seed_fails_alone(runs, tiny_roberta_dir, tmp_path, monkeypa
 
 def test_configs_must_differ_only_in_seed(tiny_roberta_dir):
     a, b = (sentiment_fixture.tiny_config(tiny_roberta_dir) for _ in range(2))
-    with pytest.raises(ValueError, match="distinct seeds"):
+    with pytest.raises(ValueError, match="must be distinct runs"):
         stacked_train.check_stackable([a, b])
     b.seed, b.optim.lr = 1, 0.5
-    with pytest.raises(ValueError, match=r"only in seed; seed 1 also changes \['optim.lr'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"only in seed, loss.beta, loss.gamma; the run \(seed, beta, gamma\) = "
+        r"\(1, 0.1, 0.05\) also changes \['optim.lr'\]",
+    ):
         stacked_train.check_stackable([a, b])
     a.method = b.method = "adapter"
     b.optim.lr = a.optim.lr
@@ -222,20 +196,7 @@ def test_configs_must_differ_only_in_seed(tiny_roberta_dir):
         stacked_train.check_stackable([a, b])
 
 
-TINY_GRID = """
-def get_grid():
-  return {{
-      "tasks": {{"sst2": {{"config": "configs/sst2.py", "overrides": {{
-          "data.source": "local", "data.dir": "{data}", "model.name": "{model}"}}}}}},
-      "rows": {rows},
-      "num_tokens": [2],
-      "few_shot": [16],
-      "seeds": [0, 1],
-      "overrides": {{"max_len": 32, "length_buckets": (16,), "train.num_epochs": 1,
-                    "train.batch_size": 8, "model.adapter_size": 4,
-                    "data.max_eval_examples": 16}},
-  }}
-"""
+TINY_GRID = stacked_runs.TINY_GRID
 
 
 def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):

@@ -1,12 +1,11 @@
 """The stacking benchmark's slice: all-MiniLM-L6-v2 on local SST-2, 64-shot, n_p = 4, 3 seeds.
 
 Two rows (InfoPrompt and beta=gamma=0) x 3 seeds = 6 cells, 10 epochs, the whole dev set (872).
-Timed separate and with --stack_seeds (docs/stacking.md):
+scripts/bench_stacking.py times it three ways (docs/stacking.md): separate (6 processes),
+`--stack_seeds` (2 processes) and `--stack_rows` (1 process), e.g. the last one alone:
 
     python -m infoprompt_jax.experiments --grid=configs/grids/minilm_stack_slice.py \
-        --root=runs/slice_separate
-    python -m infoprompt_jax.experiments --grid=configs/grids/minilm_stack_slice.py \
-        --root=runs/slice_stacked --stack_seeds
+        --root=runs/slice_rows --stack_rows
 """
 
 import importlib.util

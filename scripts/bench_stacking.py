@@ -1,0 +1,118 @@
+"""Times a grid three ways: every cell its own process, `--stack_seeds`, and `--stack_rows`.
+
+    python scripts/bench_stacking.py --grid=configs/grids/minilm_stack_slice.py \
+        --out=runs/bench_stacking
+
+Run from the repository root (grid files import `configs/`). Mode M runs the whole grid in
+`OUT/M` with a compilation cache of its own (`OUT/M/.jax_cache`), so each mode pays for its
+first compiles as a fresh grid would. A finished mode records its wall time in `OUT/M/bench.json`
+and is not run again: rerunning the command runs the modes still missing, then prints the table.
+A mode interrupted part-way starts over, since a resumed grid's wall time is not one run's.
+
+Printed per mode: processes, wall time, speed-up over separate processes, and the seconds per
+phase (`summary.json`) of one cell and summed over the grid (a stacked process's seconds are
+shared out over its runs).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from infoprompt_jax.phase_timer import PHASES
+
+MODES = {"separate": [], "stack_seeds": ["--stack_seeds"], "stack_rows": ["--stack_rows"]}
+
+
+def experiments_command(grid: str, root: pathlib.Path, flags: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "infoprompt_jax.experiments",
+        f"--grid={grid}",
+        f"--root={root}",
+        *flags,
+    ]
+
+
+def run_mode(grid: str, root: pathlib.Path, flags: list[str]) -> dict:
+    """Runs the grid in `root` from scratch; returns its record (also written to bench.json)."""
+    if root.exists():
+        print(f"{root} holds an unfinished timing run; starting it over.", flush=True)
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    env = {**os.environ, "INFOPROMPT_JAX_COMPILE_CACHE": str(root.absolute() / ".jax_cache")}
+    dry = subprocess.run(
+        experiments_command(grid, root, flags + ["--dry_run"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    processes = len(dry.stdout.strip().splitlines())
+    print(f"== {root.name}: {processes} processes", flush=True)
+    start = time.perf_counter()
+    subprocess.run(experiments_command(grid, root, flags), env=env, check=True)
+    record = {"processes": processes, "wall_seconds": time.perf_counter() - start}
+    (root / "bench.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def phase_seconds(root: pathlib.Path) -> tuple[str, dict, dict]:
+    """(first cell's name, its seconds per phase, the seconds summed over every cell)."""
+    summaries = sorted(root.rglob("summary.json"))
+    total = dict.fromkeys(PHASES, 0.0)
+    for path in summaries:
+        for phase, seconds in json.loads(path.read_text())["seconds"].items():
+            total[phase] = total.get(phase, 0.0) + seconds
+    first = json.loads(summaries[0].read_text())["seconds"]
+    return str(summaries[0].parent.relative_to(root)), first, total
+
+
+def table(out: pathlib.Path, records: dict[str, dict]) -> str:
+    separate = records.get("separate", {}).get("wall_seconds")
+    lines = [
+        "| mode | processes | wall s | speed-up | " + " | ".join(PHASES) + " |",
+        "|---|---|---|---|" + "---|" * len(PHASES),
+    ]
+    cell = ""
+    for mode, record in records.items():
+        cell, first, total = phase_seconds(out / mode)
+        speedup = f"{separate / record['wall_seconds']:.2f}x" if separate else "-"
+        for label, seconds in ((f"{mode}, one cell", first), (f"{mode}, all cells", total)):
+            wall = f"{record['wall_seconds']:.1f}" if label.endswith("all cells") else ""
+            shown = [f"{seconds.get(phase, 0.0):.1f}" for phase in PHASES]
+            processes = record["processes"] if wall else ""
+            lines.append(
+                f"| {label} | {processes} | {wall} | {speedup if wall else ''} | "
+                + " | ".join(shown)
+                + " |"
+            )
+    return f"One cell: {cell}\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="configs/grids/minilm_stack_slice.py")
+    parser.add_argument("--out", default="runs/bench_stacking")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    records = {}
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            sys.exit(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}.")
+        done = out / mode / "bench.json"
+        if done.exists():
+            records[mode] = json.loads(done.read_text())
+        else:
+            records[mode] = run_mode(args.grid, out / mode, MODES[mode])
+    print(table(out, records))
+
+
+if __name__ == "__main__":
+    main()
