@@ -12,10 +12,8 @@ adds InfoPrompt's loss-weight rows to the stack: row NAME, seed s writes `WORKDI
 the directory of `--config.loss.beta=BETA --config.loss.gamma=GAMMA --config.seed=s`.
 """
 
-import math
 import os
 import pathlib
-import re
 import sys
 import time
 
@@ -23,7 +21,15 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import cli, compile_cache, config_listing, phase_timer, stacked_train, train
+from infoprompt_jax import (
+    cli,
+    compile_cache,
+    config_listing,
+    phase_timer,
+    stack_flags,
+    stacked_train,
+    train,
+)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _SEEDS = flags.DEFINE_list(
@@ -95,70 +101,6 @@ def _distributed_args_from_env() -> dict[str, int]:
     return args
 
 
-def parse_seeds(values: list[str]) -> list[int]:
-    """`--seeds` as ints, checked: distinct and non-negative."""
-    try:
-        seeds = [int(v) for v in values]
-    except ValueError as e:
-        raise app.UsageError(
-            f"--seeds={','.join(values)}: give comma-separated ints, e.g. 0,1,2."
-        ) from e
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise app.UsageError(
-            f"--seeds={','.join(values)}: give distinct non-negative ints, e.g. 0,1,2."
-        )
-    return seeds
-
-
-_ROW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-def parse_rows(values: list[str]) -> list[tuple[str, float, float]]:
-    """`--rows` as (name, beta, gamma), checked: directory names, distinct rows, weights >= 0."""
-    example = "e.g. infoprompt:0.1:0.05,beta-gamma-0:0:0"
-    rows = []
-    for value in values:
-        parts = value.split(":")
-        try:
-            name, beta, gamma = parts[0], float(parts[1]), float(parts[2])
-            if len(parts) != 3:
-                raise ValueError
-        except (IndexError, ValueError):
-            raise app.UsageError(
-                f"--rows: {value!r} is not NAME:BETA:GAMMA with two numbers; {example}."
-            ) from None
-        if not _ROW_NAME.match(name):
-            raise app.UsageError(
-                f"--rows: row name {name!r} must be a directory name of letters, digits, "
-                f"'_', '-' and '.'; {example}."
-            )
-        if not (math.isfinite(beta) and math.isfinite(gamma) and beta >= 0 and gamma >= 0):
-            raise app.UsageError(f"--rows: {value!r} needs finite weights >= 0; {example}.")
-        rows.append((name, beta, gamma))
-    names, weights = [row[0] for row in rows], [row[1:] for row in rows]
-    if not rows or len(set(names)) != len(names) or len(set(weights)) != len(weights):
-        raise app.UsageError(
-            f"--rows={','.join(values)}: give rows with distinct names and distinct "
-            f"(beta, gamma); {example}."
-        )
-    return rows
-
-
-def train_stack(config, workdir: str, seeds: list[int], rows, timer) -> list[dict]:
-    """Trains `seeds` of `config` stacked, in `workdir/seed<s>`; with `rows` (name, beta,
-    gamma), every row of every seed, in `workdir/<name>/seed<s>`."""
-    configs, workdirs = [], []
-    for name, beta, gamma in rows or [(None, None, None)]:
-        for seed in seeds:
-            run_config = config.copy_and_resolve_references()
-            run_config.seed = seed
-            if name is not None:
-                run_config.loss.beta, run_config.loss.gamma = beta, gamma
-            configs.append(run_config)
-            workdirs.append(os.path.join(workdir, *([name] if name else []), f"seed{seed}"))
-    return stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
-
-
 def show_config() -> str:
     """The resolved --config, with the comments of the default.py beside its file."""
     config_file = pathlib.Path(flags.FLAGS["config"].config_filename)
@@ -217,9 +159,12 @@ def main(argv):
         )
     stacked = _SEEDS.value is not None or _ROWS.value is not None
     if stacked:
-        seeds = parse_seeds(_SEEDS.value) if _SEEDS.value is not None else [int(config.seed)]
-        rows = parse_rows(_ROWS.value) if _ROWS.value is not None else None
-        summaries = train_stack(config, _WORKDIR.value, seeds, rows, timer)
+        seeds = [int(config.seed)]
+        if _SEEDS.value is not None:
+            seeds = stack_flags.parse_seeds(_SEEDS.value)
+        rows = stack_flags.parse_rows(_ROWS.value) if _ROWS.value is not None else None
+        configs, workdirs = stack_flags.stacked_runs(config, _WORKDIR.value, seeds, rows)
+        summaries = stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
     else:
         summaries = [train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)]
     if any(summary.get("preempted") for summary in summaries):

@@ -3,6 +3,7 @@
 import re
 
 import commands
+import pytest
 import sentiment_fixture
 
 from configs import default
@@ -72,3 +73,20 @@ def test_config_listing_follows_the_defining_file():
     assert comments["model.remat"] == [
         "# Rematerialise encoder layers in the backward pass (less memory, more compute)."
     ]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--rows=a:0:0", "--config.method=warp"], "--rows sets InfoPrompt's loss weights"),
+        (["--rows=a:0.1"], "is not NAME:BETA:GAMMA"),
+        (["--seeds=0,0"], "give distinct non-negative ints"),
+    ],
+)
+def test_bad_stack_flags_stop_with_one_line_naming_the_fix(tmp_path, flags, message):
+    result = commands.run(
+        "main", "--config=configs/sst2.py:tiny", f"--workdir={tmp_path}", *flags, timeout=120
+    )
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())

@@ -17,10 +17,9 @@ from infoprompt_jax import (
     checkpointing,
     compile_cache,
     experiments,
-    main,
-    phase_timer,
     report,
     sharding,
+    stack_flags,
     stacked_train,
     train,
     trainable,
@@ -34,6 +33,12 @@ SEEDS = (0, 1)
 ROWS = (("infoprompt", 0.1, 0.05), ("beta-0", 0.0, 0.05), ("beta-gamma-0", 0.0, 0.0))
 
 
+def train_stack(config, workdir: pathlib.Path) -> list[dict]:
+    """What `main.py --rows=<ROWS> --seeds=0,1 --workdir=WORKDIR` trains."""
+    configs, workdirs = stack_flags.stacked_runs(config, str(workdir), SEEDS, ROWS)
+    return stacked_train.train_and_evaluate_stacked(configs, workdirs)
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_roberta_dir, tmp_path_factory):
     """(data dir, separate root, stacked root): every row x seed run alone and as one stack,
@@ -45,9 +50,7 @@ def runs(tiny_roberta_dir, tmp_path_factory):
             config = stacked_runs.run_config(tiny_roberta_dir, data_dir, seed, beta, gamma)
             train.train_and_evaluate(config, str(root / "separate" / name / f"seed{seed}"))
     config = stacked_runs.run_config(tiny_roberta_dir, data_dir, 0)
-    summaries = main.train_stack(
-        config, str(root / "stacked"), list(SEEDS), list(ROWS), phase_timer.PhaseTimer()
-    )
+    summaries = train_stack(config, root / "stacked")
     assert [s["stacked_runs"] for s in summaries] == [6] * 6
     return data_dir, root / "separate", root / "stacked"
 
@@ -122,7 +125,7 @@ def test_an_interrupted_row_stack_resumes_to_the_unbroken_result(runs, tiny_robe
     for checkpoint in workdir.glob("*/seed*/checkpoints/9"):
         shutil.rmtree(checkpoint)
     config = stacked_runs.run_config(tiny_roberta_dir, data_dir, 0)
-    main.train_stack(config, str(workdir), list(SEEDS), list(ROWS), phase_timer.PhaseTimer())
+    train_stack(config, workdir)
     for name, _, _ in ROWS:
         for seed in SEEDS:
             resumed, unbroken = (root / name / f"seed{seed}" for root in (workdir, stacked))
@@ -177,8 +180,8 @@ def test_rows_stack_only_infoprompt_weights(tiny_roberta_dir):
 )
 def test_bad_rows_are_refused_with_the_fix(value, message):
     with pytest.raises(app.UsageError, match=message):
-        main.parse_rows(value)
-    assert main.parse_rows(["infoprompt:0.1:0.05", "beta-gamma-0:0:0"]) == [
+        stack_flags.parse_rows(value)
+    assert stack_flags.parse_rows(["infoprompt:0.1:0.05", "beta-gamma-0:0:0"]) == [
         ("infoprompt", 0.1, 0.05),
         ("beta-gamma-0", 0.0, 0.0),
     ]

@@ -245,7 +245,7 @@ def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
     assert "SST-2" in report.write_report(root)
 
 
-def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=3):
+def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=3, vectorize=None):
     """Per step, the stacked runs' losses `[R]` and eval logits, on a mesh over `devices`."""
     config = sentiment_fixture.tiny_config(model_dir)
     components = components_lib.build_components(config)
@@ -269,6 +269,7 @@ def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=
         states,
         frozen,
         spread=spread,
+        vectorize=vectorize,
     )
     rows = [
         {k: v[r * batch_size : (r + 1) * batch_size] for k, v in arrays.items()}
@@ -298,3 +299,12 @@ def test_the_run_axis_on_8_devices_equals_1_device(
     assert (one[0], eight[0]) == (False, spread)
     np.testing.assert_allclose(eight[1], one[1], rtol=1e-5)
     np.testing.assert_allclose(eight[2], one[2], rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_and_lax_map_over_the_runs_agree(tiny_roberta_dir):
+    """The two ways of mapping the step over runs (vmap on accelerators, lax.map on a CPU)."""
+    devices = jax.devices()[:1]
+    mapped = stacked_history(tiny_roberta_dir, devices, 2, 8, vectorize=False)
+    vmapped = stacked_history(tiny_roberta_dir, devices, 2, 8, vectorize=True)
+    np.testing.assert_allclose(mapped[1], vmapped[1], rtol=1e-5)
+    np.testing.assert_allclose(mapped[2], vmapped[2], rtol=1e-4, atol=1e-5)
