@@ -6,6 +6,7 @@ make it emit any prompt (the model's own forward pass then computes the losses o
 and WARP.
 """
 
+import dataclasses
 import functools
 import json
 
@@ -437,3 +438,30 @@ def test_curves_command_groups_runs_by_config_label(tmp_path, capsys):
     np.testing.assert_allclose(by_label["y"].mean, [0.7, 0.6])
     with pytest.raises(ValueError, match="eval_accuracy"):
         curves.main([f"--workdirs={seed0}", "--metric=eval_f1", f"--output={output}"])
+
+
+def test_the_held_out_fit_draws_from_the_whole_train_split(restored_infoprompt):
+    components, _ = restored_infoprompt
+    few_shot = components.config.copy_and_resolve_references()
+    few_shot.data.few_shot = 4  # The run's own subset: 4 examples of the 16.
+    subset = runs.encode_examples(dataclasses.replace(components, config=few_shot), "train")
+    assert len(subset["label"]) == 4
+    drawn = runs.encode_split_sample(
+        dataclasses.replace(components, config=few_shot), "train", 10, 1
+    )
+    again = runs.encode_split_sample(
+        dataclasses.replace(components, config=few_shot), "train", 10, 1
+    )
+    other = runs.encode_split_sample(
+        dataclasses.replace(components, config=few_shot), "train", 10, 2
+    )
+    assert len(drawn["label"]) == 10
+    np.testing.assert_array_equal(drawn["input_ids"], again["input_ids"])
+    assert not np.array_equal(drawn["input_ids"], other["input_ids"])
+    whole = runs.encode_split_sample(components, "train", 100)  # More than the split's 16.
+    assert len(whole["label"]) == 16
+
+
+def test_cmi_refuses_a_negative_fit_count(infoprompt_run, tmp_path):
+    with pytest.raises(ValueError, match="--fit_examples=-1; give a count"):
+        cmi.main([f"--workdirs={infoprompt_run}", f"--output={tmp_path}", "--fit_examples=-1"])

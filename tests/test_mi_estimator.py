@@ -38,3 +38,16 @@ def test_saturates_at_log_k_when_the_true_mi_is_far_above():
 def test_independent_pairs_estimate_about_zero():
     result = estimate(4, 0.0)
     assert abs(result.value) < 0.05
+
+
+def test_a_fit_on_few_pairs_stops_before_it_memorises_them():
+    """64 pairs of 32-dim independent Gaussians: a critic fitted to the end memorises them and
+    scores new pairs far below 0; the early-stopped one keeps (about) the zero critic."""
+    a_train, b_train = gaussian_pairs(64, 32, 0.0, seed=0)
+    a_dev, b_dev = gaussian_pairs(256, 32, 0.0, seed=1)
+    memorised = mi_estimator.evaluate(
+        mi_estimator.fit_critic(a_train, b_train, validation_fraction=0.0), a_dev, b_dev, 256
+    )
+    stopped = mi_estimator.held_out_estimate(a_train, b_train, a_dev, b_dev, num_candidates=256)
+    assert memorised.value < -1.0
+    assert abs(stopped.value) < 0.05

@@ -21,9 +21,14 @@ Two estimators (`--estimator=trained|held_out|both`, default both):
 - held_out: a fresh critic (`mi_estimator.py`) fitted on the train split's pairs of mean prompt
   P_bar and prompted representation Z, and evaluated on the dev split's pairs against K_eval =
   min(256, dev examples) candidates. It bounds I(P_bar; Z) across examples, below log K_eval.
+  The pairs to fit come from `--fit_examples` examples drawn from the whole train split (2048 by
+  default), since the trained model makes a pair of any example: a few-shot run's 64 examples
+  are too few to fit a critic that generalises (the early-stopped fit then keeps the zero critic,
+  estimate 0).
 
     python -m infoprompt_jax.analysis.cmi --workdirs=W1,W2 --output=DIR [--estimator=both] \
-        [--phrases="it is equivalent to;has the same meaning"] [--num_random=1] [--max_examples=N]
+        [--phrases="it is equivalent to;has the same meaning"] [--num_random=1] [--max_examples=N] \
+        [--fit_examples=2048]
 
 writes `DIR/cmi.csv` (source, estimator, example_index, cmi, cap) and `DIR/cmi.png` (a box per
 source and estimator, each estimator's cap drawn) and prints each source's median and cap.
@@ -49,6 +54,7 @@ from infoprompt_jax.analysis import mi_estimator, plotting, prompt_eval, runs
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
 ESTIMATORS = ("trained", "held_out")
 HELD_OUT_CANDIDATES = 256
+FIT_EXAMPLES = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,8 +243,12 @@ def compute(
     seed: int = 0,
     batch_size: int = 32,
     estimators: Sequence[str] = ESTIMATORS,
+    fit_examples: int = FIT_EXAMPLES,
 ) -> dict[tuple[str, str], Result]:
     """Per-example CMI estimates of every prompt source and estimator, in plot order.
+
+    `fit_examples`: the held-out critic fits the pairs of this many examples drawn (by `seed`)
+    from the whole train split; 0 fits the run's own training examples (its few-shot subset).
 
     Returns:
         (source name, estimator) -> its `Result` over the dev examples (the first N with
@@ -256,9 +266,13 @@ def compute(
     for index, (workdir, label) in enumerate(zip(workdirs, labels)):
         components, params = runs.restore_run(workdir)
         arrays = runs.encode_examples(components, "dev", max_examples)
-        train_arrays = (
-            runs.encode_examples(components, "train") if "held_out" in estimators else None
-        )
+        train_arrays = None
+        if "held_out" in estimators:
+            train_arrays = (
+                runs.encode_split_sample(components, "train", fit_examples, seed)
+                if fit_examples
+                else runs.encode_examples(components, "train")
+            )
 
         # A run without a representation critic (beta = 0, baselines): the held-out one only.
         run_estimators = [
@@ -392,6 +406,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=0,
         help="Use the first N dev examples (0: the run's whole dev set).",
     )
+    parser.add_argument(
+        "--fit_examples",
+        type=int,
+        default=FIT_EXAMPLES,
+        help="held_out: fit the critic on the pairs of N examples drawn from the whole train "
+        "split (0: the run's own training examples, e.g. its few-shot subset).",
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per forward pass.")
     parser.add_argument(
         "--seed",
@@ -408,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     if not workdirs:
         raise ValueError("--workdirs names no workdir.")
     estimators = ESTIMATORS if args.estimator == "both" else (args.estimator,)
+    if args.fit_examples < 0:
+        raise ValueError(
+            f"--fit_examples={args.fit_examples}; give a count of train examples, or 0 for the "
+            "run's own training examples."
+        )
     results = compute(
         workdirs,
         runs.split_list(args.labels) or None,
@@ -417,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         args.seed,
         args.batch_size,
         estimators,
+        args.fit_examples,
     )
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from etils import epath
 
 from infoprompt_jax import checkpointing, run_state, workdir_files
 from infoprompt_jax import components as components_lib
+from infoprompt_jax import data as data_lib
 from infoprompt_jax import trainable as trainable_lib
 
 Params = dict[str, Any]
@@ -44,6 +45,21 @@ def encode_examples(
         examples = examples[:max_examples]
     if not examples:
         raise ValueError(f"The {split} split of {components.config.task} has no examples.")
+    return components.encode(examples)
+
+
+def encode_split_sample(
+    components: components_lib.Components, split: str, count: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Tokenized arrays of `count` examples of the whole split, drawn by `seed` without
+    replacement (the run's few-shot subset aside); the whole split when it is smaller."""
+    config, task = components.config, components.task
+    examples = data_lib.load_split(
+        task, split, config.data.source, config.data.dir or None, label_names=task.label_names
+    )
+    if count < len(examples):
+        rows = np.random.default_rng(seed).choice(len(examples), count, replace=False)
+        examples = [examples[i] for i in sorted(rows)]
     return components.encode(examples)
 
 
