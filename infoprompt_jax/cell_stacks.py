@@ -48,7 +48,7 @@ def group_by_rows(cells: Sequence[Any], config_of: Callable[[Any], Any]) -> list
     for group in group_by_seeds(cells, lambda cell: configs[cell.name].method):
         config = configs[group[0].name]
         key: Any = group[0].name
-        if config.method == "infoprompt" and config.variant == "paper":
+        if stacked_train.rows_can_stack(config):
             shared = stacked_train.shared_fields(config)
             parent = group[0].name.rsplit("/", 2)[0]
             seeds = tuple(cell.seed for cell in group)

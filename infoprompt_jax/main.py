@@ -152,7 +152,7 @@ def main(argv):
     timer = phase_timer.PhaseTimer()
     timer.record_startup()
     config = flags.FLAGS.config
-    if _ROWS.value is not None and (config.method != "infoprompt" or config.variant != "paper"):
+    if _ROWS.value is not None and not stacked_train.rows_can_stack(config):
         raise app.UsageError(
             f"--rows sets InfoPrompt's loss weights; it needs --config.method=infoprompt and "
             f"--config.variant=paper (got {config.method}, {config.variant})."

@@ -36,12 +36,10 @@ def parse_rows(values: list[str]) -> list[tuple[str, float, float]]:
     example = "e.g. infoprompt:0.1:0.05,beta-gamma-0:0:0"
     rows = []
     for value in values:
-        parts = value.split(":")
         try:
-            name, beta, gamma = parts[0], float(parts[1]), float(parts[2])
-            if len(parts) != 3:
-                raise ValueError
-        except (IndexError, ValueError):
+            name, beta, gamma = value.split(":")
+            beta, gamma = float(beta), float(gamma)
+        except ValueError:  # Not three parts, or not numbers.
             raise app.UsageError(
                 f"--rows: {value!r} is not NAME:BETA:GAMMA with two numbers; {example}."
             ) from None

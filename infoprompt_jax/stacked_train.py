@@ -69,6 +69,13 @@ def run_identity(config: ml_collections.ConfigDict) -> tuple[int, float, float]:
     return int(config.seed), float(config.loss.beta), float(config.loss.gamma)
 
 
+def rows_can_stack(config: ml_collections.ConfigDict) -> bool:
+    """Whether runs of this config may differ in loss.beta / loss.gamma within a stack: only
+    InfoPrompt's paper variant reads them (other methods ignore them, the released variant sets
+    its own)."""
+    return config.method == "infoprompt" and config.variant == "paper"
+
+
 def check_stackable(configs: Sequence[ml_collections.ConfigDict]) -> None:
     """Raises ValueError unless the configs differ only in `PER_RUN_FIELDS` and can stack."""
     identities = [run_identity(c) for c in configs]
@@ -94,7 +101,7 @@ def check_stackable(configs: Sequence[ml_collections.ConfigDict]) -> None:
             f"run); run its seeds separately. Stackable: methods other than {UNSTACKABLE_METHODS}."
         )
     weights = {identity[1:] for identity in identities}
-    if len(weights) > 1 and (method != "infoprompt" or variant != "paper"):
+    if len(weights) > 1 and not rows_can_stack(configs[0]):
         raise ValueError(
             f"Runs stacked with different loss.beta / loss.gamma {sorted(weights)} must be "
             f"method=infoprompt, variant=paper (got method={method}, variant={variant}): other "
@@ -139,14 +146,6 @@ def run_components(
     )
     model = models.InfoPromptModel(method.model, shared.model.encoder_config, shared.model.dtype)
     return dataclasses.replace(shared, config=config, method=method, model=model)
-
-
-def seed_config(components: components_lib.Components, seed: int) -> components_lib.Components:
-    """`components` for another seed: the same encoder and model, the config's seed changed."""
-    config = components.config.copy_and_resolve_references()
-    with config.unlocked():
-        config.seed = seed
-    return dataclasses.replace(components, config=config)
 
 
 @dataclasses.dataclass

@@ -48,11 +48,11 @@ def cache_unprompted_passes(
     and an example's unprompted pass depends on its `unprompted_*` arrays alone, so the union of
     their examples is passed through the encoder once and every run reads its rows from it.
     """
+    fields = sorted(name for name in runs_arrays[0] if name.startswith("unprompted_"))
     union_rows: dict[bytes, int] = {}
     runs_rows = []  # Per run, the union row of each of its examples.
     sources = []  # Per union row, (run, row) of its first occurrence.
     for run, arrays in enumerate(runs_arrays):
-        fields = sorted(name for name in arrays if name.startswith("unprompted_"))
         rows = []
         for row in range(len(arrays["label"])):
             key = b"".join(arrays[name][row].tobytes() for name in fields)

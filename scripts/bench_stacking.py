@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from infoprompt_jax.phase_timer import PHASES
+from infoprompt_jax import phase_timer
 
 MODES = {"separate": [], "stack_seeds": ["--stack_seeds"], "stack_rows": ["--stack_rows"]}
 
@@ -64,34 +64,29 @@ def run_mode(grid: str, root: pathlib.Path, flags: list[str]) -> dict:
 
 def phase_seconds(root: pathlib.Path) -> tuple[str, dict, dict]:
     """(first cell's name, its seconds per phase, the seconds summed over every cell)."""
-    summaries = sorted(root.rglob("summary.json"))
-    total = dict.fromkeys(PHASES, 0.0)
-    for path in summaries:
-        for phase, seconds in json.loads(path.read_text())["seconds"].items():
-            total[phase] = total.get(phase, 0.0) + seconds
-    first = json.loads(summaries[0].read_text())["seconds"]
-    return str(summaries[0].parent.relative_to(root)), first, total
+    paths = sorted(root.rglob("summary.json"))
+    summaries = [json.loads(path.read_text()) for path in paths]
+    total, _ = phase_timer.sum_timings(summaries)
+    return str(paths[0].parent.relative_to(root)), summaries[0]["seconds"], total
 
 
 def table(out: pathlib.Path, records: dict[str, dict]) -> str:
     separate = records.get("separate", {}).get("wall_seconds")
     lines = [
-        "| mode | processes | wall s | speed-up | " + " | ".join(PHASES) + " |",
-        "|---|---|---|---|" + "---|" * len(PHASES),
+        "| mode | processes | wall s | speed-up | " + " | ".join(phase_timer.PHASES) + " |",
+        "|---|---|---|---|" + "---|" * len(phase_timer.PHASES),
     ]
     cell = ""
     for mode, record in records.items():
         cell, first, total = phase_seconds(out / mode)
-        speedup = f"{separate / record['wall_seconds']:.2f}x" if separate else "-"
-        for label, seconds in ((f"{mode}, one cell", first), (f"{mode}, all cells", total)):
-            wall = f"{record['wall_seconds']:.1f}" if label.endswith("all cells") else ""
-            shown = [f"{seconds.get(phase, 0.0):.1f}" for phase in PHASES]
-            processes = record["processes"] if wall else ""
-            lines.append(
-                f"| {label} | {processes} | {wall} | {speedup if wall else ''} | "
-                + " | ".join(shown)
-                + " |"
-            )
+        wall = record["wall_seconds"]
+        speedup = f"{separate / wall:.2f}x" if separate else "-"
+        for label, seconds, figures in (
+            (f"{mode}, one cell", first, ("", "", "")),
+            (f"{mode}, all cells", total, (record["processes"], f"{wall:.1f}", speedup)),
+        ):
+            shown = [f"{seconds.get(phase, 0.0):.1f}" for phase in phase_timer.PHASES]
+            lines.append(f"| {label} | " + " | ".join(map(str, (*figures, *shown))) + " |")
     return f"One cell: {cell}\n\n" + "\n".join(lines)
 
 

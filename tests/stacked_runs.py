@@ -1,5 +1,6 @@
 """Helpers of the stacking tests: the tiny stacked run's config and metric comparisons."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -28,6 +29,13 @@ def run_config(model_dir, data_dir, seed, beta=None, gamma=None, **train_overrid
     for key, value in train_overrides.items():
         config.train[key] = value
     return config
+
+
+def components_for_seed(components, seed: int):
+    """`components` for another seed: the same encoder and model, the config's seed changed."""
+    config = components.config.copy_and_resolve_references()
+    config.seed = seed
+    return dataclasses.replace(components, config=config)
 
 
 def compare_metrics(separate: list[dict], stacked: list[dict]) -> tuple[float, float]:

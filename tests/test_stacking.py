@@ -256,7 +256,7 @@ def stacked_history(model_dir, devices, num_runs, batch_size, fsdp=1, num_steps=
     run_states, frozen = [], None
     for seed in range(num_runs):
         state, run_frozen = run_state.build_state(
-            stacked_train.seed_config(components, seed), optimizer, mesh, arrays
+            stacked_runs.components_for_seed(components, seed), optimizer, mesh, arrays
         )
         run_states.append(state)
         frozen = frozen or run_frozen
