@@ -38,6 +38,7 @@ from infoprompt_jax import (
     batching,
     checkpointing,
     config_validation,
+    device_memory,
     methods,
     metric_logging,
     models,
@@ -489,6 +490,8 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             # The process's seconds, shared out: summed over a grid they add up to its wall time.
             "seconds": timer.as_dict(scale=1.0 / num_runs),
             "stacked_runs": num_runs,
+            # The process's peak, shared by the stacked runs (None on a CPU).
+            "peak_device_mem_mb": device_memory.peak_device_memory_mb(),
         }
         if slot.failure:
             summary["failed"] = slot.failure

@@ -19,6 +19,7 @@ from infoprompt_jax import (
     batching,
     checkpointing,
     config_validation,
+    device_memory,
     metric_logging,
     phase_timer,
     prompt_trajectory,
@@ -210,6 +211,7 @@ def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> d
         f"best_{main_metric}": record["best_score"],
         "train_seconds_this_run": time.perf_counter() - start_time,
         "seconds": timer.as_dict(),
+        "peak_device_mem_mb": device_memory.peak_device_memory_mb(),
     }
     if jax.process_index() == 0 and not preemption.raised:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -9,7 +9,8 @@ first compiles as a fresh grid would. A finished mode records its wall time in `
 and is not run again: rerunning the command runs the modes still missing, then prints the table.
 A mode interrupted part-way starts over, since a resumed grid's wall time is not one run's.
 
-Printed per mode: processes, wall time, speed-up over separate processes, and the seconds per
+Printed per mode: processes, wall time, speed-up over separate processes, train examples per
+wall second, the peak accelerator memory of any process (none on a CPU), and the seconds per
 phase (`summary.json`) of one cell and summed over the grid (a stacked process's seconds are
 shared out over its runs).
 """
@@ -62,32 +63,61 @@ def run_mode(grid: str, root: pathlib.Path, flags: list[str]) -> dict:
     return record
 
 
-def phase_seconds(root: pathlib.Path) -> tuple[str, dict, dict]:
-    """(first cell's name, its seconds per phase, the seconds summed over every cell)."""
+def grid_figures(root: pathlib.Path) -> dict:
+    """A mode's figures from its cells' summary.json and config.json.
+
+    Returns: `cell` (the first cell's name), `first` (its seconds per phase), `total` (the seconds
+    summed over every cell), `examples` (train examples stepped over, every cell: step x batch)
+    and `peak_mb` (the largest peak_device_mem_mb of a cell; None on a CPU).
+    """
     paths = sorted(root.rglob("summary.json"))
     summaries = [json.loads(path.read_text()) for path in paths]
     total, _ = phase_timer.sum_timings(summaries)
-    return str(paths[0].parent.relative_to(root)), summaries[0]["seconds"], total
+    examples = 0
+    for path, summary in zip(paths, summaries):
+        config = json.loads((path.parent / "config.json").read_text())
+        examples += summary["step"] * config["train"]["batch_size"]
+    peaks = [s["peak_device_mem_mb"] for s in summaries if s.get("peak_device_mem_mb") is not None]
+    return {
+        "cell": str(paths[0].parent.relative_to(root)),
+        "first": summaries[0]["seconds"],
+        "total": total,
+        "examples": examples,
+        "peak_mb": max(peaks) if peaks else None,
+    }
 
 
 def table(out: pathlib.Path, records: dict[str, dict]) -> str:
+    """The markdown table: per mode, one cell's phases, then the grid's (wall, ex/s, peak)."""
     separate = records.get("separate", {}).get("wall_seconds")
     lines = [
-        "| mode | processes | wall s | speed-up | " + " | ".join(phase_timer.PHASES) + " |",
-        "|---|---|---|---|" + "---|" * len(phase_timer.PHASES),
+        "| mode | processes | wall s | speed-up | train ex/s | peak MiB | "
+        + " | ".join(phase_timer.PHASES)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(phase_timer.PHASES),
     ]
     cell = ""
     for mode, record in records.items():
-        cell, first, total = phase_seconds(out / mode)
+        figures = grid_figures(out / mode)
+        cell = figures["cell"]
         wall = record["wall_seconds"]
-        speedup = f"{separate / wall:.2f}x" if separate else "-"
-        for label, seconds, figures in (
-            (f"{mode}, one cell", first, ("", "", "")),
-            (f"{mode}, all cells", total, (record["processes"], f"{wall:.1f}", speedup)),
+        grid_columns = (
+            record["processes"],
+            f"{wall:.1f}",
+            f"{separate / wall:.2f}x" if separate else "-",
+            f"{figures['examples'] / wall:.1f}",
+            "-" if figures["peak_mb"] is None else f"{figures['peak_mb']:.0f}",
+        )
+        for label, seconds, columns in (
+            (f"{mode}, one cell", figures["first"], ("",) * len(grid_columns)),
+            (f"{mode}, all cells", figures["total"], grid_columns),
         ):
             shown = [f"{seconds.get(phase, 0.0):.1f}" for phase in phase_timer.PHASES]
-            lines.append(f"| {label} | " + " | ".join(map(str, (*figures, *shown))) + " |")
-    return f"One cell: {cell}\n\n" + "\n".join(lines)
+            lines.append(f"| {label} | " + " | ".join(map(str, (*columns, *shown))) + " |")
+    return (
+        f"One cell: {cell}. train ex/s: train examples stepped over by all cells per wall "
+        "second of the mode.\n\n" + "\n".join(lines)
+    )
 
 
 def main() -> None:

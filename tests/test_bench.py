@@ -10,6 +10,7 @@ import sentiment_fixture
 import torch
 
 from infoprompt_jax import components as components_lib
+from infoprompt_jax import device_memory
 from infoprompt_jax import trainable as trainable_lib
 from infoprompt_jax.tools import bench, torch_reference
 
@@ -232,3 +233,22 @@ def test_torch_step_runs_where_its_device_says(components, batch, trainable):
     assert all(t.device == step.device for t in tensors.values())
     metrics = step.step(tensors)
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+class _FakeDevice:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_peak_device_memory_is_the_largest_reported_peak_in_mib():
+    devices = [
+        _FakeDevice({"peak_bytes_in_use": 3 * 2**20, "bytes_in_use": 9 * 2**20}),
+        _FakeDevice(None),  # a device without statistics (a CPU) is skipped
+        _FakeDevice({"peak_bytes_in_use": 5 * 2**19}),
+    ]
+    assert device_memory.peak_device_memory_mb(devices) == 3.0
+    assert device_memory.peak_device_memory_mb([_FakeDevice(None), _FakeDevice({})]) is None
+    assert device_memory.peak_device_memory_mb() is None  # this machine's CPU devices

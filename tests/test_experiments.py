@@ -259,12 +259,19 @@ def test_shipped_grids():
         "paper_full.py": 5 * 8 * 2 * 5,
         "paper_few_shot.py": 5 * 8 * 2 * 5,
         "minilm_smoke.py": 2 * 3 * 3,
+        "minilm_stack_slice.py": 2 * 3,
+        "gpu_stack_slice.py": 4 * 5,
     }
     for name, size in sizes.items():
         grid = grids.load_grid(REPO / "configs/grids" / name)
         cells = grids.expand(grid)
         assert len(cells) == size, name
         grids.validate(cells, "/nonexistent/root")  # Every command parses.
+    # The GPU benchmark's slice: the 4 InfoPrompt rows stack into 4 seed stacks, or 1 with rows.
+    slice_cells = grids.expand(grids.load_grid(REPO / "configs/grids/gpu_stack_slice.py"))
+    seed_stacks = experiments.stack_groups(slice_cells, "/nonexistent/root")
+    assert [len(group) for group in seed_stacks] == [5, 5, 5, 5]
+    assert len(experiments.stack_groups(slice_cells, "/nonexistent/root", stack_rows=True)) == 1
     smoke = grids.load_grid(REPO / "configs/grids/minilm_smoke.py")
     assert list(smoke["rows"]) == ["InfoPrompt", "beta=gamma=0", "WARP"]
     for task, folder in (("sst2", "SST-2"), ("rte", "RTE")):

@@ -239,6 +239,7 @@ def test_grid_stack_seeds(runs, tiny_roberta_dir, tmp_path, monkeypatch):
             (root / f"sst2/fs16/np2/infoprompt/seed{seed}/summary.json").read_text()
         )
         assert summary["stacked_runs"] == 2
+        assert summary["peak_device_mem_mb"] is None  # a CPU keeps no memory statistics
     assert (root / "sst2/fs16/np2/infoprompt/log.txt").exists()
     assert any((root / ".jax_cache").iterdir())
     assert "summed over 2 runs" in report.timings_report(root)

@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax import batching, run_state, sharding, unprompted_cache
+from infoprompt_jax import batching, device_memory, run_state, sharding, unprompted_cache
 from infoprompt_jax import components as components_lib
 from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax import steps as steps_lib
@@ -138,16 +138,6 @@ def matmul_flops(jaxpr: jex.core.Jaxpr) -> float:
         else:
             total += sum(inner)
     return total
-
-
-def peak_device_memory_mb(devices) -> float | None:
-    """The largest `peak_bytes_in_use` among `devices`, in MiB; None where none reports it."""
-    peaks = []
-    for device in devices:
-        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) / 2**20 if peaks else None
 
 
 def synthetic_batch(
@@ -444,7 +434,7 @@ def run_benchmark(
     results, initial_trainable, arrays = benchmark_jax(components, arrays, warmup_steps, num_steps)
     results.update(utilisation(results, devices[0].device_kind, len(devices)))
     results.update(
-        peak_device_mem_mb=peak_device_memory_mb(jax.local_devices()),
+        peak_device_mem_mb=device_memory.peak_device_memory_mb(),
         device_kind=devices[0].device_kind,
         device_count=len(devices),
         batch_size=batch_size,
