@@ -476,6 +476,8 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
     progress.close()
     preemption.restore()
     train_seconds = time.perf_counter() - start_time
+    # The process's peak, shared by the stacked runs (None on a CPU).
+    peak_mb = device_memory.peak_device_memory_mb()
     summaries = []
     for i, slot in enumerate(slots):
         slot.manager.close()
@@ -490,8 +492,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             # The process's seconds, shared out: summed over a grid they add up to its wall time.
             "seconds": timer.as_dict(scale=1.0 / num_runs),
             "stacked_runs": num_runs,
-            # The process's peak, shared by the stacked runs (None on a CPU).
-            "peak_device_mem_mb": device_memory.peak_device_memory_mb(),
+            "peak_device_mem_mb": peak_mb,
         }
         if slot.failure:
             summary["failed"] = slot.failure
