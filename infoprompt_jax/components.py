@@ -106,13 +106,20 @@ def load_task(config: ml_collections.ConfigDict) -> tasks.TaskSpec:
     return task
 
 
+def load_whole_split(
+    config: ml_collections.ConfigDict, task: tasks.TaskSpec, split: str
+) -> list[data_lib.Example]:
+    """Every example of the split, from the config's data source (no few-shot subset, no cap)."""
+    return data_lib.load_split(
+        task, split, config.data.source, config.data.dir or None, label_names=task.label_names
+    )
+
+
 def load_examples(
     config: ml_collections.ConfigDict, task: tasks.TaskSpec, split: str
 ) -> list[data_lib.Example]:
     """The split's examples: the few-shot subset for train, capped for dev."""
-    examples = data_lib.load_split(
-        task, split, config.data.source, config.data.dir or None, label_names=task.label_names
-    )
+    examples = load_whole_split(config, task, split)
     if split == "train":
         return data_lib.few_shot_subset(examples, config.data.few_shot, config.seed)
     if config.data.max_eval_examples:

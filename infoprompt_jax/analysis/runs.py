@@ -16,7 +16,6 @@ from etils import epath
 
 from infoprompt_jax import checkpointing, run_state, workdir_files
 from infoprompt_jax import components as components_lib
-from infoprompt_jax import data as data_lib
 from infoprompt_jax import trainable as trainable_lib
 
 Params = dict[str, Any]
@@ -53,10 +52,7 @@ def encode_split_sample(
 ) -> dict[str, np.ndarray]:
     """Tokenized arrays of `count` examples of the whole split, drawn by `seed` without
     replacement (the run's few-shot subset aside); the whole split when it is smaller."""
-    config, task = components.config, components.task
-    examples = data_lib.load_split(
-        task, split, config.data.source, config.data.dir or None, label_names=task.label_names
-    )
+    examples = components_lib.load_whole_split(components.config, components.task, split)
     if count < len(examples):
         rows = np.random.default_rng(seed).choice(len(examples), count, replace=False)
         examples = [examples[i] for i in sorted(rows)]
