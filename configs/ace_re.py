@@ -1,4 +1,4 @@
-"""InfoPrompt on ACE2005 relation extraction from a JSONL export (train.jsonl, dev.jsonl; see infoprompt_jax/data.py); micro-F1."""
+"""InfoPrompt on ACE2005 relation extraction from a JSONL export (train.jsonl, dev.jsonl; see infoprompt_jax/data/sources.py); micro-F1."""
 
 from configs import default
 

@@ -10,7 +10,7 @@ import ml_collections
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Returns the default config; `variant` may be "tiny"."""
     config = ml_collections.ConfigDict()
-    # Task name: rte | mrpc | cola | sst2 | semeval | ace_re | ace_ner (infoprompt_jax/tasks.py).
+    # Task name: rte | mrpc | cola | sst2 | semeval | ace_re | ace_ner (infoprompt_jax/data/tasks.py).
     config.task = "rte"
     # Method: infoprompt | idpg | warp | adapter | finetune (docs/design.md, "What trains").
     config.method = "infoprompt"

@@ -26,9 +26,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
-from infoprompt_jax import cli, pretrained, run_state, safetensors_file, sharding, workdir_files
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax import cli
+from infoprompt_jax.model import pretrained, safetensors_file
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import run_state, sharding
+from infoprompt_jax.workdir import workdir_files
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"

@@ -21,15 +21,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import (
-    cli,
-    compile_cache,
-    config_listing,
-    phase_timer,
-    stack_flags,
-    stacked_train,
-    train,
-)
+from infoprompt_jax import cli, compile_cache, config_listing, stack_flags
+from infoprompt_jax.train import loop as train
+from infoprompt_jax.train import phase_timer, stacked_train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _SEEDS = flags.DEFINE_list(

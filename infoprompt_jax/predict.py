@@ -24,21 +24,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import (
-    batching,
-    cli,
-    pretrained,
-    readers,
-    run_state,
-    safetensors_file,
-    sharding,
-    steps,
-    templates,
-)
-from infoprompt_jax import components as components_lib
+from infoprompt_jax import cli
 from infoprompt_jax import export as export_lib
-from infoprompt_jax import tasks as tasks_lib
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.data import readers, templates
+from infoprompt_jax.data import tasks as tasks_lib
+from infoprompt_jax.model import pretrained, safetensors_file
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import batching, run_state, sharding, steps
+from infoprompt_jax.train import components as components_lib
 
 # One input: a string (one-field templates), a tuple of strings in template field order, or a
 # mapping of field name to string.

@@ -5,7 +5,7 @@ import pathlib
 import ml_collections
 
 from configs import default
-from infoprompt_jax import data
+from infoprompt_jax.data import sources as data
 
 POSITIVE = (
     "a great movie",

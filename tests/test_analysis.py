@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import batching, losses, train
 from infoprompt_jax.analysis import cmi, curves, landscape, prompt_eval, runs
+from infoprompt_jax.model import losses
+from infoprompt_jax.train import batching
+from infoprompt_jax.train import loop as train
 
 RTOL = 1e-5
 # Every test uses batches of this many examples, so compiled functions are shared between them.

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import batching, sharding, train
-from infoprompt_jax import components as components_lib
+from infoprompt_jax.train import batching, sharding
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import loop as train
 
 # Two rows of length 3 and 5 in an L = 8 batch; the unprompted input is one shorter (no prompt).
 ARRAYS = {

@@ -9,10 +9,10 @@ import pytest
 import sentiment_fixture
 import torch
 
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import device_memory
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.tools import bench, torch_reference
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import device_memory
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {

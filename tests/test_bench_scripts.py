@@ -1,21 +1,14 @@
-"""The benchmark scripts of scripts/: the stacked-step timer runs, the grid table's arithmetic."""
+"""The grid and stacked-step benchmarks of tools/: the stacked-step timer runs, the grid table's arithmetic."""
 
-import importlib.util
 import json
 import re
 import sys
 
-import commands
 import sentiment_fixture
 
-from infoprompt_jax import phase_timer, workdir_files
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, commands.REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from infoprompt_jax.tools import bench_stacked_step, bench_stacking
+from infoprompt_jax.train import phase_timer
+from infoprompt_jax.workdir import workdir_files
 
 
 def test_bench_stacked_step_times_every_mode_in_every_round(
@@ -28,7 +21,7 @@ def test_bench_stacked_step_times_every_mode_in_every_round(
     workdir_files.write_config(workdir, config)
     argv = ["bench_stacked_step", f"--workdir={workdir}", "--length=16", "--runs=1,2"]
     monkeypatch.setattr(sys, "argv", argv + ["--steps=2", "--rounds=2"])
-    load_script("bench_stacked_step").main()
+    bench_stacked_step.main()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round")]
     pattern = r"round (\d)  (plain|stacked R=\d)\s+(\d+) ms per step\s+(\d+) ms per run-step"
     rows = [re.fullmatch(pattern, line).groups() for line in lines]
@@ -49,7 +42,7 @@ def write_cell(root, name, step, batch_size, seconds, peak):
 
 
 def test_bench_stacking_table_sums_phases_examples_and_peaks(tmp_path):
-    bench = load_script("bench_stacking")
+    bench = bench_stacking
     write_cell(tmp_path / "separate", "a/seed0", 10, 8, {"train": 2.0, "eval": 1.0}, None)
     write_cell(tmp_path / "separate", "a/seed1", 10, 8, {"train": 4.0, "eval": 1.0}, None)
     write_cell(tmp_path / "stack_seeds", "a/seed0", 10, 8, {"train": 1.5, "eval": 0.5}, 100.0)

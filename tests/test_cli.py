@@ -8,7 +8,8 @@ import sys
 import commands
 import pytest
 
-from infoprompt_jax import cli, tasks
+from infoprompt_jax import cli
+from infoprompt_jax.data import tasks
 
 REPO = commands.REPO
 
@@ -128,6 +129,6 @@ def test_library_info_lines_are_dropped_but_ours_and_warnings_pass():
         return logging.LogRecord("absl", level, path, 1, "msg", (), None)
 
     keep = cli._OwnLinesAndWarnings().filter
-    assert keep(record(str(REPO / "infoprompt_jax/train.py"), logging.INFO))
+    assert keep(record(str(REPO / "infoprompt_jax/train/loop.py"), logging.INFO))
     assert not keep(record("/site-packages/orbax/checkpoint/future.py", logging.INFO))
     assert keep(record("/site-packages/orbax/checkpoint/future.py", logging.WARNING))

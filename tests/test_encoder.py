@@ -11,8 +11,8 @@ import transformers
 from flax import serialization, traverse_util
 from safetensors.torch import save_file
 
-from infoprompt_jax import encoder as enc_lib
-from infoprompt_jax import pretrained
+from infoprompt_jax.model import encoder as enc_lib
+from infoprompt_jax.model import pretrained
 
 PARITY_ATOL = 1e-5
 TINY = dict(

@@ -12,7 +12,8 @@ import sys
 import commands
 import pytest
 
-from infoprompt_jax import experiments, grids, report
+from infoprompt_jax.grid import grids, report
+from infoprompt_jax.grid import runner as experiments
 
 REPO = commands.REPO
 
@@ -215,7 +216,7 @@ def test_dry_run_commands_parse_with_config_flags(grid_file, tmp_path):
 _MAIN_STUB = """
 import json
 from absl import app
-from infoprompt_jax import train
+from infoprompt_jax.train import loop as train
 def fake_train(config, workdir, timer=None):
   print("PARSED " + json.dumps({"config": config.to_dict(), "workdir": workdir}))
   return {"preempted": False}

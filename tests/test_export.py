@@ -13,20 +13,14 @@ import safetensors.numpy
 import sentiment_fixture
 from absl import flags
 
-from infoprompt_jax import (
-    batching,
-    checkpointing,
-    export,
-    predict,
-    pretrained,
-    readers,
-    run_state,
-    sharding,
-    tasks,
-    train,
-)
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax import export, predict
+from infoprompt_jax.data import readers, tasks
+from infoprompt_jax.model import pretrained
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import batching, run_state, sharding
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import loop as train
+from infoprompt_jax.workdir import checkpointing
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
 

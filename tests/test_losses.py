@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infoprompt_jax import losses, objective
+from infoprompt_jax.model import losses, objective
 
 
 def test_info_nce_equals_hand_computed_value():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from infoprompt_jax import metric_logging
+from infoprompt_jax.workdir import metric_logging
 
 
 def lines(path) -> list[dict]:

@@ -6,7 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from infoprompt_jax import metrics, tasks
+from infoprompt_jax.data import metrics, tasks
 
 # Binary case: TP = 2 (0, 4), FP = 1 (1), TN = 2 (2, 3), FN = 1 (5).
 PRED = [1, 1, 0, 0, 1, 0]

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infoprompt_jax import objective
+from infoprompt_jax.model import objective
 
 
 def test_sampled_positions_are_uniform_over_the_allowed_ones_only():

@@ -9,7 +9,7 @@ import commands
 import numpy as np
 import sentiment_fixture
 
-from infoprompt_jax import workdir_files
+from infoprompt_jax.workdir import workdir_files
 
 REPO = commands.REPO
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import components as components_lib
 from infoprompt_jax.analysis import prompt_eval
+from infoprompt_jax.train import components as components_lib
 
 BATCH = 8
 K = 4  # The :tiny config's num_candidates.

@@ -7,7 +7,9 @@ import commands
 import pytest
 import sentiment_fixture
 
-from infoprompt_jax import compile_cache, phase_timer, report
+from infoprompt_jax import compile_cache
+from infoprompt_jax.grid import report
+from infoprompt_jax.train import phase_timer
 
 
 def test_nested_phases_are_counted_once():

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from absl import logging as absl_logging
 
-from infoprompt_jax import progress as progress_lib
+from infoprompt_jax.train import progress as progress_lib
 
 METRICS = {"loss": 0.5, "accuracy": 0.75}
 

@@ -13,19 +13,13 @@ import pytest
 import safetensors.numpy
 import sentiment_fixture
 
-from infoprompt_jax import (
-    checkpointing,
-    config_validation,
-    data,
-    predict,
-    pretrained,
-    run_dir,
-    safetensors_file,
-    tasks,
-    workdir_files,
-)
-from infoprompt_jax import components as components_lib
+from infoprompt_jax import config_validation, predict
 from infoprompt_jax.analysis import runs as analysis_runs
+from infoprompt_jax.data import sources as data
+from infoprompt_jax.data import tasks
+from infoprompt_jax.model import pretrained, safetensors_file
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.workdir import checkpointing, run_dir, workdir_files
 
 
 def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(
@@ -209,7 +203,7 @@ def test_a_second_process_on_a_workdir_refuses_and_a_killed_one_leaves_no_lock(t
 
 HOLD_LOCK = """
 import sys
-from infoprompt_jax import run_dir
+from infoprompt_jax.workdir import run_dir
 lock = run_dir.RunLock(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()

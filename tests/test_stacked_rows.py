@@ -13,19 +13,14 @@ import sentiment_fixture
 import stacked_runs
 from absl import app
 
-from infoprompt_jax import (
-    checkpointing,
-    compile_cache,
-    experiments,
-    report,
-    sharding,
-    stack_flags,
-    stacked_train,
-    train,
-    trainable,
-    unprompted_cache,
-)
-from infoprompt_jax import components as components_lib
+from infoprompt_jax import compile_cache, stack_flags
+from infoprompt_jax.grid import report
+from infoprompt_jax.grid import runner as experiments
+from infoprompt_jax.model import trainable
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import loop as train
+from infoprompt_jax.train import sharding, stacked_train, unprompted_cache
+from infoprompt_jax.workdir import checkpointing
 
 SEEDS = (0, 1)
 # (name, beta, gamma): the paper's row, a row without the representation critic, and one

@@ -12,20 +12,14 @@ import pytest
 import sentiment_fixture
 import stacked_runs
 
-from infoprompt_jax import (
-    batching,
-    checkpointing,
-    compile_cache,
-    experiments,
-    report,
-    run_state,
-    sharding,
-    stacked_train,
-    stacking,
-    train,
-)
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
+from infoprompt_jax import compile_cache
+from infoprompt_jax.grid import report
+from infoprompt_jax.grid import runner as experiments
+from infoprompt_jax.train import batching, run_state, sharding, stacked_train, stacking
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import loop as train
+from infoprompt_jax.train import optimizer as optimizer_lib
+from infoprompt_jax.workdir import checkpointing
 
 REPO = commands.REPO
 

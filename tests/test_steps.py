@@ -8,10 +8,10 @@ import pytest
 import sentiment_fixture
 import tiny_models
 
-from infoprompt_jax import batching, run_state, sharding, steps, unprompted_cache
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import batching, run_state, sharding, steps, unprompted_cache
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import optimizer as optimizer_lib
 
 BATCH = 8
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import shared_data
 
-from infoprompt_jax import data, readers, tasks
+from infoprompt_jax.data import readers, tasks
+from infoprompt_jax.data import sources as data
 
 
 def write(path: Path, text: str, bom: bool = False) -> Path:

@@ -9,8 +9,8 @@ import shared_data
 import tiny_models
 import transformers
 
-from infoprompt_jax import templates
-from infoprompt_jax.templates import Template, TemplateError, TemplateTokenizer
+from infoprompt_jax.data import templates
+from infoprompt_jax.data.templates import Template, TemplateError, TemplateTokenizer
 
 ROBERTA_DIR = shared_data.ROBERTA_TOKENIZER_DIR
 

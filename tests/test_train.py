@@ -13,7 +13,9 @@ import sentiment_fixture
 from absl import flags
 from ml_collections import config_flags
 
-from infoprompt_jax import checkpointing, methods, train
+from infoprompt_jax.model import methods
+from infoprompt_jax.train import loop as train
+from infoprompt_jax.workdir import checkpointing
 
 REPO = commands.REPO
 

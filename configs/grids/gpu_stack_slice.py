@@ -2,10 +2,10 @@
 
 InfoPrompt, gamma=0, beta=0 and beta=gamma=0 x 5 seeds = 20 cells, n_p = 4, 3 epochs, on a
 random-weight roberta-large (speed and memory depend on the shape only) in bf16 with fused
-attention. scripts/bench_stacking.py times it separate (20 processes), `--stack_seeds` (4) and
+attention. infoprompt_jax/tools/bench_stacking.py times it separate (20 processes), `--stack_seeds` (4) and
 `--stack_rows` (1); docs/stacking.md has the commands. Paths:
 - `$ROBERTA_LARGE_DIR`, else /tmp/roberta_large_random: the checkpoint that
-  `python scripts/random_encoder.py --shape=roberta-large --output=DIR` writes;
+  `python -m infoprompt_jax.tools.random_encoder --shape=roberta-large --output=DIR` writes;
 - `$GLUE_DIR`, else `<repo>/../shared/data/glue`: the GLUE folders (RTE's TSVs in `RTE/`).
 """
 
@@ -20,7 +20,7 @@ INFOPROMPT_ROWS = ("InfoPrompt", "gamma=0", "beta=0", "beta=gamma=0")
 
 
 def get_grid():
-    """The slice (format: infoprompt_jax/grids.py)."""
+    """The slice (format: infoprompt_jax/grid/grids.py)."""
     glue_dir = pathlib.Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
     return {
         "tasks": {

@@ -34,7 +34,7 @@ PAPER_ROWS = ("InfoPrompt", "gamma=0", "beta=0", "beta=gamma=0", "WARP", "IDPG")
 
 
 def get_grid():
-    """The fidelity grid (format: infoprompt_jax/grids.py)."""
+    """The fidelity grid (format: infoprompt_jax/grid/grids.py)."""
     return {
         "tasks": {
             "sst2": {

@@ -30,7 +30,7 @@ def minilm_dir() -> str:
 
 
 def get_grid():
-    """The MiniLM smoke grid (format: infoprompt_jax/grids.py)."""
+    """The MiniLM smoke grid (format: infoprompt_jax/grid/grids.py)."""
     return {
         "tasks": {
             "sst2": {

@@ -8,7 +8,7 @@ from configs.grids import paper_full
 
 
 def get_grid():
-    """The few-shot grid (format: infoprompt_jax/grids.py)."""
+    """The few-shot grid (format: infoprompt_jax/grid/grids.py)."""
     return {
         "tasks": paper_full.TASKS,
         "rows": paper_full.ROWS,

@@ -29,7 +29,7 @@ TASKS = {
 
 
 def get_grid():
-    """The full-data grid (format: infoprompt_jax/grids.py)."""
+    """The full-data grid (format: infoprompt_jax/grid/grids.py)."""
     return {
         "tasks": TASKS,
         "rows": ROWS,

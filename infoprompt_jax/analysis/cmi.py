@@ -48,8 +48,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import batching, losses, models, workdir_files
 from infoprompt_jax.analysis import mi_estimator, plotting, prompt_eval, runs
+from infoprompt_jax.model import losses, models
+from infoprompt_jax.train import batching
+from infoprompt_jax.workdir import workdir_files
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
 ESTIMATORS = ("trained", "held_out")

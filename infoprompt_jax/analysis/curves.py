@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from infoprompt_jax import workdir_files
 from infoprompt_jax.analysis import plotting, runs
+from infoprompt_jax.workdir import workdir_files
 
 BANDS = ("minmax", "std")
 

@@ -34,8 +34,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infoprompt_jax import models, workdir_files
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
+from infoprompt_jax.model import models
+from infoprompt_jax.workdir import workdir_files
 
 LOSS_TITLES = {
     "task_loss": "task loss (cross entropy)",

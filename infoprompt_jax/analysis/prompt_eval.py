@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import losses, models, objective
+from infoprompt_jax.model import losses, models, objective
 
 Batch = Mapping[str, jax.Array]
 

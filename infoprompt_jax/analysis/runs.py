@@ -14,9 +14,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import checkpointing, run_state, workdir_files
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import run_state
+from infoprompt_jax.workdir import checkpointing, workdir_files
 
 Params = dict[str, Any]
 

@@ -42,10 +42,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax import batching, device_memory, run_state, sharding, unprompted_cache
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import steps as steps_lib
+from infoprompt_jax.train import batching, device_memory, run_state, sharding, unprompted_cache
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import optimizer as optimizer_lib
+from infoprompt_jax.train import steps as steps_lib
 
 # bf16 dense peak TFLOP/s per chip, from the vendors' spec sheets: Google Cloud TPU system
 # architecture pages (v4 275, v5e 197, v5p 459, v6e/Trillium 918) and the NVIDIA A100, H100 and

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import models, objective
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import encoder as encoder_lib
+from infoprompt_jax.model import models, objective
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import components as components_lib
 
 
 def to_torch(

@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infoprompt_jax import stacked_train
+from infoprompt_jax.train import stacked_train
 
 
 def group_by_seeds(cells: Sequence[Any], method_of: Callable[[Any], str]) -> list[list[Any]]:

@@ -178,7 +178,7 @@ def load_grid(path: str | pathlib.Path) -> dict[str, Any]:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_grid"):
         raise GridError(
-            f"{path} defines no get_grid(); see infoprompt_jax/grids.py for the format."
+            f"{path} defines no get_grid(); see infoprompt_jax/grid/grids.py for the format."
         )
     return normalize_grid(module.get_grid(), name=path.stem, where=str(path))
 

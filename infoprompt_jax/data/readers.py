@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from infoprompt_jax import tasks as tasks_lib
-from infoprompt_jax.tasks import TaskSpec
+from infoprompt_jax.data import tasks as tasks_lib
+from infoprompt_jax.data.tasks import TaskSpec
 
 E1_OPEN, E1_CLOSE = "@ ", " @"
 E2_OPEN, E2_CLOSE = "# ", " #"

@@ -31,7 +31,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from infoprompt_jax import batching, models, objective, sharding, steps
+from infoprompt_jax.model import models, objective
+from infoprompt_jax.train import batching, sharding, steps
 
 Arrays = dict[str, np.ndarray]
 

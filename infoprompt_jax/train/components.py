@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import data as data_lib
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import methods, model_init, models, pretrained, tasks, templates
+from infoprompt_jax.data import sources as data_lib
+from infoprompt_jax.data import tasks, templates
+from infoprompt_jax.model import encoder as encoder_lib
+from infoprompt_jax.model import methods, model_init, models, pretrained
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -3,7 +3,7 @@
 For benchmarks where the real weights cannot be downloaded (speed and memory depend on the shape
 only):
 
-    python scripts/random_encoder.py --shape=roberta-large --output=/tmp/roberta_large_random
+    python -m infoprompt_jax.tools.random_encoder --shape=roberta-large --output=/tmp/roberta_large_random
     python -m infoprompt_jax.tools.bench --config=configs/sst2.py \
         --config.model.name=/tmp/roberta_large_random --batch_size=32 --seq_len=128
 

@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import losses, objective
+from infoprompt_jax.model import encoder as encoder_lib
+from infoprompt_jax.model import losses, objective
 
 Batch = Mapping[str, jax.Array]
 REPRESENTATION_NEGATIVES = ("unprompted", "other_examples", "other_prompts")

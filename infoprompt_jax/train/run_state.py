@@ -11,10 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import sharding, steps
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import optimizer as optimizer_lib
+from infoprompt_jax.train import sharding, steps
 
 Arrays = dict[str, np.ndarray]
 

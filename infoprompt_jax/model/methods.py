@@ -8,8 +8,8 @@ import dataclasses
 
 import ml_collections
 
-from infoprompt_jax import models, objective
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import models, objective
+from infoprompt_jax.model import trainable as trainable_lib
 
 # Every method has one trainable/frozen rule table; the methods are its keys.
 METHODS = tuple(trainable_lib.METHOD_RULES)

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from infoprompt_jax import models, objective, sharding
-from infoprompt_jax import trainable as trainable_lib
+from infoprompt_jax.model import models, objective
+from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.train import sharding
 
 Params = Any
 Batch = Mapping[str, jax.Array]

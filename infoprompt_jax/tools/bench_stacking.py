@@ -1,6 +1,6 @@
 """Times a grid three ways: every cell its own process, `--stack_seeds`, and `--stack_rows`.
 
-    python scripts/bench_stacking.py --grid=configs/grids/minilm_stack_slice.py \
+    python -m infoprompt_jax.tools.bench_stacking --grid=configs/grids/minilm_stack_slice.py \
         --out=runs/bench_stacking
 
 Run from the repository root (grid files import `configs/`). Mode M runs the whole grid in
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from infoprompt_jax import phase_timer
+from infoprompt_jax.train import phase_timer
 
 MODES = {"separate": [], "stack_seeds": ["--stack_seeds"], "stack_rows": ["--stack_rows"]}
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infoprompt_jax import models
+from infoprompt_jax.model import models
 
 Params = dict[str, Any]
 

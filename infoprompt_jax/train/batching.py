@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infoprompt_jax import sharding
+from infoprompt_jax.train import sharding
 
 Arrays = Mapping[str, np.ndarray]
 

@@ -24,7 +24,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
-from infoprompt_jax import templates
+from infoprompt_jax.data import templates
 
 # Metric names understood by `metrics.compute_metrics`.
 METRIC_NAMES = ("accuracy", "f1", "mcc", "macro_f1", "micro_f1")

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from infoprompt_jax import readers
-from infoprompt_jax.tasks import TaskSpec
+from infoprompt_jax.data import readers
+from infoprompt_jax.data.tasks import TaskSpec
 
 SPLITS = ("train", "dev")
 SOURCES = ("local", "hf", "tfds")

@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import workdir_files
+from infoprompt_jax.workdir import workdir_files
 
 # Fields that change only what is logged, evaluated or kept, never a trained number: they may
 # differ on resume. (The mesh too: the sharded step computes the unsharded one, tested to float

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from infoprompt_jax import losses
+from infoprompt_jax.model import losses
 
 Batch = Mapping[str, jax.Array]
 

@@ -9,7 +9,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import workdir_files
+from infoprompt_jax.workdir import workdir_files
 
 
 def _tensorboard_writer(logdir: epath.Path, purge_step: int | None):

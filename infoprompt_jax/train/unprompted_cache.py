@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from infoprompt_jax import batching, sharding, steps
-from infoprompt_jax import components as components_lib
+from infoprompt_jax.train import batching, sharding, steps
+from infoprompt_jax.train import components as components_lib
 
 Arrays = dict[str, np.ndarray]
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from infoprompt_jax import steps
+from infoprompt_jax.train import steps
 
 
 class PromptTrajectory:

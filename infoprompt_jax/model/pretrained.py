@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from infoprompt_jax import encoder as encoder_lib
-from infoprompt_jax import safetensors_file
+from infoprompt_jax.model import encoder as encoder_lib
+from infoprompt_jax.model import safetensors_file
 
 # model_type -> (family, defaults of the fields a config.json may leave out).
 _ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from infoprompt_jax.tasks import TaskSpec
+from infoprompt_jax.data.tasks import TaskSpec
 
 _DIRECTION_RE = re.compile(r"\(e[12],e[12]\)$")
 _SEMEVAL_OTHER = "Other"

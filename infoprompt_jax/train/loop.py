@@ -15,25 +15,22 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import (
+from infoprompt_jax import config_validation
+from infoprompt_jax.data import metrics as metrics_lib
+from infoprompt_jax.train import (
     batching,
-    checkpointing,
-    config_validation,
     device_memory,
-    metric_logging,
     phase_timer,
     prompt_trajectory,
-    run_dir,
     run_state,
     sharding,
     steps,
     unprompted_cache,
-    workdir_files,
 )
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import metrics as metrics_lib
-from infoprompt_jax import optimizer as optimizer_lib
-from infoprompt_jax import progress as progress_lib
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import optimizer as optimizer_lib
+from infoprompt_jax.train import progress as progress_lib
+from infoprompt_jax.workdir import checkpointing, metric_logging, run_dir, workdir_files
 
 Arrays = dict[str, np.ndarray]
 

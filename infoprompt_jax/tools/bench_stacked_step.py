@@ -1,6 +1,6 @@
 """Times one train step of a run's config: the plain step against the stacked step of R runs.
 
-    python scripts/bench_stacked_step.py --workdir=RUN_DIR --length=128 --runs=1,3
+    python -m infoprompt_jax.tools.bench_stacked_step --workdir=RUN_DIR --length=128 --runs=1,3
 
 RUN_DIR is any run directory (its `config.json` gives the model, task and method; its data and
 encoder must be where the config says). The batch is the first 8 train examples (the config's
@@ -18,18 +18,11 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from infoprompt_jax import (
-    batching,
-    run_state,
-    sharding,
-    stacking,
-    steps,
-    unprompted_cache,
-    workdir_files,
-)
-from infoprompt_jax import components as components_lib
-from infoprompt_jax import optimizer as optimizer_lib
 from infoprompt_jax.analysis import runs
+from infoprompt_jax.train import batching, run_state, sharding, stacking, steps, unprompted_cache
+from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import optimizer as optimizer_lib
+from infoprompt_jax.workdir import workdir_files
 
 
 def seconds_per_step(step: Callable[[], object], num_steps: int) -> float:
