@@ -6,7 +6,7 @@ its value and comment. `--verbosity=1` shows the libraries' INFO logs and the tr
 error (INFOPROMPT_TRACEBACK=1: the traceback alone).
 
 `--seeds=0,1,2` trains those seeds of the config together in one process, one compiled step
-(`stacked_train.py`, docs/stacking.md): seed s writes `WORKDIR/seed<s>`, the same directory a
+(`train/loop.py`, docs/stacking.md): seed s writes `WORKDIR/seed<s>`, the same directory a
 separate run with `--config.seed=s --workdir=WORKDIR/seed<s>` writes. `--rows=NAME:BETA:GAMMA,...`
 adds InfoPrompt's loss-weight rows to the stack: row NAME, seed s writes `WORKDIR/NAME/seed<s>`,
 the directory of `--config.loss.beta=BETA --config.loss.gamma=GAMMA --config.seed=s`.
@@ -22,8 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infoprompt_jax import cli, compile_cache, config_listing, stack_flags
-from infoprompt_jax.train import loop as train
-from infoprompt_jax.train import phase_timer, stacked_train
+from infoprompt_jax.train import loop, phase_timer, stack_rules
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _SEEDS = flags.DEFINE_list(
@@ -146,7 +145,7 @@ def main(argv):
     timer = phase_timer.PhaseTimer()
     timer.record_startup()
     config = flags.FLAGS.config
-    if _ROWS.value is not None and not stacked_train.rows_can_stack(config):
+    if _ROWS.value is not None and not stack_rules.rows_can_stack(config):
         raise app.UsageError(
             f"--rows sets InfoPrompt's loss weights; it needs --config.method=infoprompt and "
             f"--config.variant=paper (got {config.method}, {config.variant})."
@@ -158,9 +157,9 @@ def main(argv):
             seeds = stack_flags.parse_seeds(_SEEDS.value)
         rows = stack_flags.parse_rows(_ROWS.value) if _ROWS.value is not None else None
         configs, workdirs = stack_flags.stacked_runs(config, _WORKDIR.value, seeds, rows)
-        summaries = stacked_train.train_and_evaluate_stacked(configs, workdirs, timer)
+        summaries = loop.train_and_evaluate_stacked(configs, workdirs, timer)
     else:
-        summaries = [train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)]
+        summaries = [loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, timer)]
     if any(summary.get("preempted") for summary in summaries):
         sys.exit(143)  # The conventional status of a SIGTERM'd process: schedulers rerun it.
     failed = [s for s in summaries if s.get("failed")]

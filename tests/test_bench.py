@@ -12,7 +12,7 @@ import torch
 from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.tools import bench, torch_reference
 from infoprompt_jax.train import components as components_lib
-from infoprompt_jax.train import device_memory
+from infoprompt_jax.train import phase_timer
 
 BATCH, SEQ_LEN = 8, 32
 RESULT_KEYS = {
@@ -249,6 +249,6 @@ def test_peak_device_memory_is_the_largest_reported_peak_in_mib():
         _FakeDevice(None),  # a device without statistics (a CPU) is skipped
         _FakeDevice({"peak_bytes_in_use": 5 * 2**19}),
     ]
-    assert device_memory.peak_device_memory_mb(devices) == 3.0
-    assert device_memory.peak_device_memory_mb([_FakeDevice(None), _FakeDevice({})]) is None
-    assert device_memory.peak_device_memory_mb() is None  # this machine's CPU devices
+    assert phase_timer.peak_device_memory_mb(devices) == 3.0
+    assert phase_timer.peak_device_memory_mb([_FakeDevice(None), _FakeDevice({})]) is None
+    assert phase_timer.peak_device_memory_mb() is None  # this machine's CPU devices

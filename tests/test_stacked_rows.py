@@ -18,8 +18,8 @@ from infoprompt_jax.grid import report
 from infoprompt_jax.grid import runner as experiments
 from infoprompt_jax.model import trainable
 from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import loop, sharding, stack_rules, unprompted_cache
 from infoprompt_jax.train import loop as train
-from infoprompt_jax.train import sharding, stacked_train, unprompted_cache
 from infoprompt_jax.workdir import checkpointing
 
 SEEDS = (0, 1)
@@ -31,7 +31,7 @@ ROWS = (("infoprompt", 0.1, 0.05), ("beta-0", 0.0, 0.05), ("beta-gamma-0", 0.0, 
 def train_stack(config, workdir: pathlib.Path) -> list[dict]:
     """What `main.py --rows=<ROWS> --seeds=0,1 --workdir=WORKDIR` trains."""
     configs, workdirs = stack_flags.stacked_runs(config, str(workdir), SEEDS, ROWS)
-    return stacked_train.train_and_evaluate_stacked(configs, workdirs)
+    return loop.train_and_evaluate_stacked(configs, workdirs)
 
 
 @pytest.fixture(scope="module")
@@ -140,24 +140,24 @@ def test_a_stack_refuses_a_workdir_of_another_config(runs, tiny_roberta_dir, tmp
         for beta, gamma in ((0.1, 0.05), (0.0, 0.0))  # beta-0's directory, other weights.
     ]
     with pytest.raises(ValueError, match=r"holds a run of another config \(loss.gamma: 0.05 -> 0"):
-        stacked_train.train_and_evaluate_stacked(configs, [str(tmp_path / "a"), str(workdir)])
+        loop.train_and_evaluate_stacked(configs, [str(tmp_path / "a"), str(workdir)])
 
 
 def test_rows_stack_only_infoprompt_weights(tiny_roberta_dir):
     a, b = (sentiment_fixture.tiny_config(tiny_roberta_dir) for _ in range(2))
     b.loss.beta = 0.0
-    stacked_train.check_stackable([a, b])
+    stack_rules.check_stackable([a, b])
     b.loss.beta = a.loss.beta
     with pytest.raises(ValueError, match=r"\(seed, beta, gamma\) \[\(0, 0.1, 0.05\)\] appear"):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
     a.method = b.method = "idpg"
     b.loss.beta = 0.0
     with pytest.raises(ValueError, match="must be method=infoprompt, variant=paper"):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
     a.method = b.method = "infoprompt"
     a.variant = b.variant = "released"
     with pytest.raises(ValueError, match=r"got method=infoprompt, variant=released"):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,15 @@ import stacked_runs
 from infoprompt_jax import compile_cache
 from infoprompt_jax.grid import report
 from infoprompt_jax.grid import runner as experiments
-from infoprompt_jax.train import batching, run_state, sharding, stacked_train, stacking
+from infoprompt_jax.train import (
+    batching,
+    loop,
+    run_slots,
+    run_state,
+    sharding,
+    stack_rules,
+    stacking,
+)
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import loop as train
 from infoprompt_jax.train import optimizer as optimizer_lib
@@ -40,7 +48,7 @@ def runs(tiny_roberta_dir, tmp_path_factory):
         train.train_and_evaluate(seed_config(tiny_roberta_dir, data_dir, seed), str(workdir))
     stacked = [root / "stacked" / f"seed{s}" for s in SEEDS]
     configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
-    summaries = stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in stacked])
+    summaries = loop.train_and_evaluate_stacked(configs, [str(w) for w in stacked])
     assert [s["stacked_runs"] for s in summaries] == [2, 2]
     return data_dir, separate, stacked
 
@@ -88,7 +96,7 @@ def test_interrupted_stacked_run_resumes_to_the_unbroken_result(runs, tiny_rober
     workdirs = [str(tmp_path / f"seed{s}") for s in SEEDS]
     # What SIGKILL during a save leaves: seed 0 saved step 6, seed 1 only step 3.
     configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
-    original_save = stacked_train.checkpointing.save
+    original_save = run_slots.checkpointing.save
     saved_steps = []
 
     class Killed(Exception):
@@ -101,15 +109,15 @@ def test_interrupted_stacked_run_resumes_to_the_unbroken_result(runs, tiny_rober
         if step == 6:
             raise Killed
 
-    stacked_train.checkpointing.save = save_then_die
+    run_slots.checkpointing.save = save_then_die
     try:
         with pytest.raises(Killed):
-            stacked_train.train_and_evaluate_stacked(configs, workdirs)
+            loop.train_and_evaluate_stacked(configs, workdirs)
     finally:
-        stacked_train.checkpointing.save = original_save
+        run_slots.checkpointing.save = original_save
     assert saved_steps == [3, 3, 6]
     assert not (tmp_path / "seed0" / "summary.json").exists()
-    stacked_train.train_and_evaluate_stacked(configs, workdirs)
+    loop.train_and_evaluate_stacked(configs, workdirs)
     for workdir, reference in zip(workdirs, stacked):
         assert read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") == read_jsonl(
             reference / "metrics.jsonl"
@@ -134,7 +142,7 @@ def test_a_damaged_checkpoint_of_one_seed_resumes_the_stack_from_the_newest_comm
         if path.is_file() and path.parent.name == "d":  # Truncated array data.
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
-    stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
+    loop.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
     # Seed 1 falls back to step 6, seed 0 goes back to it: both train steps 7-9 again.
     assert (tmp_path / "seed1" / "damaged_checkpoints" / "9").is_dir()
     for workdir, reference in zip(workdirs, stacked):
@@ -157,16 +165,16 @@ def saved_trainable(workdir: pathlib.Path, step: int):
 def test_a_diverging_seed_fails_alone(runs, tiny_roberta_dir, tmp_path, monkeypatch):
     data_dir, _, stacked = runs
     configs = [seed_config(tiny_roberta_dir, data_dir, s) for s in SEEDS]
-    original = stacked_train.stacking.stacked_device_batch
+    original = loop.stacking.stacked_device_batch
 
     def poison_seed1(runs_rows, *args, **kwargs):
         runs_rows = [dict(rows) for rows in runs_rows]
         runs_rows[1]["label"] = np.full_like(runs_rows[1]["label"], 10**6)  # NaN cross entropy.
         return original(runs_rows, *args, **kwargs)
 
-    monkeypatch.setattr(stacked_train.stacking, "stacked_device_batch", poison_seed1)
+    monkeypatch.setattr(loop.stacking, "stacked_device_batch", poison_seed1)
     workdirs = [tmp_path / f"seed{s}" for s in SEEDS]
-    summaries = stacked_train.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
+    summaries = loop.train_and_evaluate_stacked(configs, [str(w) for w in workdirs])
     assert summaries[1]["failed"].startswith("Training diverged at step 1: loss nan")
     assert not (workdirs[1] / "summary.json").exists()
     assert "failed" not in summaries[0]
@@ -176,18 +184,18 @@ def test_a_diverging_seed_fails_alone(runs, tiny_roberta_dir, tmp_path, monkeypa
 def test_configs_must_differ_only_in_seed(tiny_roberta_dir):
     a, b = (sentiment_fixture.tiny_config(tiny_roberta_dir) for _ in range(2))
     with pytest.raises(ValueError, match="must be distinct runs"):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
     b.seed, b.optim.lr = 1, 0.5
     with pytest.raises(
         ValueError,
         match=r"only in seed, loss.beta, loss.gamma; the run \(seed, beta, gamma\) = "
         r"\(1, 0.1, 0.05\) also changes \['optim.lr'\]",
     ):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
     a.method = b.method = "adapter"
     b.optim.lr = a.optim.lr
     with pytest.raises(ValueError, match="method=adapter cannot stack"):
-        stacked_train.check_stackable([a, b])
+        stack_rules.check_stackable([a, b])
 
 
 TINY_GRID = stacked_runs.TINY_GRID

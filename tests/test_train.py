@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from infoprompt_jax.model import methods
-from infoprompt_jax.train import loop as train
+from infoprompt_jax.train import schedule
 from infoprompt_jax.workdir import checkpointing
 
 REPO = commands.REPO
@@ -178,7 +178,7 @@ def test_eval_steps_follow_eval_every_steps_else_the_epochs():
         return [
             done
             for done in range(1, total_steps + 1)
-            if train.is_eval_step(cadence, done, steps_per_epoch, total_steps)
+            if schedule.is_eval_step(cadence, done, steps_per_epoch, total_steps)
         ]
 
     assert eval_steps(0, 1) == [4, 8, 10]

@@ -1,6 +1,6 @@
 """A training run's workdir for the analyses: its examples and its trained parameters.
 
-A workdir (train.py) holds `config.json` and `metrics.jsonl` (read by `workdir_files`) and
+A workdir (train/loop.py) holds `config.json` and `metrics.jsonl` (read by `workdir_files`) and
 `checkpoints/` (the trainable state, never the frozen encoder, which is rebuilt from the
 pretrained checkpoint named in the config).
 """

@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infoprompt_jax.train import stacked_train
+from infoprompt_jax.train import stack_rules
 
 
 def group_by_seeds(cells: Sequence[Any], method_of: Callable[[Any], str]) -> list[list[Any]]:
@@ -26,7 +26,7 @@ def group_by_seeds(cells: Sequence[Any], method_of: Callable[[Any], str]) -> lis
     groups: dict[str, list[Any]] = {}
     for cell in cells:
         parent = cell.name.rsplit("/", 1)[0]
-        stackable = method_of(cell) not in stacked_train.UNSTACKABLE_METHODS
+        stackable = method_of(cell) not in stack_rules.UNSTACKABLE_METHODS
         key = parent if stackable else cell.name
         groups.setdefault(key, []).append(cell)
     return list(groups.values())
@@ -36,7 +36,7 @@ def group_by_rows(cells: Sequence[Any], config_of: Callable[[Any], Any]) -> list
     """`group_by_seeds`'s groups, with the rows that can train together merged into one group.
 
     Rows merge when their cells sit in one directory (task, setting, n_p), hold the same seeds,
-    and their configs differ only in loss weights (`stacked_train.check_stackable`), so that
+    and their configs differ only in loss weights (`stack_rules.check_stackable`), so that
     `--rows x --seeds` trains exactly the group's cells.
 
     Args:
@@ -48,8 +48,8 @@ def group_by_rows(cells: Sequence[Any], config_of: Callable[[Any], Any]) -> list
     for group in group_by_seeds(cells, lambda cell: configs[cell.name].method):
         config = configs[group[0].name]
         key: Any = group[0].name
-        if stacked_train.rows_can_stack(config):
-            shared = stacked_train.shared_fields(config)
+        if stack_rules.rows_can_stack(config):
+            shared = stack_rules.shared_fields(config)
             parent = group[0].name.rsplit("/", 2)[0]
             seeds = tuple(cell.seed for cell in group)
             key = (parent, seeds, json.dumps(shared, sort_keys=True, default=str))

@@ -45,7 +45,7 @@ indexed with the seed outermost, so appending seeds keeps every existing cell's 
 Each cell runs in
 `ROOT/<task>/<full|fs<k>>/np<n>/<row-slug>/seed<s>`, which holds main.py's outputs plus
 `cell.json` (what the report reads: row label and position, task, setting, overrides, command)
-and `log.txt` (the run's stdout and stderr). A cell with `summary.json` is finished and skipped;
+and `log.txt` (the run's stdout and stderr). A cell whose run is finished (its summary, `workdir/summary.py`) is skipped;
 an unfinished one resumes from its checkpoint. `--shard=i/n` runs the cells with
 `index % n == i`, so n hosts sharing ROOT (or copying their cells into one) split a grid.
 """
@@ -62,6 +62,8 @@ from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
+
+from infoprompt_jax.workdir import summary as summary_lib
 
 # Set by the grid's axes, never by overrides: a cell's directory name must say its value.
 AXIS_KEYS = {"seed": "seeds", "prompt.num_tokens": "num_tokens", "data.few_shot": "few_shot"}
@@ -303,7 +305,7 @@ def select_shard(cells: Sequence[Cell], shard: str) -> list[Cell]:
 
 def is_finished(cell: Cell, root: str | pathlib.Path) -> bool:
     """Whether the cell's run wrote its summary (main.py writes it last)."""
-    return (cell.workdir(root) / "summary.json").exists()
+    return summary_lib.finished(cell.workdir(root)) is not None
 
 
 def parse_command(command: Sequence[str]):

@@ -1,7 +1,7 @@
 """Tables of a grid's results, laid out like the paper's: `python -m infoprompt_jax.report`.
 
 Reads every `cell.json` under ROOT (written by `infoprompt_jax.experiments`) with its run's
-`summary.json`, and writes `ROOT/results.md` (also printed) and `ROOT/results.csv`:
+summary (`workdir/summary.py`), and writes `ROOT/results.md` (also printed) and `ROOT/results.csv`:
 
 - one table per setting (full data or few-shot k, and n_p), in grid order;
 - rows: the grid's rows (methods and ablations) in grid order; columns: its tasks, then Average;
@@ -32,6 +32,7 @@ from typing import Any
 
 from infoprompt_jax.data import tasks as tasks_lib
 from infoprompt_jax.train import phase_timer
+from infoprompt_jax.workdir import summary as summary_lib
 from infoprompt_jax.workdir import workdir_files
 
 TASK_NAMES = {
@@ -81,17 +82,15 @@ def _read_json(path: pathlib.Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"{path} is not valid JSON ({e}); delete it (summary.json: rerun the "
-            "grid to redo the cell)."
+            f"{path} is not valid JSON ({e}); delete it and rerun the grid to write it again."
         ) from e
 
 
 def read_scores(workdir: pathlib.Path, task: str, select: str) -> dict[str, float] | None:
-    """The run's scores in [0, 1] units by metric name; None while summary.json is absent."""
-    path = workdir / "summary.json"
-    if not path.exists():
+    """The run's scores in [0, 1] units by metric name; None while the run is unfinished."""
+    summary = summary_lib.finished(workdir)
+    if summary is None:
         return None
-    summary = _read_json(path)
     metrics = task_metrics(task)
     if select == "final":
         values = {m: summary.get(f"eval_{m}") for m in metrics}
@@ -291,9 +290,9 @@ def convergence_markdown(table: Table) -> str:
 def legend(tables: Sequence[Table], select: str, num_unfinished: int) -> str:
     """What the numbers are, for the top of results.md."""
     which = (
-        "the final evaluation (`eval_<metric>` of summary.json)"
+        f"the final evaluation (`eval_<metric>` of {summary_lib.FILE})"
         if select == "final"
-        else "the best evaluation (`best_eval_<main metric>` of summary.json; other metrics at that "
+        else f"the best evaluation (`best_eval_<main metric>` of {summary_lib.FILE}; other metrics at that "
         "step)"
     )
     task_list = list(dict.fromkeys(t for table in tables for t in table.tasks))
@@ -310,7 +309,7 @@ def legend(tables: Sequence[Table], select: str, num_unfinished: int) -> str:
     if num_unfinished:
         cells = "1 cell has" if num_unfinished == 1 else f"{num_unfinished} cells have"
         text += (
-            f"\n\n{cells} no summary.json yet (running, failed or preempted) and "
+            f"\n\n{cells} no {summary_lib.FILE} yet (running, failed or preempted) and "
             f"{'is' if num_unfinished == 1 else 'are'} left out."
         )
     return text + "\n"
@@ -397,13 +396,9 @@ def write_report(root: str | pathlib.Path, select: str = "final") -> str:
 
 
 def timings_report(root: str | pathlib.Path) -> str:
-    """The seconds per phase (summary.json's `seconds`) summed over the cells under `root`."""
+    """The seconds per phase (the summaries' `seconds`) summed over the cells under `root`."""
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--root={root}: no such directory; give the --root of a grid run.")
-    summaries = [
-        _read_json(path.parent / "summary.json")
-        for path in sorted(root.rglob("cell.json"))
-        if (path.parent / "summary.json").exists()
-    ]
+    summaries = summary_lib.read_all(path.parent for path in sorted(root.rglob("cell.json")))
     return phase_timer.format_timings(*phase_timer.sum_timings(summaries))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from infoprompt_jax import compile_cache
 from infoprompt_jax.grid import cell_stacks, grids
+from infoprompt_jax.workdir import summary as summary_lib
 
 # main.py's exit status after SIGTERM: checkpoint saved, rerun to resume.
 PREEMPTED_STATUS = 143
@@ -89,7 +90,7 @@ def run_cell(cell: grids.Cell, root: str | pathlib.Path) -> Outcome:
         return Outcome(cell, "ok", seconds)
     if status == PREEMPTED_STATUS:
         return Outcome(cell, "preempted", seconds, "checkpoint saved; rerun the grid to resume")
-    detail = f"exit status {status}" if status else "exit status 0 but no summary.json"
+    detail = f"exit status {status}" if status else f"exit status 0 but no {summary_lib.FILE}"
     return Outcome(cell, "failed", seconds, detail)
 
 

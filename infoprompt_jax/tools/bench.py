@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from infoprompt_jax.train import batching, device_memory, run_state, sharding, unprompted_cache
+from infoprompt_jax.train import batching, phase_timer, run_state, sharding, unprompted_cache
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import optimizer as optimizer_lib
 from infoprompt_jax.train import steps as steps_lib
@@ -434,7 +434,7 @@ def run_benchmark(
     results, initial_trainable, arrays = benchmark_jax(components, arrays, warmup_steps, num_steps)
     results.update(utilisation(results, devices[0].device_kind, len(devices)))
     results.update(
-        peak_device_mem_mb=device_memory.peak_device_memory_mb(),
+        peak_device_mem_mb=phase_timer.peak_device_memory_mb(),
         device_kind=devices[0].device_kind,
         device_count=len(devices),
         batch_size=batch_size,

@@ -11,7 +11,7 @@ A mode interrupted part-way starts over, since a resumed grid's wall time is not
 
 Printed per mode: processes, wall time, speed-up over separate processes, train examples per
 wall second, the peak accelerator memory of any process (none on a CPU), and the seconds per
-phase (`summary.json`) of one cell and summed over the grid (a stacked process's seconds are
+phase (the run summaries) of one cell and summed over the grid (a stacked process's seconds are
 shared out over its runs).
 """
 
@@ -25,6 +25,7 @@ import sys
 import time
 
 from infoprompt_jax.train import phase_timer
+from infoprompt_jax.workdir import summary as summary_lib
 
 MODES = {"separate": [], "stack_seeds": ["--stack_seeds"], "stack_rows": ["--stack_rows"]}
 
@@ -64,13 +65,13 @@ def run_mode(grid: str, root: pathlib.Path, flags: list[str]) -> dict:
 
 
 def grid_figures(root: pathlib.Path) -> dict:
-    """A mode's figures from its cells' summary.json and config.json.
+    """A mode's figures from its cells' summaries and config.json.
 
     Returns: `cell` (the first cell's name), `first` (its seconds per phase), `total` (the seconds
     summed over every cell), `examples` (train examples stepped over, every cell: step x batch)
     and `peak_mb` (the largest peak_device_mem_mb of a cell; None on a CPU).
     """
-    paths = sorted(root.rglob("summary.json"))
+    paths = sorted(root.rglob(summary_lib.FILE))
     summaries = [json.loads(path.read_text()) for path in paths]
     total, _ = phase_timer.sum_timings(summaries)
     examples = 0

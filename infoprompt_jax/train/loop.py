@@ -1,12 +1,21 @@
-"""The training loop: train, evaluate every epoch, checkpoint, resume.
+"""The training loop. Every run trains in a stack: a separate run is a stack of one.
 
-`train_and_evaluate(config, workdir)` is the product's main job. The data position is the step
-itself (epoch e's order is a permutation drawn from (seed, e)), so a run resumed from a
-checkpoint at step s continues exactly where an unbroken run would be.
+`train_and_evaluate_stacked(configs, workdirs)` trains configs that differ only in `seed` and
+InfoPrompt's loss weights (`stack_rules`) as one compiled program (`stacking`): the encoder is
+read once, each batch shape compiles once, and every evaluation runs all the runs on the same dev
+batches. `train_and_evaluate(config, workdir)` is the stack of one that `main` runs without
+`--seeds`; its step is the plain train step (`stacking.over_runs`), so its numbers are a
+separate run's to the bit.
+
+Each run sees what its separate run sees: its own few-shot subset, data order (`epoch_order` of
+its seed), initial parameters and critic draws (its RNG key, folded with the step), and writes
+its own workdir (`run_slots`). Runs with other loss weights share one model that has every
+critic some run uses (the union model); a weight of 0 leaves a run's numbers its ablation's.
 """
 
-import json
+import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,219 +25,174 @@ from absl import logging
 from etils import epath
 
 from infoprompt_jax import config_validation
-from infoprompt_jax.data import metrics as metrics_lib
 from infoprompt_jax.train import (
     batching,
-    device_memory,
     phase_timer,
-    prompt_trajectory,
-    run_state,
-    sharding,
-    steps,
-    unprompted_cache,
+    run_slots,
+    stack_rules,
+    stack_setup,
+    stacking,
 )
 from infoprompt_jax.train import components as components_lib
-from infoprompt_jax.train import optimizer as optimizer_lib
 from infoprompt_jax.train import progress as progress_lib
-from infoprompt_jax.workdir import checkpointing, metric_logging, run_dir, workdir_files
+from infoprompt_jax.train import schedule as schedule_lib
+from infoprompt_jax.workdir import checkpointing, run_dir
+from infoprompt_jax.workdir import summary as summary_lib
 
 Arrays = dict[str, np.ndarray]
-
-
-def evaluate(
-    eval_fn, trainable, frozen, components: components_lib.Components, arrays: Arrays, mesh
-) -> dict[str, float]:
-    """The task's dev metrics, as `eval_<name>` keys."""
-    config = components.config
-    logits = batching.predict_logits(
-        eval_fn,
-        trainable,
-        frozen,
-        arrays,
-        config.train.eval_batch_size,
-        mesh,
-        batching.run_lengths(config),
-    )
-    scores = metrics_lib.compute_metrics(components.task, logits.argmax(-1), arrays["label"])
-    return {f"eval_{name}": value for name, value in scores.items()}
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, timer: phase_timer.PhaseTimer | None = None
 ) -> dict[str, Any]:
-    """Trains and evaluates a config in `workdir`, resuming from its latest checkpoint.
-
-    Args:
-      config: the run config.
-      workdir: the run directory.
-      timer: where the phases' seconds go (main.py's has the process start-up); None: a new one.
+    """Trains and evaluates one config in `workdir`, resuming from its latest checkpoint.
 
     Returns:
-      The run summary (also written to `WORKDIR/summary.json`): final and best dev metrics, and
-      `seconds` per phase (`phase_timer.PHASES`).
+      The run summary (also written to the workdir, `workdir/summary.py`): final and best dev
+      metrics, and `seconds` per phase (`phase_timer.PHASES`).
+
+    Raises:
+      FloatingPointError: the loss or a gradient turned non-finite (`steps.raise_if_diverged`).
     """
-    config_validation.validate(config)
-    with run_dir.RunLock(workdir):
-        return _train(config, epath.Path(workdir), timer or phase_timer.PhaseTimer())
-
-
-def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> dict[str, Any]:
-    # epath: local directories and gs:// buckets alike (every TPU host must see the workdir).
-    logging.info("Loading the %s encoder and the %s data.", config.model.name, config.task)
-    with timer.phase("encoder_load"):
-        components = components_lib.build_components(config)
-    config, task = components.config, components.task
-    run_dir.check_same_run(workdir_path, config)
-    timer.start("data")
-    train_arrays = components.encode(components_lib.load_examples(config, task, "train"))
-    dev_arrays = components.encode(components_lib.load_examples(config, task, "dev"))
-    timer.stop("data")
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    batch_size = config.train.batch_size
-    sharding.check_batch_size(batch_size, mesh)
-    sharding.check_batch_size(config.train.eval_batch_size, mesh)
-    num_train = len(train_arrays["label"])
-    steps_per_epoch = batching.steps_per_epoch(num_train, batch_size)
-    total_steps = steps_per_epoch * config.train.num_epochs
-    if (finished := run_dir.finished_summary(workdir_path, total_steps)) is not None:
-        logging.info("%s already finished at step %d; nothing to do.", workdir_path, total_steps)
-        return finished
-    optimizer = optimizer_lib.from_config(config, components.method.peak_lr, total_steps)
-    sample = {k: v[:batch_size] for k, v in train_arrays.items()}
-    timer.start("init")
-    state, frozen = run_state.build_state(components, optimizer, mesh, sample)
-    timer.stop("init")
-    manager = checkpointing.make_manager(workdir_path, config.train.keep_checkpoints)
-    record = {"step": 0, "best_step": None, "best_score": None}
-    with timer.phase("checkpoint"):
-        restored = checkpointing.restore_latest(manager, run_state.abstract_like(state))
-    writer = metric_logging.MetricWriter(workdir_path)
-    if restored is not None:
-        state, record = restored
-        logging.info("Resumed from step %d in %s.", record["step"], workdir_path)
-    summary_path = workdir_path / "summary.json"
-    writer.truncate_after(record["step"])
-    if jax.process_index() == 0:
-        workdir_files.write_config(workdir_path, config)
-    lengths = batching.run_lengths(config)
-    timer.start("unprompted_cache")
-    if unprompted_cache.uses_cached_unprompted_pass(components):
-        logging.info(
-            "Caching the unprompted pass of %d train and %d dev examples.",
-            num_train,
-            len(dev_arrays["label"]),
-        )
-        train_arrays = unprompted_cache.cache_unprompted_pass(
-            components.model, frozen, train_arrays, batch_size, mesh, lengths
-        )
-        dev_arrays = unprompted_cache.cache_unprompted_pass(
-            components.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
-        )
-        jax.block_until_ready(train_arrays)
-    timer.stop("unprompted_cache")
-    train_fn, eval_fn = (
-        phase_timer.CompileTimed(fn, timer)
-        for fn in steps.compile_steps(
-            components.model, optimizer, components.method.loss_weights, mesh, state, frozen
-        )
-    )
-    logging.info("Compiling the train step (the first step takes longest).")
-    progress = progress_lib.Progress(total_steps, steps_per_epoch, batch_size, int(record["step"]))
-    preemption = checkpointing.PreemptionFlag()
-    trajectory = prompt_trajectory.PromptTrajectory(
-        workdir_path,
-        config.log_prompt_every,
-        components.model,
-        batching.device_batch(train_arrays, np.arange(batch_size), mesh),
-    )
-    if int(record["step"]) == 0:
-        trajectory.maybe_record(0, state.trainable, frozen)
-    main_metric = f"eval_{task.main_metric}"
-    interval_metrics, eval_scores = [], {}
-    start_step, start_time = int(record["step"]), time.perf_counter()
-    last_saved = start_step
-
-    def stop_if_diverged():  # Where the loop logs, evaluates or saves: never on NaN params.
-        steps.raise_if_diverged(state, workdir_path, last_saved, config.optim.lr)
-
-    timer.start("train")
-    for step in range(start_step, total_steps):
-        epoch, index = divmod(step, steps_per_epoch)
-        indices = batching.epoch_order(num_train, batch_size, config.seed, epoch)[index]
-        batch = batching.device_batch(train_arrays, indices, mesh, lengths)
-        state, step_metrics = train_fn(state, frozen, batch)
-        interval_metrics.append(step_metrics)
-        done = step + 1
-        trajectory.maybe_record(done, state.trainable, frozen)
-        if done % config.train.log_every_steps == 0 or done == total_steps:
-            stop_if_diverged()
-            log_train_metrics(writer, progress, done, interval_metrics)
-            interval_metrics = []
-        epoch_end = done % steps_per_epoch == 0
-        if is_eval_step(config.train, done, steps_per_epoch, total_steps):
-            stop_if_diverged()
-            with timer.phase("eval"):
-                eval_scores = evaluate(
-                    eval_fn, state.trainable, frozen, components, dev_arrays, mesh
-                )
-            if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
-                record.update(best_step=done, best_score=eval_scores[main_metric])
-            writer.write(done, {"epoch": epoch + 1, **eval_scores})
-            logging.info("step %d epoch %d: %s", done, epoch + 1, eval_scores)
-        every = config.train.checkpoint_every_steps
-        if (
-            (epoch_end if every == 0 else done % every == 0)
-            or done == total_steps
-            or preemption.raised
-        ):
-            stop_if_diverged()
-            record["step"] = last_saved = done
-            with timer.phase("checkpoint"):
-                writer.flush()  # The metrics file holds every record up to the checkpoint.
-                checkpointing.save(manager, done, state, record)
-            logging.info("Saved checkpoint at step %d.", done)
-        if preemption.raised:
-            logging.warning(
-                "SIGTERM: saved step %d to %s; rerun the same command to resume.",
-                done,
-                workdir_path,
-            )
-            break
-    jax.block_until_ready(state)
-    timer.stop("train")
-    progress.close()
-    writer.close()
-    preemption.restore()
-    manager.close()
-    summary = {
-        "step": int(state.step),
-        "preempted": preemption.raised,
-        **eval_scores,
-        "best_step": record["best_step"],
-        f"best_{main_metric}": record["best_score"],
-        "train_seconds_this_run": time.perf_counter() - start_time,
-        "seconds": timer.as_dict(),
-        "peak_device_mem_mb": device_memory.peak_device_memory_mb(),
-    }
-    if jax.process_index() == 0 and not preemption.raised:
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    summary = train_and_evaluate_stacked([config], [workdir], timer)[0]
+    if "failed" in summary:
+        raise FloatingPointError(summary["failed"])
     return summary
 
 
-def is_eval_step(train_config, done: int, steps_per_epoch: int, total_steps: int) -> bool:
-    """Whether the run evaluates after `done` steps: every `eval_every_steps` steps when that is
-    set (a few-shot run's learning curve), else at every `eval_every_epochs`-th epoch end; always
-    after the last step."""
-    if done == total_steps:
-        return True
-    if train_config.eval_every_steps:
-        return done % train_config.eval_every_steps == 0
-    return done % (steps_per_epoch * train_config.eval_every_epochs) == 0
+def train_and_evaluate_stacked(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str],
+    timer: phase_timer.PhaseTimer | None = None,
+) -> list[dict[str, Any]]:
+    """Trains configs that differ only in seed and loss weights together; run i in `workdirs[i]`.
+
+    Finished runs (`summary.finished`) are not trained again. Resuming: every run restarts from
+    the latest step all of them have checkpointed. A workdir that holds a run of another config is
+    refused (`run_dir.check_same_run`), and each workdir is locked while the stack trains.
+
+    Returns:
+      Each run's summary, plus `stacked_runs` (how many trained together, when more than one)
+      and, for a run that diverged, `failed` (the reason; it writes no summary).
+    """
+    timer = timer or phase_timer.PhaseTimer()
+    configs = list(configs)
+    for config in configs:
+        config_validation.validate(config)
+    stack_rules.check_stackable(configs)
+    workdirs = [epath.Path(w) for w in workdirs]
+    if len(set(workdirs)) != len(workdirs):
+        raise ValueError(f"Stacked runs need distinct workdirs; got {[str(w) for w in workdirs]}.")
+    summaries: dict[int, dict[str, Any]] = {}
+    with contextlib.ExitStack() as locks:
+        for config, workdir in zip(configs, workdirs):
+            locks.enter_context(run_dir.RunLock(workdir))
+            run_dir.check_same_run(workdir, components_lib.resolve_config(config))
+        for i, workdir in enumerate(workdirs):
+            if (finished := summary_lib.finished(workdir)) is not None:
+                logging.info("%s already finished; nothing to do.", workdir)
+                summaries[i] = finished
+        todo = [i for i in range(len(configs)) if i not in summaries]
+        if todo:
+            stack = stack_setup.build_stack(
+                [configs[i] for i in todo], [workdirs[i] for i in todo], timer
+            )
+            summaries.update(zip(todo, train(stack, timer)))
+    return [summaries[i] for i in range(len(configs))]
 
 
-def log_train_metrics(writer, progress, step: int, interval: list) -> None:
-    """Writes the mean of the interval's train metrics (finite: the loop checked)."""
+def train(stack: stack_setup.Stack, timer: phase_timer.PhaseTimer) -> list[dict[str, Any]]:
+    """Steps the stack to its end (or a SIGTERM), logging, evaluating and saving as scheduled;
+    returns each run's summary."""
+    slots, schedule, config = stack.slots, stack.schedule, stack.shared.config
+    batch_size = config.train.batch_size
+    progress = progress_lib.Progress(
+        schedule.total_steps, schedule.steps_per_epoch, batch_size * len(slots), stack.start_step
+    )
+    preemption = checkpointing.PreemptionFlag()
+    interval, last_saved, start_time = [], stack.start_step, time.perf_counter()
+    logging.info("Compiling the train step (the first step takes longest).")
+    timer.start("train")
+    for step in range(stack.start_step, schedule.total_steps):
+        epoch, done = step // schedule.steps_per_epoch + 1, step + 1
+        batches = train_batches(stack, step)
+        stack.states, metrics = stack.train_fn(
+            stack.states, stack.frozen, batches, stack.betas_R, stack.gammas_R
+        )
+        interval.append(metrics)
+        record_trajectories(stack, done)
+        due = schedule.due(done, preemption.raised)
+        if due:  # Where the loop logs, evaluates or saves: never on non-finite params.
+            run_slots.fail_diverged(stack.states, slots, last_saved, config.optim.lr)
+            if not any(slot.active for slot in slots):
+                break
+        if schedule_lib.LOG in due:
+            log_interval(slots, progress, done, interval)
+            interval = []
+        if schedule_lib.EVAL in due:
+            with timer.phase("eval"):
+                evaluate(stack, done, epoch)
+        if schedule_lib.SAVE in due:
+            last_saved = done
+            with timer.phase("checkpoint"):
+                run_slots.save(slots, stack.states, done)
+        if preemption.raised:
+            where = slots[0].workdir if len(slots) == 1 else f"{len(slots)} stacked runs"
+            logging.warning(
+                "SIGTERM: saved step %d of %s; rerun the same command to resume.", done, where
+            )
+            break
+    jax.block_until_ready(stack.states)
+    timer.stop("train")
+    progress.close()
+    preemption.restore()
+    train_seconds = time.perf_counter() - start_time
+    return run_slots.finish(slots, stack.states, timer, preemption.raised, train_seconds)
+
+
+def train_batches(stack: stack_setup.Stack, step: int) -> dict[str, jax.Array]:
+    """Every run's batch of `step`, in its own seed's epoch order, as one `[R, B, ...]` batch."""
+    schedule, batch_size = stack.schedule, stack.shared.config.train.batch_size
+    epoch, index = divmod(step, schedule.steps_per_epoch)
+    runs_rows = []
+    for slot in stack.slots:
+        arrays = slot.train_arrays
+        num_train = len(arrays["label"])
+        seed = slot.components.config.seed
+        indices = batching.epoch_order(num_train, batch_size, seed, epoch)[index]
+        runs_rows.append({name: value[indices] for name, value in arrays.items()})
+    return stacking.stacked_device_batch(runs_rows, stack.mesh, stack.spread, stack.lengths)
+
+
+def log_interval(slots, progress, done: int, interval: list) -> None:
+    """Each active run's mean train metrics over the interval since the last log."""
     fetched = jax.device_get(interval)
-    means = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    writer.write(step, means)
-    progress.update(step, fetched[-1])
+    for i, slot in enumerate(slots):
+        if slot.active:
+            run_metrics = [stacking.unstack(metrics, i) for metrics in fetched]
+            run_slots.log_train_metrics(slot.writer, progress, done, run_metrics)
+
+
+def evaluate(stack: stack_setup.Stack, done: int, epoch: int) -> None:
+    """Every run's dev metrics on the same dev batches, recorded in its workdir."""
+    config = stack.shared.config
+    logits_NxRxC = batching.predict_logits(
+        stack.eval_fn,
+        stack.states.trainable,
+        stack.frozen,
+        stack.dev_arrays,
+        config.train.eval_batch_size,
+        stack.mesh,
+        stack.lengths,
+    )
+    labels = stack.dev_arrays["label"]
+    run_slots.record_eval(stack.slots, logits_NxRxC, labels, stack.shared.task, done, epoch)
+
+
+def record_trajectories(stack: stack_setup.Stack, done: int) -> None:
+    """The first example's prompt of each run, every `log_prompt_every` steps."""
+    for i, slot in enumerate(stack.slots):
+        if slot.active and slot.trajectory is not None:
+            slot.trajectory.maybe_record(
+                done, stacking.unstack(stack.states.trainable, i), stack.frozen
+            )

@@ -1,4 +1,5 @@
-"""Where a run's time goes: wall seconds per phase, recorded in `summary.json` under `seconds`.
+"""Where a run's time goes (wall seconds per phase) and its peak accelerator memory:
+seconds per phase are recorded in the run's summary (`workdir/summary.py`) under `seconds`.
 
 Phases (`PHASES`): `startup` (process start to the training job: Python and JAX imports, flag
 parsing), `encoder_load` (checkpoint and tokenizer), `data` (reading and tokenizing the splits),
@@ -139,7 +140,7 @@ def sum_timings(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, float
 def format_timings(totals: Mapping[str, float], count: int) -> str:
     """A table: phase, total seconds, mean seconds per run, share of the total."""
     if not count:
-        return "No summary.json with timings (`seconds`) found."
+        return "No run summary with timings (`seconds`) found."
     grand = sum(totals.values()) or 1.0
     lines = [
         f"Seconds per phase, summed over {count} run{'s' if count != 1 else ''}:",
@@ -149,3 +150,16 @@ def format_timings(totals: Mapping[str, float], count: int) -> str:
         lines.append(f"{name:<18}{value:>12.1f}{value / count:>12.2f}{value / grand:>8.1%}")
     lines.append(f"{'all':<18}{sum(totals.values()):>12.1f}{sum(totals.values()) / count:>12.2f}")
     return "\n".join(lines)
+
+
+def peak_device_memory_mb(devices: Iterable[jax.Device] | None = None) -> float | None:
+    """The largest `peak_bytes_in_use` among `devices` (default: the local ones), in MiB.
+
+    None where no device reports it: a CPU backend keeps no such statistics.
+    """
+    peaks = []
+    for device in jax.local_devices() if devices is None else devices:
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) / 2**20 if peaks else None

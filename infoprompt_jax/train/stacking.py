@@ -175,7 +175,13 @@ def stacked_train_step(
 
 def over_runs(fn: Callable, vectorize: bool, *runs_args: Any) -> Any:
     """`fn` of every run's slice of `runs_args` (leading run axis), stacked: by `jax.vmap` when
-    `vectorize`, else by `jax.lax.map` (one run after another, inside the program)."""
+    `vectorize`, else by `jax.lax.map` (one run after another, inside the program).
+
+    A stack of one runs `fn` itself, the run axis dropped and added back: a separate run's
+    program is the plain step's, so its numbers are those of the step it always had."""
+    if jax.tree.leaves(runs_args)[0].shape[0] == 1:
+        outputs = fn(*jax.tree.map(lambda x: x[0], runs_args))
+        return jax.tree.map(lambda x: x[None], outputs)
     if vectorize:
         return jax.vmap(fn)(*runs_args)
     return jax.lax.map(lambda run_args: fn(*run_args), runs_args)

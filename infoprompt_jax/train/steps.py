@@ -80,6 +80,15 @@ def train_step(
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    new_state = apply_if_finite(state, loss, grads, updates, opt_state)
+    return new_state, step_metrics(loss, terms, grads, batch["label"])
+
+
+def apply_if_finite(
+    state: TrainState, loss: jax.Array, grads: Params, updates: Params, opt_state: optax.OptState
+) -> TrainState:
+    """The state after the update, or, for a non-finite loss or gradient (or any step after
+    one), the same params and optimizer state with the first such step recorded."""
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
@@ -89,15 +98,21 @@ def train_step(
     def keep_if_unhealthy(new, old):
         return jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)
 
-    new_state = state.replace(
+    return state.replace(
         step=state.step + 1,
         opt_state=keep_if_unhealthy(opt_state, state.opt_state),
         trainable=keep_if_unhealthy(optax.apply_updates(state.trainable, updates), state.trainable),
         diverged_at=jnp.where(first_bad, state.step + 1, state.diverged_at),
         diverged_loss=jnp.where(first_bad, loss.astype(jnp.float32), state.diverged_loss),
     )
-    correct_B = jnp.argmax(terms["logits"], axis=-1) == batch["label"]
-    metrics = {
+
+
+def step_metrics(
+    loss: jax.Array, terms: dict[str, jax.Array], grads: Params, label_B: jax.Array
+) -> dict[str, jax.Array]:
+    """What a step logs: the objective, each term's batch mean, accuracy and gradient norm."""
+    correct_B = jnp.argmax(terms["logits"], axis=-1) == label_B
+    return {
         "loss": loss,
         "ce": jnp.mean(terms["ce"]),
         "nce_rep": jnp.mean(terms["nce_rep"]),
@@ -106,7 +121,6 @@ def train_step(
         "accuracy": jnp.mean(correct_B.astype(jnp.float32)),
         "grad_norm": optax.tree.norm(grads),
     }
-    return new_state, metrics
 
 
 def divergence(state: TrainState) -> tuple[int, float] | None:

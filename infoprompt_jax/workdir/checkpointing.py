@@ -136,6 +136,37 @@ def restore_step(
     return restored
 
 
+def restore_at(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
+    """(state, record) of the checkpoint at `step`, an older one than the run's newest (a stack
+    resumes every run at the step the slowest reached)."""
+    if step not in manager.all_steps():
+        raise ValueError(
+            f"{manager.directory} has no checkpoint at step {step} (it has "
+            f"{sorted(manager.all_steps())}): the stacked runs stopped at different steps and "
+            "this one kept too few checkpoints; rerun its seed separately with main.py."
+        )
+    return restore_step(manager, step, abstract_state)
+
+
+def delete_steps_after(manager: ocp.CheckpointManager, step: int) -> None:
+    """Deletes the checkpoints after `step`, where a stack resumes its runs together.
+
+    The run trains those steps again, and a save at an existing step is skipped: kept, a stale
+    checkpoint could end up as the run's latest.
+    """
+    later = [saved for saved in manager.all_steps() if saved > step]
+    if later:
+        logging.warning(
+            "%s has checkpoints at steps %s, after step %d where the stacked runs resume "
+            "together: they are deleted and those steps trained again.",
+            manager.directory.parent,
+            sorted(later),
+            step,
+        )
+    for saved in later:
+        manager.delete(saved)
+
+
 def _restore(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]]:

@@ -82,15 +82,6 @@ def check_same_run(workdir: str | epath.Path, config: ml_collections.ConfigDict)
         )
 
 
-def finished_summary(workdir: str | epath.Path, total_steps: int) -> dict[str, Any] | None:
-    """The summary of a run that already trained all `total_steps` steps, else None."""
-    path = epath.Path(workdir) / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("step", 0) >= total_steps else None
-
-
 class RunLock:
     """An exclusive lock on a local workdir, held while a run trains there.
 
