@@ -101,7 +101,7 @@ def test_hf_path_the_shipped_sample_reads_as_the_local_files(tmp_path):
             SST2,
             {"rte": {"validation": {"sentence1": ["a"], "sentence2": ["b"], "label": [0]}}},
             r"holds the dataset configs \['rte'\], not 'sst2' that task 'sst2' reads; add it: "
-            r"huggingface-cli download nyu-mll/glue --repo-type dataset --local-dir .* --include 'sst2/\*'",
+            r"hf download nyu-mll/glue --repo-type dataset --local-dir .* --include 'sst2/\*'",
         ),
         (
             SST2,

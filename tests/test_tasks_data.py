@@ -396,7 +396,7 @@ def test_hf_offline_raises_helpful_message(monkeypatch, tmp_path):
     # One line, naming both fixes: a local copy of the hub dataset, or local GLUE files.
     assert "\n" not in msg
     assert (
-        "--config.data.hf_path=DIR (huggingface-cli download nyu-mll/glue --repo-type dataset"
+        "--config.data.hf_path=DIR (hf download nyu-mll/glue --repo-type dataset"
         " --local-dir DIR)" in msg
     )
     assert "--config.data.source=local --config.data.dir=DIR" in msg

@@ -1,8 +1,8 @@
 """Reading a task split through Hugging Face `datasets`: a hub id or a local copy of a hub repo.
 
 `data.hf_path` replaces the task's dataset id (`nyu-mll/glue` for GLUE). It is either a hub id or
-a directory in the hub repo's own layout, as `huggingface-cli download ID --repo-type dataset
---local-dir DIR` writes it: parquet files per config (`sst2/train-00000-of-00001.parquet`, ...)
+a directory in the hub repo's own layout, as `hf download ID --repo-type dataset --local-dir DIR`
+writes it (`huggingface-cli download` before huggingface_hub 1.0): parquet files per config (`sst2/train-00000-of-00001.parquet`, ...)
 and a README.md whose YAML header names each config's `data_files` and, under `dataset_info`, its
 features, the label column's ClassLabel names among them. A local directory is checked for the
 task's config, split and columns before anything is read, and never touches the network.
@@ -66,8 +66,8 @@ def read_split(task: TaskSpec, split: str, hf_path: str | None) -> tuple[Any, li
         raise RuntimeError(
             f"could not load {where} split {hub_split!r} from the Hugging Face hub (offline and"
             f" not in the cache?): {_one_line(err)}. Read a local copy instead:"
-            f" --config.data.hf_path=DIR (huggingface-cli download {dataset_id} --repo-type"
-            f" dataset --local-dir DIR), or {local_help(task)}"
+            f" --config.data.hf_path=DIR (hf download {dataset_id} --repo-type dataset"
+            f" --local-dir DIR), or {local_help(task)}"
         ) from err
     _check_columns(task, ds.column_names, f"{where} split {hub_split!r}")
     feature = ds.features.get(task.hf_label_column)
@@ -76,7 +76,7 @@ def read_split(task: TaskSpec, split: str, hf_path: str | None) -> tuple[Any, li
 
 def _check_local_copy(datasets, task: TaskSpec, root: Path, hub_split: str) -> None:
     """Fails in one line when a local hub copy lacks the task's config or split."""
-    download = f"huggingface-cli download {task.hf_path} --repo-type dataset --local-dir {root}"
+    download = f"hf download {task.hf_path} --repo-type dataset --local-dir {root}"
     try:
         configs = datasets.get_dataset_config_names(str(root))
     except Exception as err:
@@ -88,7 +88,7 @@ def _check_local_copy(datasets, task: TaskSpec, root: Path, hub_split: str) -> N
     if config is not None and config not in configs:
         raise ValueError(
             f"{root} holds the dataset configs {configs}, not {config!r} that task {task.name!r}"
-            f" reads; add it: {download} --include '{config}/*' (and its README.md)"
+            f" reads; add it: {download} --include '{config}/*' --include README.md"
         )
     splits = datasets.get_dataset_split_names(str(root), config)
     if hub_split not in splits:
