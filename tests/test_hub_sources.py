@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from configs import default
+from infoprompt_jax import config_validation
 from infoprompt_jax.data import samples, tasks
 from infoprompt_jax.data import sources as data
 from infoprompt_jax.train import components
@@ -213,3 +214,15 @@ def test_tfds_features_without_a_template_field_are_refused(tmp_path):
     (tmp_path / "data/glue/sst2").rename(tmp_path / "data/glue/rte")
     with pytest.raises(ValueError, match=r"not \['sentence1', 'sentence2'\], which task 'rte'"):
         data.load_split(RTE, "dev", "tfds", tmp_path / "data")
+
+
+def test_hf_path_with_another_source_is_refused_before_any_work():
+    config = default.get_config()
+    config.data.source = "local"
+    config.data.hf_path = "glue_hub"
+    with pytest.raises(ValueError) as err:
+        config_validation.validate(config)
+    assert str(err.value) == (
+        "config.data.hf_path='glue_hub' is read by the Hugging Face source only, and"
+        " config.data.source='local': add --config.data.source=hf, or drop the hf_path."
+    )
