@@ -128,6 +128,11 @@ def test_hf_path_bad_copy_is_one_line_naming_it_and_the_fix(tmp_path, task, conf
     assert "\n" not in str(err.value) and str(root) in str(err.value)
 
 
+def test_hf_path_that_is_a_missing_folder_says_so(tmp_path):
+    with pytest.raises(ValueError, match=r"hf_path=/\S+/nowhere: no such directory; give a local"):
+        data.load_split(SST2, "dev", "hf", hf_path=str(tmp_path / "nowhere"))
+
+
 def test_hf_path_folder_that_is_no_dataset_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a Hugging Face dataset folder"):

@@ -51,6 +51,11 @@ def read_split(task: TaskSpec, split: str, hf_path: str | None) -> tuple[Any, li
 
     hub_split = task.hf_split(split)
     local = Path(dataset_id).expanduser()
+    if dataset_id.startswith(("/", ".", "~")) and not local.is_dir():
+        raise ValueError(
+            f"--config.data.hf_path={dataset_id}: no such directory; give a local copy of a hub"
+            f" dataset (hf download {task.hf_path} --repo-type dataset --local-dir DIR) or a hub id"
+        )
     if local.is_dir():
         _check_local_copy(datasets, task, local, hub_split)
         dataset_id = str(local)
