@@ -48,7 +48,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # data_dir ("" = $TFDS_DATA_DIR, else ~/tensorflow_datasets).
     config.data.dir = ""
     # source=hf: a hub id or a local copy of a hub dataset repo replacing the task's dataset
-    # ("" = the task's, nyu-mll/glue for GLUE), e.g. a huggingface-cli download --local-dir.
+    # ("" = the task's, nyu-mll/glue for GLUE), e.g. the folder of an hf download --local-dir.
     config.data.hf_path = ""
     # 0: the full training set; N: N examples drawn with config.seed (same for every method).
     config.data.few_shot = 0

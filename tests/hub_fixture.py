@@ -1,6 +1,6 @@
 """Local copies of Hugging Face dataset repos and prepared TFDS datasets, written for real.
 
-`write_hub_dataset` lays out a directory as `huggingface-cli download --repo-type dataset
+`write_hub_dataset` lays out a directory as `hf download --repo-type dataset
 --local-dir` leaves a parquet dataset: `CONFIG/SPLIT-00000-of-00001.parquet` (written with
 pyarrow) and a README.md whose YAML names each config's data files and, when given, its features
 (`dataset_info`, where a ClassLabel's names live). `write_tfds_glue` prepares TFDS's own GLUE

@@ -2,9 +2,10 @@
 
 `data.hf_path` replaces the task's dataset id (`nyu-mll/glue` for GLUE). It is either a hub id or
 a directory in the hub repo's own layout, as `hf download ID --repo-type dataset --local-dir DIR`
-writes it (`huggingface-cli download` before huggingface_hub 1.0): parquet files per config (`sst2/train-00000-of-00001.parquet`, ...)
-and a README.md whose YAML header names each config's `data_files` and, under `dataset_info`, its
-features, the label column's ClassLabel names among them. A local directory is checked for the
+writes it (`huggingface-cli download` before huggingface_hub 1.0): parquet files per config
+(`sst2/train-00000-of-00001.parquet`, ...) and a README.md whose YAML header names each config's
+`data_files` and, under `dataset_info`, its features, the label column's ClassLabel names among
+them. A local directory is checked for the
 task's config, split and columns before anything is read, and never touches the network.
 """
 
