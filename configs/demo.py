@@ -23,6 +23,9 @@ def get_config(variant: str = ""):
     config.data.few_shot = 0
     config.train.num_epochs = 10
     config.train.eval_every_epochs = 5
+    # The frozen encoder's unprompted pass once per example instead of once per step: about a
+    # fifth less CPU time for this run (153 s against 183 s, user + sys, measured).
+    config.cache_unprompted = True
     if variant:
         default.apply_variant(config, variant)
     return config
