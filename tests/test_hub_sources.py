@@ -231,3 +231,30 @@ def test_hf_path_with_another_source_is_refused_before_any_work():
         "config.data.hf_path='glue_hub' is read by the Hugging Face source only, and"
         " config.data.source='local': add --config.data.source=hf, or drop the hf_path."
     )
+
+
+def test_tfds_prepared_glue_pair_task_reads_both_fields_and_labels(tmp_path):
+    rows = [
+        'The cat sat. \t"A cat" sat down.\tentailment\n',
+        "Rain fell all day.\tIt was dry.\tnot_entailment\n",
+        "Paris is in France.\tParis is French.\tentailment\n",
+    ]
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    glue = tmp_path / "download/RTE"
+    glue.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (glue / name).write_text(header + "".join(f"{i}\t{r}" for i, r in enumerate(rows)))
+    (glue / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n")
+    hub_fixture.write_tfds_glue(tmp_path / "data", "rte", tmp_path / "download")
+    examples = data.load_split(RTE, "dev", "tfds", tmp_path / "data")
+    expected = data.load_split(RTE, "dev", "local", glue)
+    assert sorted(
+        (ex.fields["sentence1"], ex.fields["sentence2"], ex.label) for ex in examples
+    ) == [
+        ("Paris is in France.", "Paris is French.", 0),
+        ("Rain fell all day.", "It was dry.", 1),
+        ("The cat sat.", '"A cat" sat down.', 0),
+    ]
+    assert sorted(map(lambda ex: (ex.fields, ex.label), examples), key=str) == sorted(
+        map(lambda ex: (ex.fields, ex.label), expected), key=str
+    )
