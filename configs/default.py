@@ -44,8 +44,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     # Where splits come from: hf (Hugging Face datasets) | tfds | local (GLUE-format files).
     config.data.source = "hf"
-    # Directory of the local files (source=local): train.tsv and dev.tsv for GLUE tasks.
+    # source=local: the task's files (GLUE: train.tsv and dev.tsv); source=tfds: the TFDS
+    # data_dir ("" = $TFDS_DATA_DIR, else ~/tensorflow_datasets).
     config.data.dir = ""
+    # source=hf: a hub id or a local copy of a hub dataset repo replacing the task's dataset
+    # ("" = the task's, nyu-mll/glue for GLUE), e.g. the folder of an hf download --local-dir.
+    config.data.hf_path = ""
     # 0: the full training set; N: N examples drawn with config.seed (same for every method).
     config.data.few_shot = 0
     # Template override; empty uses the task's template (the string language of templates.py).

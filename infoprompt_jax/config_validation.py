@@ -60,6 +60,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"other examples of a batch; config.train.batch_size={config.train.batch_size} has "
             "none: give a batch_size >= 2."
         )
+    hf_path = config.data.get("hf_path", "")
+    if hf_path and config.data.source != "hf":
+        raise ValueError(
+            f"config.data.hf_path={hf_path!r} is read by the Hugging Face source only, and"
+            f" config.data.source={config.data.source!r}: add --config.data.source=hf, or drop"
+            " the hf_path."
+        )
     if config.max_len < _SHORT_MAX_LEN:
         logging.warning(
             "config.max_len=%d leaves room for a token or two of text once the template's "

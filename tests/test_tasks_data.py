@@ -393,6 +393,12 @@ def test_hf_offline_raises_helpful_message(monkeypatch, tmp_path):
         data.load_split(tasks.get_task("rte"), "dev", "hf")
     msg = str(err.value)
     assert "could not load nyu-mll/glue/rte split 'validation'" in msg
+    # One line, naming both fixes: a local copy of the hub dataset, or local GLUE files.
+    assert "\n" not in msg
+    assert (
+        "--config.data.hf_path=DIR (hf download nyu-mll/glue --repo-type dataset"
+        " --local-dir DIR)" in msg
+    )
     assert "--config.data.source=local --config.data.dir=DIR" in msg
     assert "train.tsv and dev.tsv" in msg
 
@@ -406,39 +412,3 @@ def test_tfds_missing_says_how_to_install(monkeypatch):
 def test_local_only_task_on_hub_says_so():
     with pytest.raises(ValueError, match="has no Hugging Face dataset"):
         data.load_split(tasks.get_task("ace_re"), "dev", "hf")
-
-
-def test_hf_rows_map_labels_by_name_and_mark_entities(monkeypatch):
-    import datasets
-
-    def fake_load_dataset(path, name=None, split=None):
-        if path == "nyu-mll/glue":
-            assert (name, split) == ("rte", "validation")
-            # Label order reversed w.r.t. ours: mapping must go by name, not position.
-            features = datasets.Features(
-                {
-                    "sentence1": datasets.Value("string"),
-                    "sentence2": datasets.Value("string"),
-                    "label": datasets.ClassLabel(names=["not_entailment", "entailment"]),
-                    "idx": datasets.Value("int32"),
-                }
-            )
-            rows = {"sentence1": ["a "], "sentence2": ["b"], "label": [0], "idx": [0]}
-        else:
-            assert split == "test"
-            features = datasets.Features(
-                {
-                    "sentence": datasets.Value("string"),
-                    "relation": datasets.ClassLabel(names=list(tasks.SEMEVAL_LABELS)),
-                }
-            )
-            rows = {"sentence": ["The <e1>child</e1> in the <e2>cradle</e2>."], "relation": [18]}
-        return datasets.Dataset.from_dict(rows, features=features)
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    (ex,) = data.load_split(tasks.get_task("rte"), "dev", "hf")
-    assert (ex.fields, ex.label) == ({"sentence1": "a", "sentence2": "b"}, 1)
-    assert ex.uid == "hf:nyu-mll/glue/rte:validation:0"
-    (ex,) = data.load_split(tasks.get_task("semeval"), "dev", "hf")
-    assert ex.fields["sentence"] == "The @ child @ in the # cradle #."
-    assert tasks.get_task("semeval").label_names[ex.label] == "Other"

@@ -5,7 +5,8 @@ reads, an integer label (index into `TaskSpec.label_names`) and a uid that point
 back to the source (`file:line` for local files, `source:split:index` otherwise).
 
 Local files, one directory per task (`--config.data.dir=DIR`), are read by `readers.py`,
-which documents their formats.
+which documents their formats; `hf_source.py` reads the hub or a local copy of a hub dataset,
+`tfds_source.py` prepared TFDS datasets.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from infoprompt_jax.data import readers
+from infoprompt_jax.data import hf_source, readers, tfds_source
 from infoprompt_jax.data.tasks import TaskSpec
 
 SPLITS = ("train", "dev")
@@ -46,6 +47,7 @@ def load_split(
     source: str = "local",
     data_dir: str | Path | None = None,
     label_names: Sequence[str] | None = None,
+    hf_path: str | None = None,
 ) -> list[Example]:
     """Reads one split of a task.
 
@@ -55,11 +57,13 @@ def load_split(
             the labelled test file).
         source: "local" (files in `data_dir`), "hf" (Hugging Face `datasets`) or
             "tfds" (TensorFlow Datasets).
-        data_dir: The task's directory for source "local"; for "tfds" an optional
-            TFDS data_dir; unused for "hf".
+        data_dir: The task's directory for source "local"; for "tfds" the TFDS
+            data_dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets); unused for "hf".
         label_names: Label set overriding `task.label_names`. Tasks registered
             with no labels (ACE) otherwise discover them from the train file in
             `data_dir` (`discover_labels`), so train and dev share one id mapping.
+        hf_path: For source "hf": a hub id or a local directory in the hub repo's
+            layout (`hf_source.py`) replacing the task's dataset id; None keeps it.
 
     Returns:
         The examples in source order.
@@ -68,7 +72,7 @@ def load_split(
         ValueError: Bad arguments or a malformed file (the message names the file,
             the line and what was expected).
         FileNotFoundError: A missing local file.
-        RuntimeError: The hub / TFDS could not be reached or has no such dataset.
+        RuntimeError: The hub could not be reached or has no such dataset.
         ImportError: source "tfds" without tensorflow_datasets installed.
     """
     if split not in SPLITS:
@@ -86,7 +90,7 @@ def load_split(
             names = discover_labels(task, data_dir)
         return _load_local(task, split, Path(data_dir), names)
     if source == "hf":
-        return _load_hf(task, split, names)
+        return _load_hf(task, split, names, hf_path)
     return _load_tfds(task, split, names, data_dir)
 
 
@@ -181,11 +185,7 @@ def _local_path(task: TaskSpec, split: str, data_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------
-# Hugging Face datasets and TFDS.
-
-
-def _offline_help(task: TaskSpec) -> str:
-    return f"pass --config.data.source=local --config.data.dir=DIR with {_expected_files(task)}"
+# Hugging Face datasets and TFDS: rows of named columns, labels by ClassLabel name.
 
 
 def _hub_fields(task: TaskSpec, row: Mapping[str, Any]) -> dict[str, str]:
@@ -212,7 +212,8 @@ def _label_ids(
     """Maps the source's integer labels to ours by label name.
 
     Hub and TFDS GLUE labels use the same order as ours, but mapping by name
-    guards against a dataset revision that reorders its ClassLabel.
+    guards against a dataset revision that reorders its ClassLabel. Without a
+    ClassLabel (plain integers) the task's order is assumed.
     """
     if source_names is None:
         return {i: i for i in range(len(names))}
@@ -226,72 +227,49 @@ def _label_ids(
     return {i: ours[n] for i, n in enumerate(source_names)}
 
 
+def _label_of(raw: Any, ids: Mapping[int, int], names: Sequence[str], where: str) -> int:
+    """Our label id of a row's label: an integer (through `ids`) or a label name."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    if isinstance(raw, str):  # A string column holds the names themselves.
+        if raw not in names:
+            raise ValueError(f"{where}: label {raw!r} is not one of the task's {list(names)}")
+        return list(names).index(raw)
+    if int(raw) not in ids:
+        raise ValueError(
+            f"{where}: label {int(raw)} outside the task's {len(names)} labels"
+            " (unlabelled test split?)"
+        )
+    return ids[int(raw)]
+
+
 def _rows_to_examples(task, rows, label_names, names, uid_prefix):
     ids = _label_ids(task, label_names, names)
     examples = []
     for i, row in enumerate(rows):
-        raw = int(row[task.hf_label_column])
-        if raw not in ids:
-            raise ValueError(
-                f"{uid_prefix}:{i}: label {raw} outside the task's"
-                f" {len(names)} labels (unlabelled test split?)"
-            )
-        examples.append(Example(_hub_fields(task, row), ids[raw], f"{uid_prefix}:{i}"))
+        where = f"{uid_prefix}:{i}"
+        label = _label_of(row[task.hf_label_column], ids, names, where)
+        examples.append(Example(_hub_fields(task, row), label, where))
     return examples
 
 
-def _load_hf(task: TaskSpec, split: str, names: Sequence[str]) -> list[Example]:
-    if task.hf_path is None:
+def _load_hf(task: TaskSpec, split: str, names: Sequence[str], hf_path) -> list[Example]:
+    if task.hf_path is None and not hf_path:
         raise ValueError(
             f"task {task.name!r} has no Hugging Face dataset; read local files:"
-            f" {_offline_help(task)}"
+            f" {hf_source.local_help(task)}"
         )
     _require_labels(task, names)
-    import datasets  # Lazy: only this source needs it.
-
-    hub_split = task.hf_split(split)
-    dataset_id = f"{task.hf_path}" + (f"/{task.hf_name}" if task.hf_name else "")
-    try:
-        ds = datasets.load_dataset(task.hf_path, task.hf_name, split=hub_split)
-    except Exception as err:  # Offline, not cached, or blocked: all look alike.
-        raise RuntimeError(
-            f"could not load {dataset_id} split {hub_split!r} from the Hugging Face"
-            f" hub (no network access and not in the local cache?): {err}."
-            f" To read local files instead, {_offline_help(task)}"
-        ) from err
-    feature = ds.features.get(task.hf_label_column)
-    source_names = getattr(feature, "names", None)
-    return _rows_to_examples(task, ds, source_names, names, f"hf:{dataset_id}:{hub_split}")
+    rows, source_names, uid_prefix = hf_source.read_split(task, split, hf_path)
+    return _rows_to_examples(task, rows, source_names, names, uid_prefix)
 
 
 def _load_tfds(task: TaskSpec, split: str, names: Sequence[str], data_dir) -> list[Example]:
     if task.tfds_name is None:
         raise ValueError(
-            f"task {task.name!r} has no TFDS dataset; read local files: {_offline_help(task)}"
+            f"task {task.name!r} has no TFDS dataset; read local files:"
+            f" {hf_source.local_help(task)}"
         )
     _require_labels(task, names)
-    try:
-        import tensorflow_datasets as tfds  # Lazy: an optional, heavy dependency.
-    except ImportError as err:
-        raise ImportError(
-            "source 'tfds' needs tensorflow_datasets: pip install"
-            f' "infoprompt_jax[tfds]"; or read local files: {_offline_help(task)}'
-        ) from err
-    tfds_split = task.hf_split(split)  # TFDS GLUE splits are named like the hub's.
-    try:
-        ds, info = tfds.load(task.tfds_name, split=tfds_split, data_dir=data_dir, with_info=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"could not load TFDS {task.tfds_name} split {tfds_split!r} (no network"
-            f" access and not prepared in the TFDS data_dir?): {err}."
-            f" To read local files instead, {_offline_help(task)}"
-        ) from err
-    feature = info.features[task.hf_label_column]
-    source_names = getattr(feature, "names", None)
-    return _rows_to_examples(
-        task,
-        tfds.as_numpy(ds),
-        source_names,
-        names,
-        f"tfds:{task.tfds_name}:{tfds_split}",
-    )
+    rows, source_names, uid_prefix = tfds_source.read_split(task, split, data_dir)
+    return _rows_to_examples(task, rows, source_names, names, uid_prefix)

@@ -68,6 +68,9 @@ class TaskSpec:
         hf_splits: (split, hub split name) pairs, e.g. ("dev", "validation").
         hf_label_column: Column that holds the integer label on the hub.
         tfds_name: TFDS dataset name (e.g. "glue/rte"), or None.
+        tfds_version: The TFDS version whose features the reader expects (GLUE: "2.0.0");
+            a prepared copy of the same major version is read (TFDS bumps the major version
+            only when the data changes).
         negative_label: Label that means "no relation"; `micro_f1` leaves it out of
             both the predicted and the gold counts, as relation extraction does.
             Ignored when it is not one of `label_names`.
@@ -87,6 +90,7 @@ class TaskSpec:
     hf_splits: tuple[tuple[str, str], ...] = ()
     hf_label_column: str = "label"
     tfds_name: str | None = None
+    tfds_version: str | None = None
     negative_label: str | None = None
 
     def __post_init__(self):
@@ -293,6 +297,7 @@ def _glue(
         hf_name=name,
         hf_splits=_GLUE_SPLITS,
         tfds_name=f"glue/{name}",
+        tfds_version="2.0.0",
     )
 
 

