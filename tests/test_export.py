@@ -20,7 +20,7 @@ from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.train import batching, run_state, sharding
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import loop as train
-from infoprompt_jax.workdir import checkpointing
+from infoprompt_jax.workdir import checkpointing, workdir_files
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
 
@@ -207,6 +207,30 @@ def test_export_of_an_earlier_step(trained, tmp_path):
         np.testing.assert_array_equal(tensors[path], value, err_msg=path)
     with pytest.raises(ValueError, match=r"--step=3: .* steps \[2, 4\]"):
         export.export_checkpoint(str(workdir), str(tmp_path / "e3"), step=3)
+
+
+def test_export_of_a_checkpoint_from_before_divergence_tracking(trained, tmp_path):
+    """An older version's checkpoint lacks the state's diverged_at and diverged_loss: export
+    reads it through the checkpoint module, as resume does, and writes the same params."""
+    workdir, _, saved, _ = trained
+    components = components_lib.build_components(workdir_files.load_config(workdir))
+    target = run_state.abstract_state(
+        components, run_state.sample_batch(components), sharding.replicated(sharding.make_mesh())
+    )
+    state, record, step = checkpointing.read(workdir, target)
+    assert step == 4
+    old_workdir = tmp_path / "old"
+    older = {name: getattr(state, name) for name in ("step", "trainable", "opt_state", "rng")}
+    checkpointing.save(checkpointing.make_manager(old_workdir), step, older, record)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(workdir / name, old_workdir / name)
+    output = export.export_checkpoint(str(old_workdir), str(tmp_path / "e"))
+    assert json.loads((output / "export.json").read_text())["step"] == 4
+    tensors = safetensors.numpy.load_file(str(output / "params.safetensors"))
+    expected = trainable_lib.flatten(saved[4])
+    assert sorted(tensors) == sorted(expected)
+    for path, value in expected.items():
+        np.testing.assert_array_equal(tensors[path], value, err_msg=path)
 
 
 def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, tmp_path):
