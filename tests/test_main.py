@@ -7,7 +7,7 @@ import pytest
 import sentiment_fixture
 
 from configs import default
-from infoprompt_jax import config_listing
+from infoprompt_jax import config_listing, config_loading
 
 REPO = commands.REPO
 OWN_MODULES = {path.name for path in (REPO / "infoprompt_jax").rglob("*.py")}
@@ -67,9 +67,9 @@ def test_config_listing_follows_the_defining_file():
     text = config_listing.listing(config, comments)
     listed = [line.split(" = ")[0] for line in text.splitlines() if line.startswith("config.")]
     assert listed == [
-        f"config.{path}" for path in comments if path in config_listing.leaves(config)
+        f"config.{path}" for path in comments if path in config_loading.flatten(config)
     ]
-    assert set(listed) == {f"config.{path}" for path in config_listing.leaves(config)}
+    assert set(listed) == {f"config.{path}" for path in config_loading.flatten(config)}
     assert comments["model.remat"] == [
         "# Rematerialise encoder layers in the backward pass (less memory, more compute)."
     ]
@@ -90,3 +90,4 @@ def test_bad_stack_flags_stop_with_one_line_naming_the_fix(tmp_path, flags, mess
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
