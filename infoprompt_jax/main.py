@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infoprompt_jax import cli, compile_cache, config_listing, stack_flags
+from infoprompt_jax import cli, compile_cache, config_listing, config_loading, stack_flags
 from infoprompt_jax.train import loop as train
 from infoprompt_jax.train import phase_timer, stacked_train
 
@@ -128,6 +128,8 @@ def main(argv):
     if _SHOW_CONFIG.value:
         print(show_config(), end="")
         return
+    # Every field checked before any work: no workdir is created, no encoder loaded.
+    config = config_loading.load(flags.FLAGS.config)
     start = time.perf_counter()
     if _is_multihost():
         # Collectives between processes on the CPU backend (tests, CPU clusters); TPU and GPU
@@ -145,7 +147,6 @@ def main(argv):
     )
     timer = phase_timer.PhaseTimer()
     timer.record_startup()
-    config = flags.FLAGS.config
     if _ROWS.value is not None and not stacked_train.rows_can_stack(config):
         raise app.UsageError(
             f"--rows sets InfoPrompt's loss weights; it needs --config.method=infoprompt and "

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import cli
+from infoprompt_jax import cli, config_loading
 from infoprompt_jax import export as export_lib
 from infoprompt_jax.data import readers, templates
 from infoprompt_jax.data import tasks as tasks_lib
@@ -53,8 +53,8 @@ def read_export(export_dir: str | pathlib.Path) -> tuple[dict[str, Any], ml_coll
             f"{info_path} has format_version {info.get('format_version')!r}; this version of "
             f"infoprompt_jax reads {export_lib.FORMAT_VERSION}. Re-export the run with it."
         )
-    config = json.loads((export_dir / export_lib.CONFIG_FILE).read_text())
-    return info, ml_collections.ConfigDict(config)
+    # An export of an older version's run: its config reads as the workdir's did.
+    return info, config_loading.load_file(export_dir / export_lib.CONFIG_FILE)
 
 
 def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) -> pathlib.Path:

@@ -91,3 +91,22 @@ def test_bad_stack_flags_stop_with_one_line_naming_the_fix(tmp_path, flags, mess
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
 
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.method=nosuch", "config.method='nosuch'; choose one of 'infoprompt', 'idpg'"),
+        ("--config.task=nosuch", "config.task='nosuch': unknown task 'nosuch'; known tasks:"),
+        ("--config.loss.critic=dot", "config.loss.critic='dot'; choose one of 'bilinear'"),
+    ],
+)
+def test_a_bad_config_value_stops_before_the_workdir_and_the_encoder(tmp_path, flag, message):
+    """The encoder named does not exist: an error about it would mean it was being loaded."""
+    workdir = tmp_path / "run"
+    result = commands.run(
+        "main", *commands.tiny_run_args(tmp_path / "no_encoder", tmp_path, workdir, flag)
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
+    assert "Traceback" not in result.stderr and "no_encoder" not in result.stderr
+    assert not workdir.exists()

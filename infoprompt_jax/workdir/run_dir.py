@@ -1,7 +1,8 @@
 """A workdir is one run: one config, one process at a time.
 
 `check_same_run` compares a resumed run's resolved config with the `config.json` it started
-with, and refuses a difference in anything that changes what is computed, so steps from two
+with (read by `config_loading`, so a field added by a later version reads as what the run did),
+and refuses a difference in anything that changes what is computed, so steps from two
 configs never mix in one directory. `RunLock` keeps a second process out of a workdir while one
 trains there.
 """
@@ -51,7 +52,8 @@ def check_same_run(workdir: str | epath.Path, config: ml_collections.ConfigDict)
     path = epath.Path(workdir) / workdir_files.CONFIG_FILE
     if not path.exists():
         return
-    old = config_loading.flatten(json.loads(path.read_text()))
+    # Through config_loading: a field added since the run started reads as what the run did.
+    old = _as_saved(workdir_files.load_config(workdir))
     new = _as_saved(config)
     differing = sorted(
         k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
