@@ -207,33 +207,23 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
     return pathlib.Path(output_dir)
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
-    """Defines the command line's flags in `flag_values`; returns their holders by name.
-
-    Called only when run as a program: predict.py has an --output flag too, and absl refuses a
-    flag name that two modules imported into one process both define at import time.
-    """
-    holders = {
-        "workdir": flags.DEFINE_string(
-            "workdir", None, "The training run's directory.", flag_values=flag_values
-        ),
-        "output": flags.DEFINE_string(
-            "output", None, "Local directory to write the export to.", flag_values=flag_values
-        ),
-        "step": flags.DEFINE_integer(
-            "step", None, "Checkpoint step (default: the latest).", flag_values=flag_values
-        ),
-    }
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string("workdir", None, "The training run's directory.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "output", None, "Local directory to write the export to.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "step", None, "Checkpoint step (default: the latest).", flag_values=flag_values
+    )
     flags.mark_flags_as_required(["workdir", "output"], flag_values=flag_values)
-    return holders
 
 
-def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    export_checkpoint(holders["workdir"].value, holders["output"].value, holders["step"].value)
+    export_checkpoint(flag_values.workdir, flag_values.output, flag_values.step)
 
 
 if __name__ == "__main__":
-    _HOLDERS = define_flags()
-    cli.run(lambda argv: main(argv, _HOLDERS))
+    cli.run_command(define_flags, main)

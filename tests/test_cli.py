@@ -88,6 +88,15 @@ def test_an_offline_hub_id_is_one_error_line(tmp_path):
             ("infoprompt_jax.experiments", "--grid=/no/such/grid.py", "--root=r", "--dry_run"),
             "Error: --grid=/no/such/grid.py: no such file",
         ),
+        (
+            ("infoprompt_jax.analysis.cmi", "--workdirs=/no/such/run", "--output=o"),
+            "Error: /no/such/run/config.json not found",
+        ),
+        (("infoprompt_jax.analysis.curves", "--output=o.png"), "Error: flag --workdirs=None"),
+        (
+            ("infoprompt_jax.analysis.landscape", "--workdir=w", "--output=o", "--grid_size=x"),
+            "Error: flag --grid_size=x: invalid literal for int()",
+        ),
     ],
 )
 def test_user_errors_of_every_command_are_one_line(args, message):
@@ -97,9 +106,20 @@ def test_user_errors_of_every_command_are_one_line(args, message):
     assert result.stderr.startswith(message), result.stderr
 
 
-@pytest.mark.parametrize(
-    "module", ["main", "export", "predict", "experiments", "report"], ids=lambda m: m
-)
+# Every user command: one CLI style (cli.run_command), the analyses included.
+COMMANDS = [
+    "main",
+    "export",
+    "predict",
+    "experiments",
+    "report",
+    "analysis.cmi",
+    "analysis.curves",
+    "analysis.landscape",
+]
+
+
+@pytest.mark.parametrize("module", COMMANDS, ids=lambda m: m)
 def test_help_exits_0_and_lists_the_flags(module):
     result = run_command(f"infoprompt_jax.{module}", "--help")
     assert result.returncode == 0, result.stderr

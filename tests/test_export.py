@@ -6,12 +6,12 @@ import os
 import shutil
 import stat
 
+import commands
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 import sentiment_fixture
-from absl import flags
 
 from infoprompt_jax import export, predict
 from infoprompt_jax.data import readers, tasks
@@ -23,17 +23,6 @@ from infoprompt_jax.train import loop as train
 from infoprompt_jax.workdir import checkpointing, workdir_files
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
-
-
-def run_command_line(module, *args: str) -> None:
-    """`python -m MODULE ARGS`, run in this process on fresh flags.
-
-    A child process would spend some 15 s importing transformers and torch again; `main` and the
-    flag definitions are all that `python -m` adds to what runs here.
-    """
-    flag_values = flags.FlagValues()
-    holders = module.define_flags(flag_values)
-    module.main(flag_values([module.__name__, *args]), holders)
 
 
 def write_sst2_data(directory, num_train: int):
@@ -96,7 +85,7 @@ def exported(trained, tmp_path_factory):
     """The latest checkpoint's export, written by the command line."""
     workdir = trained[0]
     output = tmp_path_factory.mktemp("e") / "sst2"
-    run_command_line(export, f"--workdir={workdir}", f"--output={output}")
+    commands.run_in_process(export, [f"--workdir={workdir}", f"--output={output}"])
     return output
 
 
@@ -179,12 +168,14 @@ def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
 
 def test_predict_command_line_on_the_dev_file(trained, exported, tmp_path):
     _, data_dir, _, reference_logits = trained
-    run_command_line(
+    commands.run_in_process(
         predict,
-        f"--export_dir={exported}",
-        f"--input={data_dir / 'dev.tsv'}",
-        f"--output={tmp_path / 'out.jsonl'}",
-        "--batch_size=8",
+        [
+            f"--export_dir={exported}",
+            f"--input={data_dir / 'dev.tsv'}",
+            f"--output={tmp_path / 'out.jsonl'}",
+            "--batch_size=8",
+        ],
     )
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     sentences, gold = zip(*dev_rows(data_dir))
