@@ -106,7 +106,7 @@ def test_user_errors_of_every_command_are_one_line(args, message):
     assert result.stderr.startswith(message), result.stderr
 
 
-# Every user command: one CLI style (cli.run_command), the analyses included.
+# Every command: one CLI style (cli.run_command), the analyses and tools included.
 COMMANDS = [
     "main",
     "export",
@@ -116,6 +116,11 @@ COMMANDS = [
     "analysis.cmi",
     "analysis.curves",
     "analysis.landscape",
+    "tools.bench",
+    "tools.profile_step",
+    "tools.bench_stacking",
+    "tools.bench_stacked_step",
+    "tools.random_encoder",
 ]
 
 
