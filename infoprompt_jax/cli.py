@@ -39,9 +39,17 @@ def run_command(
     define_flags: Callable[[flags.FlagValues], None],
     main: Callable[[list[str], flags.FlagValues], Any],
 ) -> None:
-    """Defines a command's flags and runs its `main(argv, flags.FLAGS)` through `run`."""
+    """Defines a command's flags and runs its `main(argv, flags.FLAGS)` through `run`.
+
+    What `main` returns is for in-process callers (the analyses return their figures) and is
+    dropped: `absl.app.run` would pass it to `sys.exit`, which prints it and exits 1.
+    """
     define_flags(flags.FLAGS)
-    run(lambda argv: main(argv, flags.FLAGS))
+
+    def main_without_result(argv: list[str]) -> None:
+        main(argv, flags.FLAGS)
+
+    run(main_without_result)
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

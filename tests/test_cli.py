@@ -133,6 +133,30 @@ def test_help_exits_0_and_lists_the_flags(module):
         assert "--show_config" in result.stdout and "--config.FIELD=VALUE" in result.stdout
 
 
+def test_a_command_whose_main_returns_figures_exits_0_and_prints_nothing_else():
+    """The analyses' mains return their figures for in-process callers; absl.app.run would
+    print a returned value and exit 1."""
+    program = (
+        "from absl import flags\n"
+        "from infoprompt_jax import cli\n"
+        "def define_flags(flag_values):\n"
+        "    flags.DEFINE_integer('n', 0, 'a number', flag_values=flag_values)\n"
+        "def main(argv, flag_values):\n"
+        "    print('n =', flag_values.n)\n"
+        "    return {'figure': 1.0}\n"
+        "cli.run_command(define_flags, main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, "--n=3"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "n = 3\n", "")
+
+
 def test_user_errors_are_known_types_raised_by_our_code():
     def caught(fn):
         try:
