@@ -1,8 +1,12 @@
 """What every command does around its `main`: `--help` exits 0, the libraries' INFO chatter is
 quiet, and a user's mistake is one line of error, not a traceback.
 
-Every user command (`main`, `export`, `predict`, `experiments`, `report`) starts with `run(main)`
-instead of `absl.app.run(main)`. `--verbosity=1` brings back the libraries' INFO lines and the
+Every command has one CLI style: its module defines its absl flags in
+`define_flags(flag_values)`, reads them in `main(argv, flag_values)`, and ends with
+`run_command(define_flags, main)` instead of `absl.app.run(main)`. The flags are defined only
+when the module runs as the program, so commands that share a flag name (`--workdir`,
+`--output`, `--root`) import each other freely, and tests run a command in-process on fresh
+`FlagValues`. `--verbosity=1` brings back the libraries' INFO lines and the
 tracebacks of user errors; `INFOPROMPT_TRACEBACK=1` brings back the tracebacks alone.
 """
 
@@ -29,6 +33,23 @@ _OWN_DIRS = tuple(
 _OWN_USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, ImportError, FloatingPointError)
 # Errors that are the user's wherever they are raised.
 _FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def run_command(
+    define_flags: Callable[[flags.FlagValues], None],
+    main: Callable[[list[str], flags.FlagValues], Any],
+) -> None:
+    """Defines a command's flags and runs its `main(argv, flags.FLAGS)` through `run`.
+
+    What `main` returns is for in-process callers (the analyses return their figures) and is
+    dropped: `absl.app.run` would pass it to `sys.exit`, which prints it and exits 1.
+    """
+    define_flags(flags.FLAGS)
+
+    def main_without_result(argv: list[str]) -> None:
+        main(argv, flags.FLAGS)
+
+    run(main_without_result)
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

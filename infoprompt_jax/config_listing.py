@@ -3,9 +3,10 @@ comments of the file that defines the fields (`configs/default.py`)."""
 
 import pathlib
 import re
-from typing import Any
 
 import ml_collections
+
+from infoprompt_jax import config_loading
 
 _ASSIGNMENT = re.compile(r"\s*config\.([\w.]+)\s*=")
 
@@ -26,17 +27,6 @@ def field_comments(default_config_file: str | pathlib.Path) -> dict[str, list[st
     return comments
 
 
-def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """`{"a.b": value}` for every field of `config` that is not itself a ConfigDict."""
-    out = {}
-    for name, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            out.update(leaves(value, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = value
-    return out
-
-
 def listing(config: ml_collections.ConfigDict, comments: dict[str, list[str]] | None = None) -> str:
     """Every field of `config` as `config.path = repr(value)` under its comment lines.
 
@@ -45,7 +35,7 @@ def listing(config: ml_collections.ConfigDict, comments: dict[str, list[str]] | 
     """
     comments = comments or {}
     order = {path: index for index, path in enumerate(comments)}
-    fields = leaves(config)
+    fields = config_loading.flatten(config)
     lines, section = [], None
     for path in sorted(fields, key=lambda p: (order.get(p, len(order)), p)):
         if "." in path and path.split(".")[0] != section:

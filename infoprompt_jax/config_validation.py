@@ -1,12 +1,16 @@
-"""Range checks of a run config, before any work: the encoder is not loaded for a bad value.
+"""Range and choice checks of a run config, before any work: no workdir is created and no
+encoder loaded for a bad value (`config_loading.load` calls `validate`).
 
-Each error names the field, its value and the allowed range, so a typo costs seconds instead of
-an epoch of training (a zero `log_every_steps` used to divide by zero at the first log, and a
+Each error names the field, its value and the allowed range or choices, so a typo costs seconds
+instead of an epoch of training (a zero `log_every_steps` used to divide by zero at the first log, and a
 negative `max_eval_examples` silently dropped dev rows through `examples[:-n]`).
 """
 
 import ml_collections
 from absl import logging
+
+from infoprompt_jax.data import sources, tasks
+from infoprompt_jax.model import encoder, methods, models
 
 # (field, lowest allowed value, what the value means): every value must be an int >= lowest.
 _INT_RANGES = (
@@ -25,6 +29,19 @@ _INT_RANGES = (
     ("prompt.num_tokens", 1, "prompt tokens n_p"),
     ("loss.num_candidates", 2, "InfoNCE candidates K"),
 )
+# (field, allowed values): every value must be one of them.
+_CHOICES = (
+    ("method", methods.METHODS),
+    ("variant", ("paper", "released")),
+    ("model.dtype", ("float32", "bfloat16")),
+    ("model.attention", encoder.ATTENTION_KINDS),
+    ("data.source", sources.SOURCES),
+    ("prompt.init", ("random", "mask", "vocab", "phrase")),
+    ("prompt.generator_activation", ("none", "gelu")),
+    ("loss.critic", ("bilinear", "scaled_dot")),
+    ("loss.head_negatives", ("sampled", "all_context")),
+    ("loss.representation_negatives", models.REPRESENTATION_NEGATIVES),
+)
 # Below this many tokens per sequence, the template's specials, prompt slots and mask leave room
 # for about one token of text: every text is cut to almost nothing.
 _SHORT_MAX_LEN = 16
@@ -38,7 +55,18 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first field outside its range; warns on a tiny max_len."""
+    """Raises ValueError naming the first field outside its range or choices; warns on a tiny
+    max_len."""
+    try:
+        tasks.get_task(config.task)
+    except KeyError as e:
+        raise ValueError(f"config.task={config.task!r}: {e.args[0]}.") from None
+    for field, allowed in _CHOICES:
+        value = _get(config, field)
+        if value not in allowed:
+            raise ValueError(
+                f"config.{field}={value!r}; choose one of {', '.join(map(repr, allowed))}."
+            )
     for field, lowest, meaning in _INT_RANGES:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:

@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
@@ -31,7 +30,7 @@ from infoprompt_jax.model import pretrained, safetensors_file
 from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import run_state, sharding
-from infoprompt_jax.workdir import workdir_files
+from infoprompt_jax.workdir import checkpointing, workdir_files
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
@@ -40,25 +39,7 @@ EXPORT_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-def read_only_manager(workdir: str | epath.Path) -> ocp.CheckpointManager:
-    """A manager of `WORKDIR/checkpoints` that never writes, creates or cleans up anything.
-
-    `checkpointing.make_manager` removes temporary directories at start-up, which would delete
-    the save in progress of a run that is still training.
-    """
-    directory = epath.Path(workdir) / "checkpoints"
-    if "://" not in str(directory):
-        directory = directory.absolute()  # Orbax wants absolute local paths.
-    if not directory.exists():
-        raise FileNotFoundError(
-            f"No checkpoint in {workdir}: {directory} does not exist. Export the workdir of a "
-            "run that has saved a checkpoint (one is saved at the end of every epoch)."
-        )
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "record"))
-
-
-def choose_step(manager: ocp.CheckpointManager, workdir: Any, step: int | None) -> int:
+def choose_step(manager: checkpointing.Manager, workdir: Any, step: int | None) -> int:
     """`step` if the workdir has it, else the latest step when `step` is None."""
     available = sorted(manager.all_steps())
     if not available:
@@ -86,23 +67,17 @@ def restore_trainable(
         components: the run's components (`build_components` of its config).
         step: the checkpoint step; None takes the latest.
     """
-    manager = read_only_manager(workdir)
+    # Replicated, as training keeps the state, on whatever devices this process has.
+    replicated = sharding.replicated(sharding.make_mesh())
+    target = run_state.abstract_state(components, run_state.sample_batch(components), replicated)
+    manager = checkpointing.open_reader(workdir)
     try:
         step = choose_step(manager, workdir, step)
-        # Replicated, as training keeps the state, on whatever devices this process has.
-        replicated = sharding.replicated(sharding.make_mesh())
-        target = run_state.abstract_state(
-            components, run_state.sample_batch(components), replicated
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
-            ),
-        )
+        # Also a checkpoint written before the state's latest fields (checkpointing.restore_step).
+        state, record = checkpointing.restore_at(manager, step, target)
     finally:
         manager.close()
-    return restored["state"].trainable, dict(restored["record"]), step
+    return state.trainable, record, step
 
 
 def flat_float32(trainable: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -217,7 +192,7 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
         ValueError: `step` is not one of the workdir's checkpoints.
     """
     workdir = epath.Path(workdir)
-    manager = read_only_manager(workdir)
+    manager = checkpointing.open_reader(workdir)
     try:  # "No checkpoint" or a bad --step fail here, before the (slow) encoder load.
         step = choose_step(manager, workdir, step)
     finally:
@@ -232,33 +207,23 @@ def export_checkpoint(workdir: str, output_dir: str, step: int | None = None) ->
     return pathlib.Path(output_dir)
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
-    """Defines the command line's flags in `flag_values`; returns their holders by name.
-
-    Called only when run as a program: predict.py has an --output flag too, and absl refuses a
-    flag name that two modules imported into one process both define at import time.
-    """
-    holders = {
-        "workdir": flags.DEFINE_string(
-            "workdir", None, "The training run's directory.", flag_values=flag_values
-        ),
-        "output": flags.DEFINE_string(
-            "output", None, "Local directory to write the export to.", flag_values=flag_values
-        ),
-        "step": flags.DEFINE_integer(
-            "step", None, "Checkpoint step (default: the latest).", flag_values=flag_values
-        ),
-    }
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string("workdir", None, "The training run's directory.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "output", None, "Local directory to write the export to.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "step", None, "Checkpoint step (default: the latest).", flag_values=flag_values
+    )
     flags.mark_flags_as_required(["workdir", "output"], flag_values=flag_values)
-    return holders
 
 
-def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    export_checkpoint(holders["workdir"].value, holders["output"].value, holders["step"].value)
+    export_checkpoint(flag_values.workdir, flag_values.output, flag_values.step)
 
 
 if __name__ == "__main__":
-    _HOLDERS = define_flags()
-    cli.run(lambda argv: main(argv, _HOLDERS))
+    cli.run_command(define_flags, main)

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from infoprompt_jax import cli
+from infoprompt_jax import cli, config_loading
 from infoprompt_jax import export as export_lib
 from infoprompt_jax.data import readers, templates
 from infoprompt_jax.data import tasks as tasks_lib
@@ -53,8 +53,8 @@ def read_export(export_dir: str | pathlib.Path) -> tuple[dict[str, Any], ml_coll
             f"{info_path} has format_version {info.get('format_version')!r}; this version of "
             f"infoprompt_jax reads {export_lib.FORMAT_VERSION}. Re-export the run with it."
         )
-    config = json.loads((export_dir / export_lib.CONFIG_FILE).read_text())
-    return info, ml_collections.ConfigDict(config)
+    # An export of an older version's run: its config reads as the workdir's did.
+    return info, config_loading.load_file(export_dir / export_lib.CONFIG_FILE)
 
 
 def resolve_encoder(info: Mapping[str, Any], encoder_path: str | None = None) -> pathlib.Path:
@@ -365,58 +365,48 @@ def _log_accuracy(rows: Sequence[readers.Record], results: Sequence[Mapping[str,
         logging.info("Accuracy on the %d labelled inputs: %.4f", len(golds), correct / len(golds))
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
-    """Defines the command line's flags in `flag_values`; returns their holders by name.
-
-    Called only when run as a program: export.py has an --output flag too, and absl refuses a
-    flag name that two modules imported into one process both define at import time.
-    """
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
 
     def define(kind, name, default, help_text):
-        return kind(name, default, help_text, flag_values=flag_values)
+        kind(name, default, help_text, flag_values=flag_values)
 
-    holders = {
-        "export_dir": define(
-            flags.DEFINE_string,
-            "export_dir",
-            None,
-            "Directory written by python -m infoprompt_jax.export.",
-        ),
-        "input": define(
-            flags.DEFINE_string,
-            "input",
-            None,
-            "File of inputs: a GLUE TSV of the task, or plain text (one input a "
-            "line, a tab between the texts of a pair).",
-        ),
-        "output": define(
-            flags.DEFINE_string, "output", None, "JSON-lines file of predictions to write."
-        ),
-        "encoder_path": define(
-            flags.DEFINE_string,
-            "encoder_path",
-            None,
-            "Encoder checkpoint (default: the one recorded at export).",
-        ),
-        "batch_size": define(flags.DEFINE_integer, "batch_size", 32, "Rows per compiled call."),
-    }
+    define(
+        flags.DEFINE_string,
+        "export_dir",
+        None,
+        "Directory written by python -m infoprompt_jax.export.",
+    )
+    define(
+        flags.DEFINE_string,
+        "input",
+        None,
+        "File of inputs: a GLUE TSV of the task, or plain text (one input a "
+        "line, a tab between the texts of a pair).",
+    )
+    define(flags.DEFINE_string, "output", None, "JSON-lines file of predictions to write.")
+    define(
+        flags.DEFINE_string,
+        "encoder_path",
+        None,
+        "Encoder checkpoint (default: the one recorded at export).",
+    )
+    define(flags.DEFINE_integer, "batch_size", 32, "Rows per compiled call.")
     flags.mark_flags_as_required(["export_dir", "input", "output"], flag_values=flag_values)
-    return holders
 
 
-def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     count = predict_file(
-        holders["export_dir"].value,
-        holders["input"].value,
-        holders["output"].value,
-        holders["encoder_path"].value,
-        holders["batch_size"].value,
+        flag_values.export_dir,
+        flag_values.input,
+        flag_values.output,
+        flag_values.encoder_path,
+        flag_values.batch_size,
     )
-    logging.info("Wrote %d predictions to %s.", count, holders["output"].value)
+    logging.info("Wrote %d predictions to %s.", count, flag_values.output)
 
 
 if __name__ == "__main__":
-    _HOLDERS = define_flags()
-    cli.run(lambda argv: main(argv, _HOLDERS))
+    cli.run_command(define_flags, main)

@@ -57,3 +57,17 @@ def tiny_run_args(model_dir, data_dir, workdir, *overrides: str) -> list[str]:
         f"--config.data.dir={data_dir}",
         *overrides,
     ]
+
+
+def run_in_process(module, args: list[str]):
+    """`python -m MODULE ARGS` run in this process on fresh flags; returns what its main returns.
+
+    A child process would spend some 15 s importing transformers and torch again; every command
+    defines its flags in `define_flags(flag_values)` and reads them in `main(argv, flag_values)`
+    (`cli.run_command`), which is all that `python -m` adds to what runs here.
+    """
+    from absl import flags  # Here, not at the top: conftest sets XLA_FLAGS before jax loads.
+
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    return module.main(flag_values([module.__name__, *args]), flag_values)

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 
+import commands
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,7 +172,8 @@ def test_random_and_phrase_prompts(restored_infoprompt):
 def test_cmi_command_writes_csv_plot_and_medians(
     infoprompt_run, restored_infoprompt, tmp_path, capsys
 ):
-    cmi.main(
+    commands.run_in_process(
+        cmi,
         [
             f"--workdirs={infoprompt_run}",
             "--labels=a",
@@ -180,7 +182,7 @@ def test_cmi_command_writes_csv_plot_and_medians(
             "--phrases=it is great;the film",
             "--max_examples=6",
             f"--batch_size={BATCH}",
-        ]
+        ],
     )
     table = cmi.read_csv(tmp_path / "cmi.csv")
     sources = [
@@ -315,13 +317,14 @@ def test_landscape_losses_equal_the_models_forward_pass(restored_infoprompt):
 
 
 def test_landscape_command(infoprompt_run, restored_infoprompt, tmp_path, capsys):
-    result = landscape.main(
+    result = commands.run_in_process(
+        landscape,
         [
             f"--workdir={infoprompt_run}",
             f"--output={tmp_path}",
             "--grid_size=4",
             f"--num_examples={BATCH}",
-        ]
+        ],
     )
     for name in ("task_loss.png", "representation_loss.png", "landscape.npz"):
         assert (tmp_path / name).stat().st_size > 1000, name
@@ -367,7 +370,9 @@ def test_landscape_needs_one_prompt_token(tmp_path):
     config = sentiment_fixture.tiny_config("unused")  # two prompt tokens
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
     with pytest.raises(ValueError, match="one prompt token"):
-        landscape.main([f"--workdir={tmp_path}", f"--output={tmp_path / 'out'}"])
+        commands.run_in_process(
+            landscape, [f"--workdir={tmp_path}", f"--output={tmp_path / 'out'}"]
+        )
 
 
 # Learning curves.
@@ -414,8 +419,9 @@ def test_curves_command_groups_runs_by_config_label(tmp_path, capsys):
     )
     warp = fabricated_run(tmp_path / "warp", "warp", 0.1, [(2, 0.6), (4, 0.65)], [(1, 1.0)])
     output = tmp_path / "plots" / "curves.png"
-    aggregates = curves.main(
-        [f"--workdirs={seed0},{seed1},{warp}", "--metric=eval_accuracy", f"--output={output}"]
+    aggregates = commands.run_in_process(
+        curves,
+        [f"--workdirs={seed0},{seed1},{warp}", "--metric=eval_accuracy", f"--output={output}"],
     )
     assert list(aggregates) == ["infoprompt beta=0.1 gamma=0.05", "warp"]
     infoprompt = aggregates["infoprompt beta=0.1 gamma=0.05"]
@@ -427,19 +433,22 @@ def test_curves_command_groups_runs_by_config_label(tmp_path, capsys):
     assert output.stat().st_size > 1000
     assert "final eval_accuracy 0.8000 at step 4" in capsys.readouterr().out
     # Explicit labels regroup; the train metric is read from the train lines.
-    by_label = curves.main(
+    by_label = commands.run_in_process(
+        curves,
         [
             f"--workdirs={seed0},{seed1},{warp}",
             "--metric=train_loss",
             "--labels=x,y,x",
             "--band=std",
             f"--output={output}",
-        ]
+        ],
     )
     np.testing.assert_allclose(by_label["x"].mean, [0.95])
     np.testing.assert_allclose(by_label["y"].mean, [0.7, 0.6])
     with pytest.raises(ValueError, match="eval_accuracy"):
-        curves.main([f"--workdirs={seed0}", "--metric=eval_f1", f"--output={output}"])
+        commands.run_in_process(
+            curves, [f"--workdirs={seed0}", "--metric=eval_f1", f"--output={output}"]
+        )
 
 
 def test_the_held_out_fit_draws_from_the_whole_train_split(restored_infoprompt):
@@ -466,4 +475,6 @@ def test_the_held_out_fit_draws_from_the_whole_train_split(restored_infoprompt):
 
 def test_cmi_refuses_a_negative_fit_count(infoprompt_run, tmp_path):
     with pytest.raises(ValueError, match="--fit_examples=-1; give a count"):
-        cmi.main([f"--workdirs={infoprompt_run}", f"--output={tmp_path}", "--fit_examples=-1"])
+        commands.run_in_process(
+            cmi, [f"--workdirs={infoprompt_run}", f"--output={tmp_path}", "--fit_examples=-1"]
+        )

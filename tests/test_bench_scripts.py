@@ -2,8 +2,8 @@
 
 import json
 import re
-import sys
 
+import commands
 import sentiment_fixture
 
 from infoprompt_jax.tools import bench_stacked_step, bench_stacking
@@ -11,17 +11,16 @@ from infoprompt_jax.train import phase_timer
 from infoprompt_jax.workdir import workdir_files
 
 
-def test_bench_stacked_step_times_every_mode_in_every_round(
-    tiny_roberta_dir, tmp_path, monkeypatch, capsys
-):
+def test_bench_stacked_step_times_every_mode_in_every_round(tiny_roberta_dir, tmp_path, capsys):
     config = sentiment_fixture.tiny_config(tiny_roberta_dir)
     config.data.dir = str(sentiment_fixture.write_sst2(tmp_path / "data", 16, 8))
     workdir = tmp_path / "run"
     workdir.mkdir()
     workdir_files.write_config(workdir, config)
-    argv = ["bench_stacked_step", f"--workdir={workdir}", "--length=16", "--runs=1,2"]
-    monkeypatch.setattr(sys, "argv", argv + ["--steps=2", "--rounds=2"])
-    bench_stacked_step.main()
+    commands.run_in_process(
+        bench_stacked_step,
+        [f"--workdir={workdir}", "--length=16", "--runs=1,2", "--steps=2", "--rounds=2"],
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round")]
     pattern = r"round (\d)  (plain|stacked R=\d)\s+(\d+) ms per step\s+(\d+) ms per run-step"
     rows = [re.fullmatch(pattern, line).groups() for line in lines]

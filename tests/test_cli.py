@@ -88,6 +88,15 @@ def test_an_offline_hub_id_is_one_error_line(tmp_path):
             ("infoprompt_jax.experiments", "--grid=/no/such/grid.py", "--root=r", "--dry_run"),
             "Error: --grid=/no/such/grid.py: no such file",
         ),
+        (
+            ("infoprompt_jax.analysis.cmi", "--workdirs=/no/such/run", "--output=o"),
+            "Error: /no/such/run/config.json not found",
+        ),
+        (("infoprompt_jax.analysis.curves", "--output=o.png"), "Error: flag --workdirs=None"),
+        (
+            ("infoprompt_jax.analysis.landscape", "--workdir=w", "--output=o", "--grid_size=x"),
+            "Error: flag --grid_size=x: invalid literal for int()",
+        ),
     ],
 )
 def test_user_errors_of_every_command_are_one_line(args, message):
@@ -97,15 +106,55 @@ def test_user_errors_of_every_command_are_one_line(args, message):
     assert result.stderr.startswith(message), result.stderr
 
 
-@pytest.mark.parametrize(
-    "module", ["main", "export", "predict", "experiments", "report"], ids=lambda m: m
-)
+# Every command: one CLI style (cli.run_command), the analyses and tools included.
+COMMANDS = [
+    "main",
+    "export",
+    "predict",
+    "experiments",
+    "report",
+    "analysis.cmi",
+    "analysis.curves",
+    "analysis.landscape",
+    "tools.bench",
+    "tools.profile_step",
+    "tools.bench_stacking",
+    "tools.bench_stacked_step",
+    "tools.random_encoder",
+]
+
+
+@pytest.mark.parametrize("module", COMMANDS, ids=lambda m: m)
 def test_help_exits_0_and_lists_the_flags(module):
     result = run_command(f"infoprompt_jax.{module}", "--help")
     assert result.returncode == 0, result.stderr
     assert "--" in result.stdout and "Try --helpfull" in result.stdout
     if module == "main":
         assert "--show_config" in result.stdout and "--config.FIELD=VALUE" in result.stdout
+
+
+def test_a_command_whose_main_returns_figures_exits_0_and_prints_nothing_else():
+    """The analyses' mains return their figures for in-process callers; absl.app.run would
+    print a returned value and exit 1."""
+    program = (
+        "from absl import flags\n"
+        "from infoprompt_jax import cli\n"
+        "def define_flags(flag_values):\n"
+        "    flags.DEFINE_integer('n', 0, 'a number', flag_values=flag_values)\n"
+        "def main(argv, flag_values):\n"
+        "    print('n =', flag_values.n)\n"
+        "    return {'figure': 1.0}\n"
+        "cli.run_command(define_flags, main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, "--n=3"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "n = 3\n", "")
 
 
 def test_user_errors_are_known_types_raised_by_our_code():

@@ -215,14 +215,13 @@ def test_dry_run_commands_parse_with_config_flags(grid_file, tmp_path):
 # main.py with the training replaced by a print of what its flags parsed to.
 _MAIN_STUB = """
 import json
-from absl import app
 from infoprompt_jax.train import loop as train
 def fake_train(config, workdir, timer=None):
   print("PARSED " + json.dumps({"config": config.to_dict(), "workdir": workdir}))
   return {"preempted": False}
 train.train_and_evaluate = fake_train
-from infoprompt_jax import main
-app.run(main.main)
+from infoprompt_jax import cli, main
+cli.run_command(main.define_flags, main.main)
 """
 
 

@@ -6,12 +6,12 @@ import os
 import shutil
 import stat
 
+import commands
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 import sentiment_fixture
-from absl import flags
 
 from infoprompt_jax import export, predict
 from infoprompt_jax.data import readers, tasks
@@ -20,20 +20,9 @@ from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.train import batching, run_state, sharding
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import loop as train
-from infoprompt_jax.workdir import checkpointing
+from infoprompt_jax.workdir import checkpointing, workdir_files
 
 NUM_DEV = 12  # Not a multiple of the batch sizes, so both paths pad their last batch.
-
-
-def run_command_line(module, *args: str) -> None:
-    """`python -m MODULE ARGS`, run in this process on fresh flags.
-
-    A child process would spend some 15 s importing transformers and torch again; `main` and the
-    flag definitions are all that `python -m` adds to what runs here.
-    """
-    flag_values = flags.FlagValues()
-    holders = module.define_flags(flag_values)
-    module.main(flag_values([module.__name__, *args]), holders)
 
 
 def write_sst2_data(directory, num_train: int):
@@ -96,7 +85,7 @@ def exported(trained, tmp_path_factory):
     """The latest checkpoint's export, written by the command line."""
     workdir = trained[0]
     output = tmp_path_factory.mktemp("e") / "sst2"
-    run_command_line(export, f"--workdir={workdir}", f"--output={output}")
+    commands.run_in_process(export, [f"--workdir={workdir}", f"--output={output}"])
     return output
 
 
@@ -179,12 +168,14 @@ def test_loaded_classifier_predicts_as_the_training_eval(trained, exported):
 
 def test_predict_command_line_on_the_dev_file(trained, exported, tmp_path):
     _, data_dir, _, reference_logits = trained
-    run_command_line(
+    commands.run_in_process(
         predict,
-        f"--export_dir={exported}",
-        f"--input={data_dir / 'dev.tsv'}",
-        f"--output={tmp_path / 'out.jsonl'}",
-        "--batch_size=8",
+        [
+            f"--export_dir={exported}",
+            f"--input={data_dir / 'dev.tsv'}",
+            f"--output={tmp_path / 'out.jsonl'}",
+            "--batch_size=8",
+        ],
     )
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     sentences, gold = zip(*dev_rows(data_dir))
@@ -207,6 +198,30 @@ def test_export_of_an_earlier_step(trained, tmp_path):
         np.testing.assert_array_equal(tensors[path], value, err_msg=path)
     with pytest.raises(ValueError, match=r"--step=3: .* steps \[2, 4\]"):
         export.export_checkpoint(str(workdir), str(tmp_path / "e3"), step=3)
+
+
+def test_export_of_a_checkpoint_from_before_divergence_tracking(trained, tmp_path):
+    """An older version's checkpoint lacks the state's diverged_at and diverged_loss: export
+    reads it through the checkpoint module, as resume does, and writes the same params."""
+    workdir, _, saved, _ = trained
+    components = components_lib.build_components(workdir_files.load_config(workdir))
+    target = run_state.abstract_state(
+        components, run_state.sample_batch(components), sharding.replicated(sharding.make_mesh())
+    )
+    state, record, step = checkpointing.read(workdir, target)
+    assert step == 4
+    old_workdir = tmp_path / "old"
+    older = {name: getattr(state, name) for name in ("step", "trainable", "opt_state", "rng")}
+    checkpointing.save(checkpointing.make_manager(old_workdir), step, older, record)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(workdir / name, old_workdir / name)
+    output = export.export_checkpoint(str(old_workdir), str(tmp_path / "e"))
+    assert json.loads((output / "export.json").read_text())["step"] == 4
+    tensors = safetensors.numpy.load_file(str(output / "params.safetensors"))
+    expected = trainable_lib.flatten(saved[4])
+    assert sorted(tensors) == sorted(expected)
+    for path, value in expected.items():
+        np.testing.assert_array_equal(tensors[path], value, err_msg=path)
 
 
 def test_loading_against_another_encoder_is_refused(exported, tiny_roberta_dir, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import sentiment_fixture
 
 from configs import default
-from infoprompt_jax import config_listing
+from infoprompt_jax import config_listing, config_loading
 
 REPO = commands.REPO
 OWN_MODULES = {path.name for path in (REPO / "infoprompt_jax").rglob("*.py")}
@@ -67,9 +67,9 @@ def test_config_listing_follows_the_defining_file():
     text = config_listing.listing(config, comments)
     listed = [line.split(" = ")[0] for line in text.splitlines() if line.startswith("config.")]
     assert listed == [
-        f"config.{path}" for path in comments if path in config_listing.leaves(config)
+        f"config.{path}" for path in comments if path in config_loading.flatten(config)
     ]
-    assert set(listed) == {f"config.{path}" for path in config_listing.leaves(config)}
+    assert set(listed) == {f"config.{path}" for path in config_loading.flatten(config)}
     assert comments["model.remat"] == [
         "# Rematerialise encoder layers in the backward pass (less memory, more compute)."
     ]
@@ -90,3 +90,23 @@ def test_bad_stack_flags_stop_with_one_line_naming_the_fix(tmp_path, flags, mess
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.method=nosuch", "config.method='nosuch'; choose one of 'infoprompt', 'idpg'"),
+        ("--config.task=nosuch", "config.task='nosuch': unknown task 'nosuch'; known tasks:"),
+        ("--config.loss.critic=dot", "config.loss.critic='dot'; choose one of 'bilinear'"),
+    ],
+)
+def test_a_bad_config_value_stops_before_the_workdir_and_the_encoder(tmp_path, flag, message):
+    """The encoder named does not exist: an error about it would mean it was being loaded."""
+    workdir = tmp_path / "run"
+    result = commands.run(
+        "main", *commands.tiny_run_args(tmp_path / "no_encoder", tmp_path, workdir, flag)
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
+    assert "Traceback" not in result.stderr and "no_encoder" not in result.stderr
+    assert not workdir.exists()

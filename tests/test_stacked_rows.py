@@ -13,7 +13,8 @@ import sentiment_fixture
 import stacked_runs
 from absl import app
 
-from infoprompt_jax import compile_cache, stack_flags
+from infoprompt_jax import compile_cache
+from infoprompt_jax import main as main_lib
 from infoprompt_jax.grid import report
 from infoprompt_jax.grid import runner as experiments
 from infoprompt_jax.model import trainable
@@ -30,7 +31,7 @@ ROWS = (("infoprompt", 0.1, 0.05), ("beta-0", 0.0, 0.05), ("beta-gamma-0", 0.0, 
 
 def train_stack(config, workdir: pathlib.Path) -> list[dict]:
     """What `main.py --rows=<ROWS> --seeds=0,1 --workdir=WORKDIR` trains."""
-    configs, workdirs = stack_flags.stacked_runs(config, str(workdir), SEEDS, ROWS)
+    configs, workdirs = main_lib.stacked_runs(config, str(workdir), SEEDS, ROWS)
     return loop.train_and_evaluate_stacked(configs, workdirs)
 
 
@@ -175,8 +176,8 @@ def test_rows_stack_only_infoprompt_weights(tiny_roberta_dir):
 )
 def test_bad_rows_are_refused_with_the_fix(value, message):
     with pytest.raises(app.UsageError, match=message):
-        stack_flags.parse_rows(value)
-    assert stack_flags.parse_rows(["infoprompt:0.1:0.05", "beta-gamma-0:0:0"]) == [
+        main_lib.parse_rows(value)
+    assert main_lib.parse_rows(["infoprompt:0.1:0.05", "beta-gamma-0:0:0"]) == [
         ("infoprompt", 0.1, 0.05),
         ("beta-gamma-0", 0.0, 0.0),
     ]

@@ -34,20 +34,20 @@ writes `DIR/cmi.csv` (source, estimator, example_index, cmi, cap) and `DIR/cmi.p
 source and estimator, each estimator's cap drawn) and prints each source's median and cap.
 """
 
-import argparse
 import csv
 import dataclasses
 import functools
 import math
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.analysis import mi_estimator, plotting, prompt_eval, runs
 from infoprompt_jax.model import losses, models
 from infoprompt_jax.train import batching
@@ -372,82 +372,88 @@ def plot(results: dict[tuple[str, str], Result], path: pathlib.Path) -> None:
     plotting.save(figure, path)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m infoprompt_jax.analysis.cmi",
-        description="CMI estimates of learned, random and hand-written prompts (Figure 1).",
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+
+    def define(kind, name, default, help_text):
+        kind(name, default, help_text, flag_values=flag_values)
+
+    define(
+        flags.DEFINE_string,
+        "workdirs",
+        None,
+        "Comma-separated InfoPrompt workdirs (beta > 0); the first one's model and critic also "
+        "score the random and hand-written prompts.",
     )
-    parser.add_argument(
-        "--workdirs",
-        required=True,
-        help="Comma-separated InfoPrompt workdirs (beta > 0); the first one's "
-        "model and critic also score the random and hand-written prompts.",
+    define(flags.DEFINE_string, "output", None, "Directory for cmi.csv and cmi.png.")
+    define(
+        flags.DEFINE_string,
+        "labels",
+        "",
+        "Comma-separated names of the runs (default: method, beta, gamma).",
     )
-    parser.add_argument("--output", required=True, help="Directory for cmi.csv and cmi.png.")
-    parser.add_argument(
-        "--labels",
-        default="",
-        help="Comma-separated names of the runs (default: method, beta, gamma).",
+    define(
+        flags.DEFINE_string,
+        "phrases",
+        DEFAULT_PHRASES,
+        "Semicolon-separated hand-written prompts ('' for none).",
     )
-    parser.add_argument(
-        "--phrases",
-        default=DEFAULT_PHRASES,
-        help="Semicolon-separated hand-written prompts ('' for none).",
+    define(flags.DEFINE_integer, "num_random", 1, "Random prompts to draw.")
+    flags.DEFINE_enum(
+        "estimator",
+        "both",
+        ["trained", "held_out", "both"],
+        "trained: the run's own critic (capped at log K of training); held_out: a fresh critic "
+        "fitted on train pairs, evaluated on dev with K_eval = min(256, dev) candidates.",
+        flag_values=flag_values,
     )
-    parser.add_argument("--num_random", type=int, default=1, help="Random prompts to draw.")
-    parser.add_argument(
-        "--estimator",
-        choices=("trained", "held_out", "both"),
-        default="both",
-        help="trained: the run's own critic (capped at log K of training); held_out: a fresh "
-        "critic fitted on train pairs, evaluated on dev with K_eval = min(256, dev) candidates.",
+    define(
+        flags.DEFINE_integer,
+        "max_examples",
+        0,
+        "Use the first N dev examples (0: the run's whole dev set).",
     )
-    parser.add_argument(
-        "--max_examples",
-        type=int,
-        default=0,
-        help="Use the first N dev examples (0: the run's whole dev set).",
+    define(
+        flags.DEFINE_integer,
+        "fit_examples",
+        FIT_EXAMPLES,
+        "held_out: fit the critic on the pairs of N examples drawn from the whole train split "
+        "(0: the run's own training examples, e.g. its few-shot subset).",
     )
-    parser.add_argument(
-        "--fit_examples",
-        type=int,
-        default=FIT_EXAMPLES,
-        help="held_out: fit the critic on the pairs of N examples drawn from the whole train "
-        "split (0: the run's own training examples, e.g. its few-shot subset).",
+    define(flags.DEFINE_integer, "batch_size", 32, "Examples per forward pass.")
+    define(
+        flags.DEFINE_integer, "seed", 0, "Seed of the critic's sampling and of the random prompts."
     )
-    parser.add_argument("--batch_size", type=int, default=32, help="Examples per forward pass.")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="Seed of the critic's sampling and of the random prompts.",
-    )
-    return parser.parse_args(argv)
+    flags.mark_flags_as_required(["workdirs", "output"], flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    workdirs = runs.split_list(args.workdirs)
+def main(
+    argv: list[str], flag_values: flags.FlagValues = flags.FLAGS
+) -> dict[tuple[str, str], Result]:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    workdirs = runs.split_list(flag_values.workdirs)
     if not workdirs:
         raise ValueError("--workdirs names no workdir.")
-    estimators = ESTIMATORS if args.estimator == "both" else (args.estimator,)
-    if args.fit_examples < 0:
+    estimator = flag_values.estimator
+    estimators = ESTIMATORS if estimator == "both" else (estimator,)
+    if flag_values.fit_examples < 0:
         raise ValueError(
-            f"--fit_examples={args.fit_examples}; give a count of train examples, or 0 for the "
-            "run's own training examples."
+            f"--fit_examples={flag_values.fit_examples}; give a count of train examples, or 0 "
+            "for the run's own training examples."
         )
     results = compute(
         workdirs,
-        runs.split_list(args.labels) or None,
-        runs.split_list(args.phrases, ";"),
-        args.num_random,
-        args.max_examples,
-        args.seed,
-        args.batch_size,
+        runs.split_list(flag_values.labels) or None,
+        runs.split_list(flag_values.phrases, ";"),
+        flag_values.num_random,
+        flag_values.max_examples,
+        flag_values.seed,
+        flag_values.batch_size,
         estimators,
-        args.fit_examples,
+        flag_values.fit_examples,
     )
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(flag_values.output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(results, output / "cmi.csv")
     plot(results, output / "cmi.png")
@@ -461,4 +467,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

@@ -9,14 +9,14 @@ every run of the label logged.
         --output=FILE.png [--labels=a,b,...] [--band=minmax|std]
 """
 
-import argparse
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.analysis import plotting, runs
 from infoprompt_jax.workdir import workdir_files
 
@@ -114,50 +114,51 @@ def plot(
     plotting.save(figure, path)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m infoprompt_jax.analysis.curves",
-        description="A metric against steps for several runs, runs of one label averaged "
-        "(Figure 3).",
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string("workdirs", None, "Comma-separated workdirs.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "metric",
+        "eval_accuracy",
+        "A key of metrics.jsonl, e.g. eval_accuracy, eval_f1, train_loss.",
+        flag_values=flag_values,
     )
-    parser.add_argument("--workdirs", required=True, help="Comma-separated workdirs.")
-    parser.add_argument(
-        "--metric",
-        default="eval_accuracy",
-        help="A key of metrics.jsonl, e.g. eval_accuracy, eval_f1, train_loss.",
-    )
-    parser.add_argument("--output", required=True, help="The PNG to write.")
-    parser.add_argument(
-        "--labels",
-        default="",
-        help="Comma-separated label per workdir; runs sharing one are averaged "
+    flags.DEFINE_string("output", None, "The PNG to write.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "labels",
+        "",
+        "Comma-separated label per workdir; runs sharing one are averaged "
         "(default: method, with beta and gamma for InfoPrompt).",
+        flag_values=flag_values,
     )
-    parser.add_argument(
-        "--band",
-        default="minmax",
-        choices=BANDS,
-        help="Band around the mean: the runs' min-max or +- one std.",
+    flags.DEFINE_enum(
+        "band",
+        "minmax",
+        BANDS,
+        "Band around the mean: the runs' min-max or +- one std.",
+        flag_values=flag_values,
     )
-    return parser.parse_args(argv)
+    flags.mark_flags_as_required(["workdirs", "output"], flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Aggregate]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    workdirs = runs.split_list(args.workdirs)
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Aggregate]:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    workdirs = runs.split_list(flag_values.workdirs)
     if not workdirs:
         raise ValueError("--workdirs names no workdir.")
-    groups = group_runs(workdirs, args.metric, runs.split_list(args.labels) or None)
-    aggregates = {label: aggregate(curves, args.band) for label, curves in groups.items()}
-    plot(aggregates, args.metric, pathlib.Path(args.output), args.band)
+    metric, band = flag_values.metric, flag_values.band
+    groups = group_runs(workdirs, metric, runs.split_list(flag_values.labels) or None)
+    aggregates = {label: aggregate(curves, band) for label, curves in groups.items()}
+    plot(aggregates, metric, pathlib.Path(flag_values.output), band)
     for label, agg in aggregates.items():
         print(
-            f"{label}: {agg.num_runs} run(s), final {args.metric} {agg.mean[-1]:.4f} "
+            f"{label}: {agg.num_runs} run(s), final {metric} {agg.mean[-1]:.4f} "
             f"at step {int(agg.steps[-1])}"
         )
-    print(f"Wrote {args.output}.")
+    print(f"Wrote {flag_values.output}.")
     return aggregates
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

@@ -21,19 +21,17 @@ writes `DIR/task_loss.png`, `DIR/representation_loss.png` (runs with a represent
 and `DIR/landscape.npz`.
 """
 
-import argparse
 import functools
 import pathlib
-import sys
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 
+from infoprompt_jax import cli
 from infoprompt_jax.analysis import plotting, prompt_eval, runs
 from infoprompt_jax.model import models
 from infoprompt_jax.workdir import workdir_files
@@ -350,60 +348,56 @@ def write(result: dict[str, np.ndarray], output: pathlib.Path) -> list[pathlib.P
     return paths
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m infoprompt_jax.analysis.landscape",
-        description="Task and representation loss over the word embeddings' top-2 PC plane "
-        "(Figure 2), for a run with one prompt token.",
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+
+    def define(kind, name, default, help_text):
+        kind(name, default, help_text, flag_values=flag_values)
+
+    define(flags.DEFINE_string, "workdir", None, "The run's workdir.")
+    define(flags.DEFINE_string, "output", None, "Directory for the PNGs and the npz.")
+    define(flags.DEFINE_integer, "grid_size", 21, "Grid points per side.")
+    define(
+        flags.DEFINE_float,
+        "radius",
+        None,
+        "Half-width of the grid (default: 3 standard deviations of the embeddings, widened to "
+        "hold the trajectory and learned prompt).",
     )
-    parser.add_argument("--workdir", required=True, help="The run's workdir.")
-    parser.add_argument("--output", required=True, help="Directory for the PNGs and the npz.")
-    parser.add_argument("--grid_size", type=int, default=21, help="Grid points per side.")
-    parser.add_argument(
-        "--radius",
-        type=float,
-        default=None,
-        help="Half-width of the grid (default: 3 standard deviations of the "
-        "embeddings, widened to hold the trajectory and learned prompt).",
+    define(
+        flags.DEFINE_integer, "num_examples", 20, "Training examples the losses are averaged over."
     )
-    parser.add_argument(
-        "--num_examples",
-        type=int,
-        default=20,
-        help="Training examples the losses are averaged over.",
+    define(
+        flags.DEFINE_integer,
+        "trajectory_steps",
+        0,
+        "Draw the trajectory up to this step (0: all of it).",
     )
-    parser.add_argument(
-        "--trajectory_steps",
-        type=int,
-        default=0,
-        help="Draw the trajectory up to this step (0: all of it).",
+    define(
+        flags.DEFINE_integer,
+        "points_per_batch",
+        16,
+        "Grid points per compiled call (lower it if memory runs out).",
     )
-    parser.add_argument(
-        "--points_per_batch",
-        type=int,
-        default=16,
-        help="Grid points per compiled call (lower it if memory runs out).",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Seed of the representation loss's sampling key."
-    )
-    parser.add_argument("--sample_seed", type=int, default=0, help="Seed of the example sample.")
-    return parser.parse_args(argv)
+    define(flags.DEFINE_integer, "seed", 0, "Seed of the representation loss's sampling key.")
+    define(flags.DEFINE_integer, "sample_seed", 0, "Seed of the example sample.")
+    flags.mark_flags_as_required(["workdir", "output"], flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, np.ndarray]:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     result = compute(
-        args.workdir,
-        args.grid_size,
-        args.radius,
-        args.num_examples,
-        args.seed,
-        args.sample_seed,
-        args.trajectory_steps,
-        args.points_per_batch,
+        flag_values.workdir,
+        flag_values.grid_size,
+        flag_values.radius,
+        flag_values.num_examples,
+        flag_values.seed,
+        flag_values.sample_seed,
+        flag_values.trajectory_steps,
+        flag_values.points_per_batch,
     )
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(flag_values.output)
     paths = write(result, output)
     print(
         f"Wrote {output / 'landscape.npz'} and {', '.join(str(p) for p in paths)} "
@@ -420,4 +414,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

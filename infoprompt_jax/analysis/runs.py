@@ -80,17 +80,8 @@ def restore_run(
         sample_arrays = encode_examples(components, "dev", max_examples=1)
     sample = {name: value[:1] for name, value in sample_arrays.items()}
     abstract_state, frozen = restore_target(components, sample)
-    manager = checkpointing.make_manager(workdir)
-    try:
-        restored = checkpointing.restore_latest(manager, abstract_state)
-    finally:
-        manager.close()
-    if restored is None:
-        raise FileNotFoundError(
-            f"No checkpoint in {epath.Path(workdir) / 'checkpoints'}: the run "
-            "must finish at least one epoch (or checkpoint_every_steps)."
-        )
-    state, record = restored
+    # Read-only: the analyses may read a run that still trains.
+    state, record, _ = checkpointing.read(workdir, abstract_state)
     logging.info("Restored %s at step %d.", workdir, record["step"])
     return components, trainable_lib.merge_params(state.trainable, frozen)
 
@@ -98,7 +89,7 @@ def restore_run(
 def restore_target(
     components: components_lib.Components, sample: dict[str, np.ndarray]
 ) -> tuple[Any, Params]:
-    """(abstract train state, frozen params) of a run: what `checkpointing.restore_latest` needs.
+    """(abstract train state, frozen params) of a run: what `checkpointing.read` needs.
 
     The state is `run_state.abstract_state` (the checkpoint's structure, nothing computed); the
     frozen leaves are the pretrained ones, as training had them.

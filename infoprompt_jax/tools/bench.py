@@ -42,6 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.train import batching, phase_timer, run_state, sharding, unprompted_cache
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import optimizer as optimizer_lib
@@ -69,26 +70,45 @@ _GPU_PEAK_BF16_TFLOPS = (
     ("a100", 312.0),
 )
 
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Global batch size (config.train.batch_size).")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length (config.max_len).")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps run after compilation.")
-_COMPARE_TORCH = flags.DEFINE_bool(
-    "compare_torch", False, "Also time the same step in PyTorch eager (torch_reference.py)."
-)
-_TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", 0, "torch.set_num_threads for --compare_torch; 0: every core available."
-)
-_TORCH_DEVICE = flags.DEFINE_string(
-    "torch_device",
-    "",
-    "Torch device for --compare_torch (cpu, cuda, cuda:1); empty: cuda when "
-    "JAX runs on a GPU, else cpu.",
-)
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/sst2.py.", lock_config=True
-)
-flags.mark_flags_as_required(["config"])
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`);
+    profile_step.py takes them too."""
+
+    def define(kind, name, default, help_text):
+        kind(name, default, help_text, flag_values=flag_values)
+
+    define(flags.DEFINE_integer, "batch_size", 8, "Global batch size (config.train.batch_size).")
+    define(flags.DEFINE_integer, "seq_len", 128, "Sequence length (config.max_len).")
+    define(flags.DEFINE_integer, "steps", 20, "Timed train steps.")
+    define(flags.DEFINE_integer, "warmup_steps", 3, "Untimed steps run after compilation.")
+    define(
+        flags.DEFINE_bool,
+        "compare_torch",
+        False,
+        "Also time the same step in PyTorch eager (torch_reference.py).",
+    )
+    define(
+        flags.DEFINE_integer,
+        "torch_threads",
+        0,
+        "torch.set_num_threads for --compare_torch; 0: every core available.",
+    )
+    define(
+        flags.DEFINE_string,
+        "torch_device",
+        "",
+        "Torch device for --compare_torch (cpu, cuda, cuda:1); empty: cuda when JAX runs on a "
+        "GPU, else cpu.",
+    )
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Config file, e.g. configs/sst2.py.",
+        flag_values=flag_values,
+        lock_config=True,
+    )
+    flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
 def progress(message: str) -> None:
@@ -464,21 +484,21 @@ def run_benchmark(
     return results
 
 
-def main(argv):
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     results = run_benchmark(
-        flags.FLAGS.config,
-        _BATCH_SIZE.value,
-        _SEQ_LEN.value,
-        _STEPS.value,
-        _WARMUP_STEPS.value,
-        _COMPARE_TORCH.value,
-        _TORCH_THREADS.value,
-        _TORCH_DEVICE.value,
+        flag_values.config,
+        flag_values.batch_size,
+        flag_values.seq_len,
+        flag_values.steps,
+        flag_values.warmup_steps,
+        flag_values.compare_torch,
+        flag_values.torch_threads,
+        flag_values.torch_device,
     )
     print(json.dumps(results), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command(define_flags, main)

@@ -11,13 +11,14 @@ all runs on the same batch; rounds alternate so that drift of the machine shows 
 Prints milliseconds per step and per run-step.
 """
 
-import argparse
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
+from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.analysis import runs
 from infoprompt_jax.train import batching, run_state, sharding, stacking, steps, unprompted_cache
 from infoprompt_jax.train import components as components_lib
@@ -35,15 +36,24 @@ def seconds_per_step(step: Callable[[], object], num_steps: int) -> float:
     return (time.perf_counter() - start) / num_steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a run directory (its config.json)")
-    parser.add_argument("--length", type=int, default=128, help="the batch's sequence length")
-    parser.add_argument("--runs", default="1,3", help="comma-separated stack sizes R")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per mode and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
 
+    def define(kind, name, default, help_text):
+        kind(name, default, help_text, flag_values=flag_values)
+
+    define(flags.DEFINE_string, "workdir", None, "A run directory (its config.json).")
+    define(flags.DEFINE_integer, "length", 128, "The batch's sequence length.")
+    define(flags.DEFINE_string, "runs", "1,3", "Comma-separated stack sizes R.")
+    define(flags.DEFINE_integer, "steps", 20, "Timed steps per mode and round.")
+    define(flags.DEFINE_integer, "rounds", 3, "Rounds of every mode, alternating.")
+    flags.mark_flags_as_required(["workdir"], flag_values=flag_values)
+
+
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = flag_values
     components = components_lib.build_components(workdir_files.load_config(args.workdir))
     batch_size = components.config.train.batch_size
     arrays = runs.encode_examples(components, "train", batch_size)
@@ -101,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

@@ -15,7 +15,6 @@ phase (the run summaries) of one cell and summed over the grid (a stacked proces
 shared out over its runs).
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -24,6 +23,9 @@ import subprocess
 import sys
 import time
 
+from absl import app, flags
+
+from infoprompt_jax import cli
 from infoprompt_jax.train import phase_timer
 from infoprompt_jax.workdir import summary as summary_lib
 
@@ -121,24 +123,34 @@ def table(out: pathlib.Path, records: dict[str, dict]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default="configs/grids/minilm_stack_slice.py")
-    parser.add_argument("--out", default="runs/bench_stacking")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
-    args = parser.parse_args()
-    out = pathlib.Path(args.out)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string(
+        "grid", "configs/grids/minilm_stack_slice.py", "The grid file.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "out", "runs/bench_stacking", "Directory of the modes' grids.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "modes", ",".join(MODES), "Comma-separated subset of the modes.", flag_values=flag_values
+    )
+
+
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    out = pathlib.Path(flag_values.out)
     records = {}
-    for mode in args.modes.split(","):
+    for mode in flag_values.modes.split(","):
         if mode not in MODES:
-            sys.exit(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}.")
+            raise ValueError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}.")
         done = out / mode / "bench.json"
         if done.exists():
             records[mode] = json.loads(done.read_text())
         else:
-            records[mode] = run_mode(args.grid, out / mode, MODES[mode])
+            records[mode] = run_mode(flag_values.grid, out / mode, MODES[mode])
     print(table(out, records))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

@@ -21,12 +21,19 @@ from collections.abc import Iterable
 import jax
 from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.tools import bench
 
-# --config, --batch_size, --seq_len, --steps (here: traced steps) and --warmup_steps are
-# bench.py's flags, defined when it is imported.
-_TOP = flags.DEFINE_integer("top", 25, "Ops to list per timeline.")
-_TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Keep the trace here (default: a temp dir).")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values`: bench.py's (--steps: here the traced
+    steps), `--top` and `--trace_dir`."""
+    bench.define_flags(flag_values)
+    flags.DEFINE_integer("top", 25, "Ops to list per timeline.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "trace_dir", "", "Keep the trace here (default: a temp dir).", flag_values=flag_values
+    )
+
 
 # Timelines that hold one event per executed op or kernel: on a GPU the device plane's stream
 # lines ("Stream #13(...)"; "XLA Ops" where the trace derives one). On a CPU XLA's ops run on host
@@ -145,23 +152,22 @@ def profile(
     return summary(op_times(data.planes), steps, wall_s, top)
 
 
-def main(argv):
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     with tempfile.TemporaryDirectory() as tmp:
-        args = flags.FLAGS
         result = profile(
-            args.config,
-            args.batch_size,
-            args.seq_len,
-            args.steps,
-            args.warmup_steps,
-            _TOP.value,
-            _TRACE_DIR.value or tmp,
+            flag_values.config,
+            flag_values.batch_size,
+            flag_values.seq_len,
+            flag_values.steps,
+            flag_values.warmup_steps,
+            flag_values.top,
+            flag_values.trace_dir or tmp,
         )
     print_table(result)
     print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command(define_flags, main)

@@ -13,9 +13,12 @@ does) saved as `model.safetensors`, with the tokenizer files copied from `--toke
 transformers (`pip install -e ".[test]"`).
 """
 
-import argparse
 import pathlib
 import shutil
+
+from absl import app, flags
+
+from infoprompt_jax import cli
 
 # The published configs' shapes (config.json of the Hugging Face hub repositories).
 SHAPES = {
@@ -64,15 +67,32 @@ def write_checkpoint(
     print(f"Wrote a random {shape} ({count / 1e6:.1f}M encoder parameters) to {output}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="roberta-large", choices=sorted(SHAPES))
-    parser.add_argument("--output", required=True, type=pathlib.Path)
-    parser.add_argument("--tokenizer_dir", default=DEFAULT_TOKENIZER, type=pathlib.Path)
-    parser.add_argument("--seed", default=0, type=int)
-    args = parser.parse_args()
-    write_checkpoint(args.shape, args.output, args.tokenizer_dir, args.seed)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_enum(
+        "shape", "roberta-large", sorted(SHAPES), "The published shape.", flag_values=flag_values
+    )
+    flags.DEFINE_string("output", None, "Directory to write.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "tokenizer_dir",
+        str(DEFAULT_TOKENIZER),
+        "A RoBERTa tokenizer (vocab.json, merges.txt).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("seed", 0, "torch's seed for the weights.", flag_values=flag_values)
+    flags.mark_flags_as_required(["output"], flag_values=flag_values)
+
+
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    write_checkpoint(
+        flag_values.shape,
+        pathlib.Path(flag_values.output),
+        pathlib.Path(flag_values.tokenizer_dir),
+        flag_values.seed,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(define_flags, main)

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax import config_validation
+from infoprompt_jax import config_loading
 from infoprompt_jax.train import (
     batching,
     phase_timer,
@@ -77,8 +77,7 @@ def train_and_evaluate_stacked(
     """
     timer = timer or phase_timer.PhaseTimer()
     configs = list(configs)
-    for config in configs:
-        config_validation.validate(config)
+    configs = [config_loading.load(config) for config in configs]
     stack_rules.check_stackable(configs)
     workdirs = [epath.Path(w) for w in workdirs]
     if len(set(workdirs)) != len(workdirs):

@@ -36,7 +36,7 @@ class RunSlot:
     workdir: epath.Path
     train_arrays: dict[str, np.ndarray]
     writer: metric_logging.MetricWriter
-    manager: Any  # checkpointing's manager of the run's checkpoints
+    manager: checkpointing.Manager
     record: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"step": 0, "best_step": None, "best_score": None}
     )
@@ -94,11 +94,25 @@ def resume(slots: list[RunSlot], run_states: list[Any]) -> int:
     restored = [checkpointing.restore_latest(slot.manager, slot.abstract_state) for slot in slots]
     start_step = min(int(run[1]["step"]) if run else 0 for run in restored)
     for i, (slot, run) in enumerate(zip(slots, restored)):
-        checkpointing.delete_steps_after(slot.manager, start_step)
+        later = checkpointing.delete_steps_after(slot.manager, start_step)
+        if later:
+            logging.warning(
+                "%s had checkpoints at steps %s, after step %d where the stacked runs resume "
+                "together: they are deleted and those steps trained again.",
+                slot.workdir,
+                later,
+                start_step,
+            )
         if not start_step:
             continue
         if int(run[1]["step"]) != start_step:
-            run = checkpointing.restore_at(slot.manager, start_step, slot.abstract_state)
+            run = checkpointing.restore_at(
+                slot.manager,
+                start_step,
+                slot.abstract_state,
+                hint="the stacked runs stopped at different steps and this one kept too few "
+                "checkpoints; rerun its seed separately with main.py.",
+            )
         own_state, slot.record = run
         run_states[i] = stacking.embed(own_state, run_states[i])
     if start_step and len(slots) == 1:

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from infoprompt_jax import config_loading
+
 # Methods whose frozen tree depends on the seed (adapters load with the encoder) or that train
 # the encoder itself: nothing would be shared.
 UNSTACKABLE_METHODS = ("adapter", "finetune")
@@ -67,16 +69,7 @@ def check_stackable(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 def shared_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config's fields, flattened to dotted keys, less the ones stacked runs may differ in."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(config.to_dict(), "")
+    flat = config_loading.flatten(config)
     for field in PER_RUN_FIELDS:
         flat.pop(field)
     return flat

@@ -4,6 +4,11 @@ A checkpoint holds the `TrainState` (trainable params, optimizer state, step, RN
 JSON record (data position, best dev score so far). Orbax writes each step into a temporary
 directory and renames it when complete, so a half-written checkpoint is never taken as latest.
 `PreemptionFlag` tells the loop when to save and stop.
+
+This is the only module that imports Orbax: training, resume, the stacked resume, export, predict
+and the analyses all read and write checkpoints through it. Writers use `make_manager`; readers
+(`open_reader`, `read`) never write, create or clean up anything, so they may read a workdir while
+its run still trains.
 """
 
 import dataclasses
@@ -20,12 +25,21 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+# The type callers annotate a manager with, without importing Orbax themselves.
+Manager = ocp.CheckpointManager
 
-def make_manager(workdir: str | epath.Path, keep: int = 2) -> ocp.CheckpointManager:
-    """A manager of `WORKDIR/checkpoints` keeping the latest `keep` steps."""
+
+def _checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
     directory = epath.Path(workdir) / "checkpoints"
     if "://" not in str(directory):
         directory = directory.absolute()  # Orbax wants absolute local paths.
+    return directory
+
+
+def make_manager(workdir: str | epath.Path, keep: int = 2) -> ocp.CheckpointManager:
+    """A manager of `WORKDIR/checkpoints` keeping the latest `keep` steps (for the run that
+    trains there: it removes leftover temporary directories at start-up)."""
+    directory = _checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.LatestN(n=keep),
         # Synchronous saves: on preemption the save has finished when `save` returns.
@@ -48,6 +62,87 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, record: dict[str
         force=True,
     )
     manager.wait_until_finished()
+
+
+def open_reader(workdir: str | epath.Path) -> ocp.CheckpointManager:
+    """A manager of `WORKDIR/checkpoints` that never writes, creates or cleans up anything.
+
+    `make_manager` removes temporary directories at start-up, which would delete the save in
+    progress of a run that is still training; readers (export, the analyses) use this one.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoints directory.
+    """
+    directory = _checkpoint_dir(workdir)
+    if not directory.exists():
+        raise FileNotFoundError(
+            f"No checkpoint in {workdir}: {directory} does not exist. Give the workdir of a "
+            "run that has saved a checkpoint (one is saved at the end of every epoch)."
+        )
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "record"))
+
+
+def read(
+    workdir: str | epath.Path, abstract_state: Any, step: int | None = None
+) -> tuple[Any, dict[str, Any], int]:
+    """(state, record, step) of a workdir's checkpoint at `step` (None: the newest), read-only.
+
+    A checkpoint written before the state's latest fields reads as `restore_step` says.
+
+    Raises:
+      FileNotFoundError: the workdir has no complete checkpoint.
+      ValueError: it has none at `step`.
+    """
+    manager = open_reader(workdir)
+    try:
+        available = sorted(manager.all_steps())
+        if not available:
+            raise FileNotFoundError(
+                f"No checkpoint in {workdir}: {manager.directory} holds no complete step. Give "
+                "the workdir of a run that has saved a checkpoint (one is saved every epoch)."
+            )
+        step = available[-1] if step is None else step
+        state, record = restore_at(manager, step, abstract_state)
+    finally:
+        manager.close()
+    return state, record, step
+
+
+def restore_at(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, hint: str = ""
+) -> tuple[Any, dict[str, Any]]:
+    """(state, record) of the checkpoint at `step`, which need not be the newest.
+
+    Args:
+      manager: the checkpoint manager (a writer's or `open_reader`'s).
+      step: the step to restore.
+      abstract_state: the state's structure, as for `restore_latest`.
+      hint: what the user should do when there is no checkpoint at `step`, ending the error.
+
+    Raises:
+      ValueError: there is no checkpoint at `step`.
+      CheckpointError: the checkpoint is intact but holds another layout than `abstract_state`.
+    """
+    available = sorted(manager.all_steps())
+    if step not in available:
+        raise ValueError(
+            f"{manager.directory} has no checkpoint at step {step} (it has {available})"
+            + (f": {hint}" if hint else ".")
+        )
+    return restore_step(manager, step, abstract_state)
+
+
+def delete_steps_after(manager: ocp.CheckpointManager, step: int) -> list[int]:
+    """Deletes the checkpoints after `step`; returns their steps, in order.
+
+    For a run that trains those steps again: a save at an existing step is skipped, so a stale
+    checkpoint kept there could end up as the run's latest.
+    """
+    later = sorted(s for s in manager.all_steps() if s > step)
+    for later_step in later:
+        manager.delete(later_step)
+    return later
 
 
 # Beside WORKDIR/checkpoints: where damaged steps are moved, kept for inspection.
@@ -134,37 +229,6 @@ def restore_step(
             "Use the version and config that wrote it, or give this run a new --workdir."
         ) from None
     return restored
-
-
-def restore_at(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
-    """(state, record) of the checkpoint at `step`, an older one than the run's newest (a stack
-    resumes every run at the step the slowest reached)."""
-    if step not in manager.all_steps():
-        raise ValueError(
-            f"{manager.directory} has no checkpoint at step {step} (it has "
-            f"{sorted(manager.all_steps())}): the stacked runs stopped at different steps and "
-            "this one kept too few checkpoints; rerun its seed separately with main.py."
-        )
-    return restore_step(manager, step, abstract_state)
-
-
-def delete_steps_after(manager: ocp.CheckpointManager, step: int) -> None:
-    """Deletes the checkpoints after `step`, where a stack resumes its runs together.
-
-    The run trains those steps again, and a save at an existing step is skipped: kept, a stale
-    checkpoint could end up as the run's latest.
-    """
-    later = [saved for saved in manager.all_steps() if saved > step]
-    if later:
-        logging.warning(
-            "%s has checkpoints at steps %s, after step %d where the stacked runs resume "
-            "together: they are deleted and those steps trained again.",
-            manager.directory.parent,
-            sorted(later),
-            step,
-        )
-    for saved in later:
-        manager.delete(saved)
 
 
 def _restore(

@@ -1,7 +1,8 @@
 """A workdir is one run: one config, one process at a time.
 
 `check_same_run` compares a resumed run's resolved config with the `config.json` it started
-with, and refuses a difference in anything that changes what is computed, so steps from two
+with (read by `config_loading`, so a field added by a later version reads as what the run did),
+and refuses a difference in anything that changes what is computed, so steps from two
 configs never mix in one directory. `RunLock` keeps a second process out of a workdir while one
 trains there.
 """
@@ -16,6 +17,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
+from infoprompt_jax import config_loading
 from infoprompt_jax.workdir import workdir_files
 
 # Fields that change only what is logged, evaluated or kept, never a trained number: they may
@@ -35,18 +37,9 @@ REPORTING_FIELDS = (
 LOCK_FILE = ".lock"
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
-
-
 def _as_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as `config.json` reads back (tuples become lists)."""
-    return _flatten(json.loads(config.to_json_best_effort()))
+    """The config's fields as `config.json` reads back (tuples become lists)."""
+    return config_loading.flatten(json.loads(config.to_json_best_effort()))
 
 
 def check_same_run(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -59,7 +52,8 @@ def check_same_run(workdir: str | epath.Path, config: ml_collections.ConfigDict)
     path = epath.Path(workdir) / workdir_files.CONFIG_FILE
     if not path.exists():
         return
-    old = _flatten(json.loads(path.read_text()))
+    # Through config_loading: a field added since the run started reads as what the run did.
+    old = _as_saved(workdir_files.load_config(workdir))
     new = _as_saved(config)
     differing = sorted(
         k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")

@@ -9,6 +9,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from infoprompt_jax import config_loading
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -19,10 +21,12 @@ def write_config(workdir: str | epath.Path, config: ml_collections.ConfigDict) -
 
 
 def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-    """The run config that training wrote to `WORKDIR/config.json`.
+    """The run config that training wrote to `WORKDIR/config.json`, as `config_loading.load`
+    reads it: a field added since the run was written reads as what that run did.
 
     Raises:
         FileNotFoundError: the directory is not a training workdir.
+        ValueError: the saved config has a field outside its range or choices.
     """
     path = epath.Path(workdir) / CONFIG_FILE
     if not path.exists():
@@ -30,7 +34,7 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
             f"{path} not found: {workdir} is not a training workdir (a run started with "
             "python -m infoprompt_jax.main --workdir=... writes config.json there)."
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return config_loading.load_file(path)
 
 
 def read_metrics(workdir: str | epath.Path, missing_ok: bool = False) -> list[dict[str, Any]]:
