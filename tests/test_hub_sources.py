@@ -18,6 +18,17 @@ SST2 = tasks.get_task("sst2")
 RTE = tasks.get_task("rte")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_datasets_cache(tmp_path_factory):
+    """A fresh `datasets` cache: with the shared ~/.cache, datasets 5.2 served a new local copy the
+    Arrow data of an earlier, different copy that had the same folder name and config."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_cache"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def hub_copy(tmp_path_factory):
     """A copy of `nyu-mll/glue` with two configs; sst2's ClassLabel order is reversed."""
