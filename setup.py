@@ -9,7 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["infoprompt_jax", "infoprompt_jax.*"]),
-    # The demo's data sample (configs/demo.py) and the note of its source and terms.
+    # The demo's data sample (configs/demo.py, reviews/*.tsv) and its note (origin, CC0-1.0).
     package_data={"infoprompt_jax.data.samples": ["SOURCES.md", "*/*.tsv"]},
     python_requires=">=3.11",
     install_requires=[

@@ -6,7 +6,7 @@ pyarrow) and a README.md whose YAML names each config's data files and, when giv
 (`dataset_info`, where a ClassLabel's names live). `write_tfds_glue` prepares TFDS's own GLUE
 builder from local TSVs (no download), with TFDS's writer, as array_record files.
 
-Run as a script, it writes the hub copy of the shipped SST-2 sample:
+Run as a script, it writes the hub copy of the shipped review sample (SST-2 format):
 `python tests/hub_fixture.py DIR`.
 """
 
@@ -124,4 +124,4 @@ def write_sst2_hub_copy(root: pathlib.Path, sst2_dir: pathlib.Path) -> pathlib.P
 if __name__ == "__main__":
     from infoprompt_jax.data import samples
 
-    print(write_sst2_hub_copy(pathlib.Path(sys.argv[1]), samples.sample_dir("sst2")))
+    print(write_sst2_hub_copy(pathlib.Path(sys.argv[1]), samples.sample_dir("reviews")))

@@ -21,19 +21,26 @@ def test_demo_config_reads_the_packaged_encoder_and_the_shipped_sample():
     task = tasks.get_task(config.task)
     train = components.load_examples(config, task, "train")
     dev = components.load_examples(config, task, "dev")
-    assert (len(train), len(dev)) == (256, 872)
-    assert [sum(ex.label == k for ex in train) for k in (0, 1)] == [114, 142]
-    assert [sum(ex.label == k for ex in dev) for k in (0, 1)] == [428, 444]
+    assert (len(train), len(dev)) == (320, 240)
+    assert [sum(ex.label == k for ex in train) for k in (0, 1)] == [160, 160]
+    assert [sum(ex.label == k for ex in dev) for k in (0, 1)] == [120, 120]
+    # Disjoint: no dev sentence is also a train sentence.
+    assert not {ex.fields["sentence"] for ex in train} & {ex.fields["sentence"] for ex in dev}
 
 
 def test_shipped_sample_is_small_and_says_where_it_comes_from():
-    folder = samples.sample_dir("sst2")
+    folder = samples.sample_dir("reviews")
     assert sum(p.stat().st_size for p in folder.iterdir()) < 200_000
     note = (samples.SAMPLES_DIR / "SOURCES.md").read_text()
-    for words in ("Stanford Sentiment Treebank", "GLUE", "Terms:", "default_rng(0)"):
+    for words in (
+        "written by hand for infoprompt_jax",
+        "CC0-1.0",
+        "not comparable",
+        "default_rng(0)",
+    ):
         assert words in note
     with pytest.raises(
-        FileNotFoundError, match=r"no shipped data sample 'rte'; the package ships \['sst2'\]"
+        FileNotFoundError, match=r"no shipped data sample 'rte'; the package ships \['reviews'\]"
     ):
         samples.sample_dir("rte")
 

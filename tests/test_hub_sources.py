@@ -18,6 +18,17 @@ SST2 = tasks.get_task("sst2")
 RTE = tasks.get_task("rte")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_datasets_cache(tmp_path_factory):
+    """A fresh `datasets` cache: with the shared ~/.cache, datasets 5.2 served a new local copy the
+    Arrow data of an earlier, different copy that had the same folder name and config."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_cache"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def hub_copy(tmp_path_factory):
     """A copy of `nyu-mll/glue` with two configs; sst2's ClassLabel order is reversed."""
@@ -88,10 +99,10 @@ def test_hf_path_semeval_default_config_marks_entities(tmp_path):
 
 
 def test_hf_path_the_shipped_sample_reads_as_the_local_files(tmp_path):
-    root = hub_fixture.write_sst2_hub_copy(tmp_path / "glue", samples.sample_dir("sst2"))
+    root = hub_fixture.write_sst2_hub_copy(tmp_path / "glue", samples.sample_dir("reviews"))
     for split in ("train", "dev"):
         hub = data.load_split(SST2, split, "hf", hf_path=str(root))
-        local = data.load_split(SST2, split, "local", samples.sample_dir("sst2"))
+        local = data.load_split(SST2, split, "local", samples.sample_dir("reviews"))
         assert [(ex.fields, ex.label) for ex in hub] == [(ex.fields, ex.label) for ex in local]
 
 
@@ -157,7 +168,7 @@ def glue_download(root, train_rows, dev_rows):
 def tfds_sst2(tmp_path_factory):
     """TFDS's glue/sst2 prepared from the first 40 train and 30 dev rows of the shipped sample."""
     root = tmp_path_factory.mktemp("tfds")
-    sample = samples.sample_dir("sst2")
+    sample = samples.sample_dir("reviews")
     train = (sample / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[1:41]
     dev = (sample / "dev.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[1:31]
     glue_download(root / "download", train, dev)

@@ -1,8 +1,9 @@
-"""Small real data that ships inside the package, so a first run needs no download.
+"""Small data that ships inside the package, so a first run needs no download.
 
-`sst2/` holds 256 rows of GLUE SST-2's train split and its whole dev split, in GLUE's own TSV
-format (`SOURCES.md` beside this file says where they come from and under which terms).
-`configs/demo.py` trains on them.
+`reviews/` holds 560 review sentences written for this project (320 train, 240 dev), labelled
+negative or positive in GLUE SST-2's TSV format, so the `sst2` task reads them; they are released
+under CC0-1.0 (`SOURCES.md` beside this file says how they were made). `configs/demo.py` trains on
+them.
 """
 
 import pathlib
@@ -11,7 +12,7 @@ SAMPLES_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def sample_dir(name: str) -> pathlib.Path:
-    """The folder of the shipped sample `name` (e.g. "sst2"), for `--config.data.dir`."""
+    """The folder of the shipped sample `name` (e.g. "reviews"), for `--config.data.dir`."""
     path = SAMPLES_DIR / name
     if not path.is_dir():
         known = sorted(p.name for p in SAMPLES_DIR.iterdir() if p.is_dir() and p.name[0] != "_")
