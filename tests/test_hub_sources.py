@@ -20,8 +20,7 @@ RTE = tasks.get_task("rte")
 
 @pytest.fixture(scope="module", autouse=True)
 def own_datasets_cache(tmp_path_factory):
-    """A fresh `datasets` cache: with the shared ~/.cache, datasets 5.2 served a new local copy the
-    Arrow data of an earlier, different copy that had the same folder name and config."""
+    """A `datasets` cache of the tests' own, never the user's ~/.cache."""
     import datasets
 
     with pytest.MonkeyPatch.context() as patch:
@@ -70,6 +69,24 @@ def test_hf_path_reads_a_pair_task_from_its_own_config(hub_copy):
     (ex,) = data.load_split(RTE, "dev", "hf", hf_path=str(hub_copy))
     assert (ex.fields, ex.label) == ({"sentence1": "It rains.", "sentence2": "It is wet."}, 1)
     assert ex.uid == f"hf:{hub_copy}/rte:validation:0"
+
+
+def test_hf_path_two_copies_of_one_name_and_a_changed_copy_read_their_own_rows(tmp_path):
+    def copy(where, sentences):
+        split = {"sentence": sentences, "label": [1] * len(sentences)}
+        return hub_fixture.write_hub_dataset(
+            tmp_path / where / "glue", {"sst2": {"validation": split}}
+        )
+
+    def sentences(root):
+        return [
+            ex.fields["sentence"] for ex in data.load_split(SST2, "dev", "hf", hf_path=str(root))
+        ]
+
+    first, second = copy("a", ["one", "two"]), copy("b", ["three"])
+    assert (sentences(first), sentences(second)) == (["one", "two"], ["three"])
+    copy("a", ["changed", "rows", "here"])  # Re-staged in place: read anew, not from the cache.
+    assert sentences(first) == ["changed", "rows", "here"]
 
 
 @pytest.mark.parametrize("labels", [[1, 0], ["positive", "negative"]])
