@@ -102,6 +102,7 @@ def test_output_rows_take_the_bias_rows_of_their_queries(checkpoint):
     embeds = params["embeddings"]["word_embeddings"]["embedding"][ids]
     rows = jnp.asarray([[0, 150, 7], [99, 0, 42]])
 
+    @jax.jit
     def encode(embeds, output_rows=None):
         return encoder.apply(
             {"params": params}, inputs_embeds=embeds, attention_mask=mask, output_rows=output_rows
@@ -191,7 +192,7 @@ def test_prompted_logits_match_hugging_face_with_the_prompts_in_place(components
     step = torch_reference.TorchReferenceStep.from_components(components, trainable)
     with torch.no_grad():
         ref = step.terms(torch_reference.to_torch(batch))["logits"].numpy()
-    ours = components.model.apply({"params": params}, batch)["logits"]
+    ours = jax.jit(components.model.apply)({"params": params}, batch)["logits"]
     assert float(np.abs(ref).max()) > 0.1
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
 
@@ -238,8 +239,8 @@ def test_loss_falls_to_the_golden_value_on_mpnet_and_bf16_follows(tiny_mpnet_dir
     assert losses[-1] < 0.75 * losses[0], f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
     np.testing.assert_allclose(losses[-1], GOLDEN_FINAL_LOSS, rtol=2e-3)
     bf16 = build(tiny_mpnet_dir, optim__lr=1e-2, model__dtype="bfloat16")
-    _, bf16_history = run(bf16.state, bf16.frozen, bf16.train_fn, bf16.batch, 30)
+    _, bf16_history = run(bf16.state, bf16.frozen, bf16.train_fn, bf16.batch, 10)
     bf16_losses = [float(m["loss"]) for m in bf16_history]
     print("MPNet bf16 loss trajectory:", [round(x, 4) for x in bf16_losses])
-    assert bf16_losses != losses, "the bf16 run computes in bf16"
-    np.testing.assert_allclose(bf16_losses, losses, rtol=1e-2)
+    assert bf16_losses != losses[:10], "the bf16 run computes in bf16"
+    np.testing.assert_allclose(bf16_losses, losses[:10], rtol=1e-2)
