@@ -51,3 +51,11 @@ def tiny_bert_dir(tmp_path_factory) -> pathlib.Path:
     import tiny_models
 
     return tiny_models.make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny random MPNetModel checkpoint (no MLM head) with an MPNet WordPiece tokenizer."""
+    import tiny_models
+
+    return tiny_models.make_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet"))

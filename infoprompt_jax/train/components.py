@@ -172,6 +172,7 @@ def build_components(
         rng=jax.random.PRNGKey(config.seed),
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    pretrained.check_tokenizer_vocab(tokenizer, encoder.config, model_dir)
     template_tokenizer = templates.TemplateTokenizer(
         tokenizer,
         config.data.template or task.template,
