@@ -18,7 +18,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import safetensors_file
+from infoprompt_jax.model import families, safetensors_file
 
 # model_type -> (family, defaults of the fields a config.json may leave out).
 _ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
@@ -39,8 +39,11 @@ _TOKENIZER_FILES = [
     "sentencepiece.bpe.model",
     "spiece.model",
 ]
-# Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
-_IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
+# Checkpoint keys of the MLM heads, the pooler and non-weight buffers: not the encoder's.
+_IGNORED_PREFIXES = (
+    *("lm_head.", "cls.", "pooler."),
+    *("lm_predictions.", "mask_predictions.", "head.", "decoder."),  # DeBERTa's, ModernBERT's.
+)
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
 
 
@@ -58,10 +61,13 @@ def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig
         ValueError: a model type or option this encoder does not implement.
     """
     model_type = hf.get("model_type")
+    if model_type in families.MODULES_BY_MODEL_TYPE:
+        return families.MODULES_BY_MODEL_TYPE[model_type].config_from_hf(hf, **overrides)
     if model_type not in _MODEL_TYPES:
         raise ValueError(
             f"Unsupported model_type {model_type!r}; supported: "
-            f"{', '.join(_MODEL_TYPES)} (RoBERTa and BERT encoders)."
+            f"{', '.join([*_MODEL_TYPES, *families.MODULES_BY_MODEL_TYPE])} "
+            "(RoBERTa, BERT, DeBERTa-v3 and ModernBERT encoders)."
         )
     family, defaults = _MODEL_TYPES[model_type]
     if (hf.get("position_embedding_type") or "absolute") != "absolute":
@@ -208,16 +214,22 @@ def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
 
 
 def _strip_model_prefix(name: str) -> str:
-    for prefix in ("roberta.", "bert.", "model."):  # Task-model checkpoints nest the encoder.
+    # Task-model checkpoints nest the encoder.
+    for prefix in ("roberta.", "bert.", "deberta.", "model."):
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
 
 
+# ModernBERT's token table, under the name the rest of the project reads word embeddings by.
+_RENAMED_MODULES = {"tok_embeddings": "word_embeddings"}
+
+
 def _to_flax(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     """A dotted checkpoint name as a "/" param path, with PyTorch Linear weights transposed."""
     *module, leaf = name.split(".")
-    if module and module[-1] in ("LayerNorm", "layer_norm"):
+    module = [_RENAMED_MODULES.get(m, m) for m in module]
+    if module and (module[-1] in ("LayerNorm", "layer_norm") or module[-1].endswith("norm")):
         leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
     elif module and module[-1].endswith("embeddings"):
         leaf = {"weight": "embedding"}.get(leaf, leaf)
@@ -231,15 +243,21 @@ def _listing(names) -> str:
     return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") + f" ({len(names)})"
 
 
-def _init_adapters(encoder: encoder_lib.Encoder, rng: jax.Array) -> dict[str, jax.Array]:
-    """The adapters' params alone: the whole model's `init` would allocate every weight."""
+def _init_adapters(encoder, rng: jax.Array, expected: dict[str, Any]) -> dict[str, jax.Array]:
+    """The adapters' params alone: the whole model's `init` would allocate every weight.
+
+    Each adapter sits where the family's module puts it (`expected`, the model's param paths),
+    e.g. `encoder/layer/{i}/output/adapter`, and is initialised from `fold_in(rng, i)`.
+    """
     cfg, flat = encoder.config, {}
-    for i in range(cfg.num_hidden_layers):
+    scopes = dict.fromkeys(p.split("/adapter/")[0] for p in expected if "/adapter/" in p)
+    for scope in scopes:
+        layer = next(int(part) for part in scope.split("/") if part.isdigit())
         variables = encoder_lib.Adapter(cfg.adapter_size, encoder.dtype).init(
-            jax.random.fold_in(rng, i), jnp.zeros((1, 1, cfg.hidden_size))
+            jax.random.fold_in(rng, layer), jnp.zeros((1, 1, cfg.hidden_size))
         )
         for path, value in traverse_util.flatten_dict(variables["params"], sep="/").items():
-            flat[f"encoder/layer/{i}/output/adapter/{path}"] = value
+            flat[f"{scope}/adapter/{path}"] = value
     return flat
 
 
@@ -251,8 +269,8 @@ def load_pretrained(
     remat: bool = False,
     attention: str = "einsum",
     rng: jax.Array | None = None,
-) -> tuple[encoder_lib.Encoder, dict[str, Any]]:
-    """Loads a pretrained RoBERTa / BERT encoder.
+) -> tuple[Any, dict[str, Any]]:
+    """Loads a pretrained RoBERTa, BERT, DeBERTa-v3 or ModernBERT encoder.
 
     Args:
         name_or_path: a local directory or a Hugging Face Hub id.
@@ -263,7 +281,7 @@ def load_pretrained(
         rng: key for the adapters' initialisation; default `PRNGKey(0)`.
 
     Returns:
-        `(encoder, params)`: the module, and fp32 params as a nested dict without the
+        `(encoder, params)`: the module (`families.build_encoder`), and fp32 params as a nested dict without the
         "params" collection level (apply with `encoder.apply({"params": params}, ...)`).
 
     Raises:
@@ -273,7 +291,7 @@ def load_pretrained(
     config = encoder_config(
         _read_config(model_dir), adapter_size=adapter_size, remat=remat, attention=attention
     )
-    encoder = encoder_lib.Encoder(config, dtype=dtype)
+    encoder = families.build_encoder(config, dtype)
     expected = traverse_util.flatten_dict(
         jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
         sep="/",
@@ -299,7 +317,9 @@ def load_pretrained(
 
     params = {p: jnp.asarray(np.asarray(v, dtype=np.float32)) for p, v in flat.items()}
     if adapter_size:
-        params.update(_init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng))
+        params.update(
+            _init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng, expected)
+        )
     for path, value in params.items():  # The tree must be exactly the one `init` makes.
         if value.shape != expected[path].shape:
             raise ValueError(
@@ -312,32 +332,46 @@ def load_pretrained(
 def load_mlm_transform(name_or_path: str | pathlib.Path) -> dict[str, Any] | None:
     """The pretrained MLM head's transform (dense, gelu, LayerNorm), or None without a head.
 
+    ModernBERT's head has no biases by default: they are zeros here, the same function.
+
     Args:
         name_or_path: a local directory or a Hugging Face Hub id.
 
     Returns:
         `{"dense": {"kernel": [D, D], "bias": [D]}, "layer_norm": {"scale": [D], "bias": [D]}}`
-        as fp32 arrays, from RoBERTa's `lm_head` or BERT's `cls.predictions.transform`.
+        as fp32 arrays, from RoBERTa's `lm_head`, BERT's and legacy DeBERTa's
+        `cls.predictions.transform`, DeBERTa's `lm_predictions.lm_head` or ModernBERT's `head`.
     """
     state = read_state_dict(resolve_model_dir(name_or_path))
     state = {_strip_model_prefix(k): v for k, v in state.items()}
-    for head in ("lm_head.", "cls.predictions.transform."):
+    for head in ("lm_head.", "cls.predictions.transform.", "lm_predictions.lm_head.", "head."):
         flat = dict(
             _to_flax(k.removeprefix(head), v)
             for k, v in state.items()
-            if k.startswith(head + "dense.")
-            or k.startswith(head + "LayerNorm.")
-            or k.startswith(head + "layer_norm.")
+            if k.startswith(
+                tuple(head + m + "." for m in ("dense", "LayerNorm", "layer_norm", "norm"))
+            )
         )
         if "dense/kernel" in flat:
+            flat = {
+                _MLM_NAMES.get(p.split("/")[0], "") + p.split("/")[1]: v for p, v in flat.items()
+            }
+            width = flat["dense/kernel"].shape[1]
+            for path in ("dense/bias", "layer_norm/bias"):  # ModernBERT's head has none.
+                flat.setdefault(path, np.zeros(width, np.float32))
             return traverse_util.unflatten_dict(
-                {
-                    p.replace("LayerNorm/", "layer_norm/"): jnp.asarray(np.asarray(v, np.float32))
-                    for p, v in flat.items()
-                },
-                sep="/",
+                {p: jnp.asarray(np.asarray(v, np.float32)) for p, v in flat.items()}, sep="/"
             )
     return None
+
+
+# The MLM transform's modules under the names of `models.MlmTransform`.
+_MLM_NAMES = {
+    "dense": "dense/",
+    "LayerNorm": "layer_norm/",
+    "layer_norm": "layer_norm/",
+    "norm": "layer_norm/",
+}
 
 
 def weights_checksum(name_or_path: str | pathlib.Path) -> str:

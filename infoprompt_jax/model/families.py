@@ -1,0 +1,37 @@
+"""Which Flax encoder module serves which encoder config, and its default position ids.
+
+`encoder.py` holds RoBERTa and BERT; the other families live in their own modules, each with a
+frozen config dataclass, a module taking `encoder.Encoder`'s arguments and a
+`config_from_hf(config_json, **overrides)`. This module is the one place that maps between them.
+"""
+
+from typing import Any
+
+import jax
+
+from infoprompt_jax.model import deberta, modernbert
+from infoprompt_jax.model import encoder as encoder_lib
+
+# Hugging Face model_type -> the module that builds its config and encoder.
+MODULES_BY_MODEL_TYPE = {"deberta-v2": deberta, "modernbert": modernbert}
+_ENCODERS = {
+    deberta.DebertaConfig: deberta.DebertaEncoder,
+    modernbert.ModernBertConfig: modernbert.ModernBertEncoder,
+}
+_POSITION_IDS = {
+    deberta.DebertaConfig: deberta.position_ids_from_mask,
+    modernbert.ModernBertConfig: modernbert.position_ids_from_mask,
+}
+
+
+def build_encoder(config, dtype) -> Any:
+    """The Flax encoder module of `config`'s family, computing in `dtype`."""
+    return _ENCODERS.get(type(config), encoder_lib.Encoder)(config, dtype=dtype)
+
+
+def position_ids_from_mask(config, attention_mask: jax.Array) -> jax.Array:
+    """The position ids `config`'s family expects for a (possibly padded) batch, `[B, L]`."""
+    family_position_ids = _POSITION_IDS.get(type(config))
+    if family_position_ids is None:
+        return encoder_lib.position_ids_from_mask(config, attention_mask)
+    return family_position_ids(attention_mask)
