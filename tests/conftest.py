@@ -51,3 +51,19 @@ def tiny_bert_dir(tmp_path_factory) -> pathlib.Path:
     import tiny_models
 
     return tiny_models.make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny random DeBERTa-v3 checkpoint with its MLM head and a trained Unigram tokenizer."""
+    import tiny_models
+
+    return tiny_models.make_tiny_deberta(tmp_path_factory.mktemp("tiny_deberta"))
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny random ModernBERT checkpoint with its MLM head and a trained BPE tokenizer."""
+    import tiny_models
+
+    return tiny_models.make_tiny_modernbert(tmp_path_factory.mktemp("tiny_modernbert"))
