@@ -1,5 +1,5 @@
 """DeBERTa-v3 and ModernBERT: parity of the Flax encoders with Hugging Face PyTorch, loading,
-the options we refuse, and the MLM heads."""
+the options we refuse, the MLM heads, and a whole run (sharded step, golden loss, export)."""
 
 import json
 
@@ -7,12 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentiment_fixture
 import tiny_models
 import torch
 import transformers
 from flax import traverse_util
+from test_steps import BATCH, build, run
 
+from infoprompt_jax import export, predict
 from infoprompt_jax.model import deberta, families, modernbert, pretrained
+from infoprompt_jax.train import components as components_lib
 
 PARITY_ATOL = 2e-5  # The issue's bar is 1e-4; these tiny models land near 5e-6.
 TINY = dict(
@@ -67,9 +71,9 @@ def ckpts(tmp_path_factory):
         "modernbert_mlm": lambda: transformers.ModernBertForMaskedLM(_modernbert_config()),
     }
     out = {}
-    for seed, (name, build) in enumerate(models.items()):
+    for seed, (name, make) in enumerate(models.items()):
         torch.manual_seed(seed)
-        model = build().eval()
+        model = make().eval()
         model.save_pretrained(root / name)
         out[name] = (root / name, model)
     return out
@@ -322,3 +326,44 @@ def test_configs_from_older_config_json_keys(ckpts):
     )
     with pytest.raises(ValueError, match=r"model_type 'gpt2'.*deberta-v2, modernbert"):
         pretrained.encoder_config({"model_type": "gpt2"})
+
+
+# Loss after 3 steps (lr 1e-2) of the tiny sentiment task at seed 0 on one CPU device, float32,
+# with the trained tokenizers of tiny_models (those families have no tokenizer in ../shared).
+GOLDEN_THIRD_LOSS = {"deberta": None, "modernbert": None}
+
+
+@pytest.mark.parametrize("family", ["deberta", "modernbert"])
+def test_run_shards_keeps_its_golden_loss_and_exports(family, request, tmp_path):
+    """The whole path with each family: the train step on a mesh of 8 (fsdp 2) equals one
+    device, its loss stays at the golden value, and the export predicts as the eval step."""
+    model_dir = request.getfixturevalue(f"tiny_{family}_dir")
+    single = build(model_dir, optim__lr=1e-2)
+    sharded = build(model_dir, devices=jax.devices(), fsdp=2, optim__lr=1e-2)
+    state_1, history_1 = run(single.state, single.frozen, single.train_fn, single.batch, 3)
+    state_8, history_8 = run(sharded.state, sharded.frozen, sharded.train_fn, sharded.batch, 3)
+    for m1, m8 in zip(history_1, history_8):
+        for name in m1:
+            np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    losses = [round(float(m["loss"]), 4) for m in history_1]
+    print(f"\n{family} loss trajectory: {losses}")
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(
+        losses[-1],
+        GOLDEN_THIRD_LOSS[family],
+        rtol=2e-3,
+        err_msg=f"The {family} 3-step loss moved from its golden value: if the change is "
+        "intended, update GOLDEN_THIRD_LOSS with the value printed above.",
+    )
+    components = components_lib.build_components(sentiment_fixture.tiny_config(model_dir))
+    export_dir = export.write_export(
+        tmp_path / "export", components, jax.device_get(state_1.trainable), 3
+    )
+    classifier = predict.InfoPromptClassifier.load(export_dir)
+    sentences = [ex.fields for ex in sentiment_fixture.examples(BATCH)]
+    np.testing.assert_allclose(
+        classifier.predict_logits(sentences, batch_size=4),
+        single.eval_fn(state_1.trainable, single.frozen, single.batch),
+        rtol=1e-5,
+        atol=1e-6,
+    )
