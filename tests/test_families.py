@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import sentiment_fixture
 import tiny_models
 import torch
@@ -141,6 +142,7 @@ def test_output_rows_are_the_full_outputs_rows(ckpts, name):
     embeds = params["embeddings"]["word_embeddings"]["embedding"][IDS]
     rows = jnp.asarray([[0, 11, 6], [4, 0, 2]])  # Far apart: the window and buckets both bite.
 
+    @jax.jit
     def encode(e, output_rows=None):
         return encoder.apply(
             {"params": params}, inputs_embeds=e, attention_mask=MASK, output_rows=output_rows
@@ -265,6 +267,21 @@ def test_mlm_checkpoint_and_its_transform(ckpts, name):
     np.testing.assert_allclose(ours, t.numpy(), atol=2e-5)
 
 
+def test_deberta_checkpoint_with_unused_position_embeddings_loads(ckpts, tmp_path):
+    # Some DeBERTa checkpoints keep absolute position embeddings that position_biased_input=false
+    # leaves unused (Hugging Face ignores them on load); so do we, as a `deberta.` task model.
+    path, _ = ckpts["deberta"]
+    state = {
+        f"deberta.{k}": v
+        for k, v in safetensors.numpy.load_file(path / "model.safetensors").items()
+    }
+    state["deberta.embeddings.position_embeddings.weight"] = np.ones((64, 32), np.float32)
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    safetensors.numpy.save_file(state, tmp_path / "model.safetensors")
+    params = pretrained.load_pretrained(tmp_path)[1]
+    jax.tree.map(np.testing.assert_array_equal, params, pretrained.load_pretrained(path)[1])
+
+
 def _bad(hf: dict, **changes) -> dict:
     return {**hf, **changes}
 
@@ -330,7 +347,9 @@ def test_configs_from_older_config_json_keys(ckpts):
 
 # Loss after 3 steps (lr 1e-2) of the tiny sentiment task at seed 0 on one CPU device, float32,
 # with the trained tokenizers of tiny_models (those families have no tokenizer in ../shared).
-GOLDEN_THIRD_LOSS = {"deberta": None, "modernbert": None}
+# Three steps into the warmup the loss need not fall yet (the RoBERTa test checks learning over
+# 30 steps); the value pins the numbers of the whole step.
+GOLDEN_THIRD_LOSS = {"deberta": 0.9068, "modernbert": 0.9044}
 
 
 @pytest.mark.parametrize("family", ["deberta", "modernbert"])
@@ -347,7 +366,6 @@ def test_run_shards_keeps_its_golden_loss_and_exports(family, request, tmp_path)
             np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
     losses = [round(float(m["loss"]), 4) for m in history_1]
     print(f"\n{family} loss trajectory: {losses}")
-    assert losses[-1] < losses[0]
     np.testing.assert_allclose(
         losses[-1],
         GOLDEN_THIRD_LOSS[family],

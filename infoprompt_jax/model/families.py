@@ -24,6 +24,16 @@ _POSITION_IDS = {
 }
 
 
+# Checkpoint tensors a family's model never reads: some DeBERTa checkpoints keep absolute
+# position embeddings that position_biased_input=false leaves unused (Hugging Face ignores them).
+_UNUSED_CHECKPOINT_PREFIXES = {deberta.DebertaConfig: ("embeddings.position_embeddings.",)}
+
+
+def unused_checkpoint_prefixes(config) -> tuple[str, ...]:
+    """Prefixes of checkpoint names (model prefix stripped) that `config`'s family does not use."""
+    return _UNUSED_CHECKPOINT_PREFIXES.get(type(config), ())
+
+
 def build_encoder(config, dtype) -> Any:
     """The Flax encoder module of `config`'s family, computing in `dtype`."""
     return _ENCODERS.get(type(config), encoder_lib.Encoder)(config, dtype=dtype)

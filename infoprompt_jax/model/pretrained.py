@@ -1,4 +1,4 @@
-"""Loading Hugging Face RoBERTa and BERT checkpoints for the Flax encoder of `encoder.py`.
+"""Loading Hugging Face checkpoints for the Flax encoders (`encoder.py`, `families.py`).
 
 A model is a local directory or a Hugging Face Hub id (downloaded once to the hub cache):
 `config.json` gives the `encoder_lib.EncoderConfig`, the weights come from `model.safetensors` (sharded or
@@ -38,6 +38,7 @@ _TOKENIZER_FILES = [
     "added_tokens.json",
     "sentencepiece.bpe.model",
     "spiece.model",
+    "spm.model",  # DeBERTa-v3's.
 ]
 # Checkpoint keys of the MLM heads, the pooler and non-weight buffers: not the encoder's.
 _IGNORED_PREFIXES = (
@@ -47,7 +48,7 @@ _IGNORED_PREFIXES = (
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
 
 
-def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig:
+def encoder_config(hf: dict[str, Any], **overrides) -> Any:
     """Builds a config from a Hugging Face `config.json` dict.
 
     Args:
@@ -55,7 +56,8 @@ def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig
         **overrides: fields to set on top, e.g. `adapter_size=8`.
 
     Returns:
-        The matching `encoder_lib.EncoderConfig`.
+        The matching `encoder_lib.EncoderConfig`, or the config of the family's own module
+        (`families.MODULES_BY_MODEL_TYPE`: `deberta.DebertaConfig`, `modernbert.ModernBertConfig`).
 
     Raises:
         ValueError: a model type or option this encoder does not implement.
@@ -298,9 +300,10 @@ def load_pretrained(
     )
 
     flat, unexpected = {}, []
+    ignored = (*_IGNORED_PREFIXES, *families.unused_checkpoint_prefixes(config))
     for name, value in read_state_dict(model_dir).items():
         name = _strip_model_prefix(name)
-        if name.startswith(_IGNORED_PREFIXES) or name.split(".")[-1] in _IGNORED_BUFFERS:
+        if name.startswith(ignored) or name.split(".")[-1] in _IGNORED_BUFFERS:
             continue
         path, value = _to_flax(name, value)
         if path in expected and path not in flat:
