@@ -39,9 +39,9 @@ class DebertaConfig:
     layer_norm_eps: float
     pad_token_id: int
     type_vocab_size: int = 0  # 0 in DeBERTa-v3: no token-type embeddings.
-    position_buckets: int = (
-        256  # <= 0: no log buckets, distances clipped at max_relative_positions.
-    )
+    # Distances below half of it are exact, beyond it log-bucketed; <= 0: no buckets, distances
+    # clipped at max_relative_positions.
+    position_buckets: int = 256
     max_relative_positions: int = 512
     pos_att_type: tuple[str, ...] = ATTENTION_TERMS
     norm_rel_ebd: bool = True  # LayerNorm over the relative-position table ("layer_norm").
