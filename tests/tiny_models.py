@@ -186,7 +186,12 @@ def trained_modernbert_tokenizer():
 
 
 def make_tiny_deberta(
-    directory: pathlib.Path, *, hidden: int = 32, layers: int = 2, seed: int = 0
+    directory: pathlib.Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> pathlib.Path:
     """A tiny random DeBERTa-v3 (`DebertaV2ForMaskedLM`, v3 settings and MLM head) with a trained
     Unigram tokenizer. Small buckets (8) and span (32) make the log buckets matter at length 16."""
@@ -204,6 +209,7 @@ def make_tiny_deberta(
         intermediate_size=2 * hidden + 5,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
         **DEBERTA_V3_SETTINGS,
     )
     torch.manual_seed(seed)
@@ -212,7 +218,12 @@ def make_tiny_deberta(
 
 
 def make_tiny_modernbert(
-    directory: pathlib.Path, *, hidden: int = 32, layers: int = 2, seed: int = 0
+    directory: pathlib.Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> pathlib.Path:
     """A tiny random `ModernBertForMaskedLM` with a trained BPE tokenizer: layer 0 global,
     layer 1 local with an 8-token window (4 each side), so the window matters at length 16."""
@@ -231,6 +242,7 @@ def make_tiny_modernbert(
         max_position_embeddings=128,
         local_attention=8,
         global_attn_every_n_layers=2,
+        initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id,
         cls_token_id=tokenizer.cls_token_id,
