@@ -164,3 +164,135 @@ def make_tiny_mpnet(
 def copy_checkpoint(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     shutil.copytree(source, target)
     return target
+
+
+def _corpus() -> list[str]:
+    return [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12)) for i in range(300)]
+
+
+def trained_unigram_tokenizer():
+    """A SentencePiece-style Unigram tokenizer in DeBERTa-v3's format (`▁` starts a word; [PAD],
+    [CLS], [SEP], [UNK] first, [MASK] last): no DeBERTa tokenizer can be downloaded here.
+
+    The pieces are learnt by BPE merges on the test words (the Unigram trainer of `tokenizers`
+    keeps mostly single letters on so small a corpus); each piece scores -1 and each letter -5,
+    so the Viterbi segmentation takes the fewest, longest pieces.
+    """
+    import tokenizers
+    import transformers
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, show_progress=False
+    )
+    bpe.train_from_iterator(_corpus(), trainer)
+    pieces = sorted(set(bpe.get_vocab()) - set(specials), key=lambda p: bpe.token_to_id(p))
+    vocab = [(piece, 0.0) for piece in specials]
+    vocab += [(piece, -1.0 if len(piece) > 1 else -5.0) for piece in pieces]
+    return transformers.DebertaV2Tokenizer(vocab=[*vocab, ("[MASK]", 0.0)])
+
+
+def trained_modernbert_tokenizer():
+    """A byte-level BPE with ModernBERT's special tokens ([CLS], [SEP], [MASK], [PAD], [UNK]),
+    trained on the test words: the stand-in for ModernBERT's own BPE tokenizer."""
+    import tokenizers
+    import transformers
+
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tokenizer = tokenizers.ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(
+        _corpus(), vocab_size=400, min_frequency=1, special_tokens=specials, show_progress=False
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer._tokenizer,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
+
+
+def make_tiny_deberta(
+    directory: pathlib.Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
+) -> pathlib.Path:
+    """A tiny random DeBERTa-v3 (`DebertaV2ForMaskedLM`, v3 settings and MLM head) with a trained
+    Unigram tokenizer. Small buckets (8) and span (32) make the log buckets matter at length 16."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = trained_unigram_tokenizer()
+    tokenizer.save_pretrained(directory)
+    config = transformers.DebertaV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden + 5,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
+        **DEBERTA_V3_SETTINGS,
+    )
+    torch.manual_seed(seed)
+    transformers.DebertaV2ForMaskedLM(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def make_tiny_modernbert(
+    directory: pathlib.Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
+) -> pathlib.Path:
+    """A tiny random `ModernBertForMaskedLM` with a trained BPE tokenizer: layer 0 global,
+    layer 1 local with an 8-token window (4 each side), so the window matters at length 16."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = trained_modernbert_tokenizer()
+    tokenizer.save_pretrained(directory)
+    config = transformers.ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden + 5,
+        max_position_embeddings=128,
+        local_attention=8,
+        global_attn_every_n_layers=2,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+    )
+    torch.manual_seed(seed)
+    transformers.ModernBertForMaskedLM(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+# DeBERTa-v3's options (microsoft/deberta-v3-* config.json) with small buckets for tiny tests.
+DEBERTA_V3_SETTINGS = dict(
+    relative_attention=True,
+    position_buckets=8,
+    max_relative_positions=32,
+    pos_att_type=["p2c", "c2p"],
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+    position_biased_input=False,
+    type_vocab_size=0,
+    legacy=False,  # The checkpoints' `lm_predictions.lm_head`.
+)

