@@ -209,6 +209,7 @@ def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> d
         "train_seconds_this_run": time.perf_counter() - start_time,
         "seconds": timer.as_dict(),
         "peak_device_mem_mb": device_memory.peak_device_memory_mb(),
+        "trainable_params": run_state.param_counts(state.trainable, frozen),
     }
     if jax.process_index() == 0 and not preemption.raised:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -489,6 +489,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             "seconds": timer.as_dict(scale=1.0 / num_runs),
             "stacked_runs": num_runs,
             "peak_device_mem_mb": peak_mb,
+            "trainable_params": run_state.param_counts(slot.abstract_state.trainable, frozen),
         }
         if slot.failure:
             summary["failed"] = slot.failure
