@@ -10,6 +10,7 @@ from infoprompt_jax import config_validation
 from infoprompt_jax.model import encoder as encoder_lib
 from infoprompt_jax.model import idpg, models
 from infoprompt_jax.model import trainable as trainable_lib
+from infoprompt_jax.tools import param_counts
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import run_state
 
@@ -201,3 +202,25 @@ def test_trainable_counts_cover_every_parameter_once(
     share = 100 * counts["trainable"] / counts["total"]
     assert line.startswith(f"trainable params: {counts['trainable']:,} || all params: ")
     assert f"trainable%: {share:.4f}" in line
+
+
+def test_param_counts_table_reads_shapes_only():
+    hf = {
+        "model_type": "bert",
+        "vocab_size": 50,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    }
+    table = param_counts.markdown_table(hf, has_mlm_transform=False, num_tokens=2).splitlines()
+    assert len(table) == 2 + len(param_counts.ROWS)
+    s_idpg = idpg.generator_param_count(32, 2, 256, 16)
+    m_idpg = idpg.generator_param_count(32, 2, 256, 16, num_layers=2)
+    head = 2 * 32 + 2  # class vectors and bias
+    assert table[4].startswith(f"| IDPG (S-IDPG-PHM) | {s_idpg:,} | {head} | 0 | 0 | 0 |")
+    assert table[5].startswith(f"| M-IDPG-PHM | {m_idpg:,} | {head} | 0 | 0 | 0 |")
