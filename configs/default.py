@@ -40,6 +40,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.attention = "einsum"
     # Bottleneck width of the Adapter baseline's adapters (method=adapter only).
     config.model.adapter_size = 64
+    # IDPG's generator (method=idpg; Wu et al. 2022): bottleneck width m of its d -> m -> n_p*d
+    # perceptron (IDPG paper: 256), and n, the Kronecker terms of each PHM layer (paper: 16; n
+    # must divide d, m and n_p*d).
+    config.model.idpg_hidden = 256
+    config.model.idpg_phm_n = 16
+    # Where IDPG's prompts go: input (S-IDPG, the prompt slots of the input) | all (M-IDPG: also
+    # written over the prompt slots before every later encoder layer).
+    config.model.idpg_layers = "input"
 
     config.data = ml_collections.ConfigDict()
     # Where splits come from: hf (Hugging Face datasets) | tfds | local (GLUE-format files).

@@ -32,6 +32,12 @@ ABSENT_READS_AS = {
     "train.eval_every_steps": 0,
     # Hugging Face datasets were read by the task's own hub id only.
     "data.hf_path": "",
+    # IDPG's generator fields: no other method reads them. (An earlier `method=idpg` was
+    # InfoPrompt's generator without its loss terms; its checkpoints hold another state layout
+    # and are refused as such: rerun it as loss.beta=0 loss.gamma=0.)
+    "model.idpg_hidden": 256,
+    "model.idpg_phm_n": 16,
+    "model.idpg_layers": "input",
 }
 
 

@@ -10,7 +10,7 @@ import ml_collections
 from absl import logging
 
 from infoprompt_jax.data import sources, tasks
-from infoprompt_jax.model import encoder, methods, models
+from infoprompt_jax.model import encoder, idpg, methods, models
 
 # (field, lowest allowed value, what the value means): every value must be an int >= lowest.
 _INT_RANGES = (
@@ -95,6 +95,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f" config.data.source={config.data.source!r}: add --config.data.source=hf, or drop"
             " the hf_path."
         )
+    _validate_idpg(config)
     if config.max_len < _SHORT_MAX_LEN:
         logging.warning(
             "config.max_len=%d leaves room for a token or two of text once the template's "
@@ -102,3 +103,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "nothing. The paper uses 128.",
             config.max_len,
         )
+
+
+def _validate_idpg(config: ml_collections.ConfigDict) -> None:
+    """IDPG's generator fields: m >= 1, n >= 1 dividing m, idpg_layers only for method=idpg.
+
+    That n divides the encoder width d (and so n_p * d) is checked where d is known, before the
+    encoder loads (`components.build_components`).
+    """
+    model = config.model
+    layers = model.get("idpg_layers", "input")
+    if layers not in idpg.IDPG_LAYERS:
+        raise ValueError(
+            f"config.model.idpg_layers={layers!r}; choose one of {idpg.IDPG_LAYERS} "
+            "(input: S-IDPG, all: M-IDPG)."
+        )
+    if layers != "input" and config.method != "idpg":
+        raise ValueError(
+            f"config.model.idpg_layers={layers!r} is an IDPG option but "
+            f"config.method={config.method!r}: set --config.method=idpg or drop idpg_layers."
+        )
+    if config.method == "idpg":
+        hidden, phm_n = model.get("idpg_hidden", 256), model.get("idpg_phm_n", 16)
+        for field, value in (("idpg_hidden", hidden), ("idpg_phm_n", phm_n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config.model.{field}={value!r}: give an integer >= 1.")
+        if hidden % phm_n:
+            raise ValueError(
+                f"config.model.idpg_phm_n={phm_n} does not divide config.model.idpg_hidden="
+                f"{hidden} (m): pick n dividing m and the encoder width (e.g. 16 or 8)."
+            )

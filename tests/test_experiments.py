@@ -256,8 +256,8 @@ def test_dry_run_command_is_accepted_by_main_py(tmp_path):
 
 def test_shipped_grids():
     sizes = {
-        "paper_full.py": 5 * 8 * 2 * 5,
-        "paper_few_shot.py": 5 * 8 * 2 * 5,
+        "paper_full.py": 5 * 9 * 2 * 5,
+        "paper_few_shot.py": 5 * 9 * 2 * 5,
         "minilm_smoke.py": 2 * 3 * 3,
         "minilm_stack_slice.py": 2 * 3,
         "gpu_stack_slice.py": 4 * 5,

@@ -351,6 +351,9 @@ def test_every_method_exports_and_predicts_as_its_training_eval(
         assert any(name.startswith(prefix) for name in tensors), (prefix, sorted(tensors))
     if method == "adapter":  # The adapters, not the frozen encoder weights around them.
         assert all("/adapter/" in name for name in tensors if name.startswith("encoder/"))
+    # summary.json counts exactly the parameters that trained, which are what the export holds.
+    counts = json.loads((tmp_path / "run" / "summary.json").read_text())["trainable_params"]
+    assert counts["trainable"] == sum(t.size for t in tensors.values())
     classifier = predict.InfoPromptClassifier.load(output)
     sentences, _ = zip(*dev_rows(data_dir))
     logits = classifier.predict_logits(list(sentences), batch_size=4)

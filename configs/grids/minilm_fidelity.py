@@ -2,9 +2,9 @@
 
 SST-2 at k = 64 and 256, n_p = 4, 5 seeds, evaluated every 8 steps on the first 256 dev examples
 (so `report` can give the steps to 95% of the final score). Rows: InfoPrompt, its three
-ablations, the WARP and IDPG baselines, the released code's variant, and InfoPrompt with each
+ablations, the WARP, IDPG and M-IDPG baselines, the released code's variant, and InfoPrompt with each
 prompted scheme of representation negatives, `other_examples` and `other_prompts`
-(docs/design.md). 9 rows x 2 k x 5 seeds = 90 cells; seeds are the outermost axis, so a partial
+(docs/design.md). 10 rows x 2 k x 5 seeds = 100 cells; seeds are the outermost axis, so a partial
 grid holds whole seeds of every row.
 
     python -m infoprompt_jax.experiments --grid=configs/grids/minilm_fidelity.py \
@@ -30,7 +30,7 @@ def _sibling(name: str):
 minilm_smoke = _sibling("minilm_smoke")
 paper_full = _sibling("paper_full")
 # The paper's InfoPrompt rows and prompt baselines (Adapter and Fine-tuning left out).
-PAPER_ROWS = ("InfoPrompt", "gamma=0", "beta=0", "beta=gamma=0", "WARP", "IDPG")
+PAPER_ROWS = ("InfoPrompt", "gamma=0", "beta=0", "beta=gamma=0", "WARP", "IDPG", "M-IDPG")
 
 
 def get_grid():

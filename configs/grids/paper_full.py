@@ -1,17 +1,20 @@
 """The paper's full-data tables (Tables 1 and 2): every method and ablation, n_p 1 and 4.
 
-roberta-large from the hub (`data.source=hf`), 30 epochs, 5 seeds: 400 runs. SemEval reads its
+roberta-large from the hub (`data.source=hf`), 30 epochs, 5 seeds: 450 runs. SemEval reads its
 release files: set SEMEVAL_DIR below (or `--config.data.dir` in the cell overrides).
 """
 
-# The paper's rows, in its order: InfoPrompt, its ablations, then the baselines.
+# The paper's rows, in its order: InfoPrompt, its ablations, then the baselines (M-IDPG added:
+# the IDPG paper's strongest variant).
 ROWS = {
     "InfoPrompt": {"method": "infoprompt"},
     "gamma=0": {"method": "infoprompt", "loss.gamma": 0.0},
     "beta=0": {"method": "infoprompt", "loss.beta": 0.0},
     "beta=gamma=0": {"method": "infoprompt", "loss.beta": 0.0, "loss.gamma": 0.0},
     "WARP": {"method": "warp"},
+    # IDPG (Wu et al. 2022) with its PHM generator: S-IDPG prompts the input, M-IDPG every layer.
     "IDPG": {"method": "idpg"},
+    "M-IDPG": {"method": "idpg", "model.idpg_layers": "all"},
     "Adapter": {"method": "adapter"},
     "Fine-tuning": {"method": "finetune"},
 }

@@ -296,10 +296,12 @@ class _LayerStack(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias, output_rows=None):
+    def __call__(self, h, attention_bias, output_rows=None, layer_hook=None):
         layer_cls = nn.remat(_Layer) if self.config.remat else _Layer
         last = self.config.num_hidden_layers - 1
         for i in range(self.config.num_hidden_layers):
+            if layer_hook is not None and i > 0:
+                h = layer_hook(i, h)
             h = layer_cls(self.config, self.dtype, name=str(i))(
                 h, attention_bias, output_rows if i == last else None
             )
@@ -313,8 +315,10 @@ class _TransformerEncoder(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h, attention_bias, output_rows=None):
-        return _LayerStack(self.config, self.dtype, name="layer")(h, attention_bias, output_rows)
+    def __call__(self, h, attention_bias, output_rows=None, layer_hook=None):
+        return _LayerStack(self.config, self.dtype, name="layer")(
+            h, attention_bias, output_rows, layer_hook
+        )
 
 
 class Encoder(nn.Module):
@@ -337,6 +341,7 @@ class Encoder(nn.Module):
         position_ids=None,
         inputs_embeds=None,
         output_rows=None,
+        layer_hook=None,
     ) -> jax.Array:
         """Encodes a batch.
 
@@ -352,6 +357,8 @@ class Encoder(nn.Module):
                 computed and returned (the same numbers as `h[b, output_rows[b]]` of the full
                 output). A caller that reads a few states (the mask's, the first token's) saves
                 most of the last layer's work.
+            layer_hook: `hook(i, h) -> h`, called on the input `[B, L, D]` of every layer
+                i >= 1 (M-IDPG writes its per-layer prompts there); None leaves the stack as is.
 
         Returns:
             `[B, L, D]` last-layer hidden states in `self.dtype`, or `[B, R, D]` with
@@ -374,7 +381,7 @@ class Encoder(nn.Module):
             jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min
         )
         h = _TransformerEncoder(self.config, self.dtype, name="encoder")(
-            h, attention_bias, output_rows
+            h, attention_bias, output_rows, layer_hook
         )
         return h.astype(self.dtype)
 

@@ -47,6 +47,13 @@ def apply_released_variant(config: ml_collections.ConfigDict) -> None:
         config[section][field] = value
 
 
+def _generator(method: str, variant: str) -> str:
+    """The generator kind: IDPG's own for method=idpg, else InfoPrompt's of the variant."""
+    if method == "idpg":
+        return "idpg"
+    return "released" if variant == "released" else "paper"
+
+
 def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transform: bool) -> Method:
     """The `Method` a config describes.
 
@@ -71,8 +78,12 @@ def resolve(config: ml_collections.ConfigDict, num_classes: int, has_mlm_transfo
         num_classes=num_classes,
         num_prompt_tokens=num_prompt_tokens,
         prompt_source=prompt_source,
-        generator="released" if config.variant == "released" else "paper",
+        generator=_generator(name, config.variant),
         generator_rank=config.prompt.generator_rank,
+        # .get: configs written before IDPG had its own generator lack these fields.
+        idpg_hidden=config.model.get("idpg_hidden", 256),
+        idpg_phm_n=config.model.get("idpg_phm_n", 16),
+        idpg_layers=config.model.get("idpg_layers", "input"),
         generator_bias=config.prompt.generator_bias,
         generator_activation=config.prompt.generator_activation,
         prompt_init_scale=config.prompt.init_scale,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import families, losses, objective
+from infoprompt_jax.model import families, idpg, losses, objective
 
 Batch = Mapping[str, jax.Array]
 REPRESENTATION_NEGATIVES = ("unprompted", "other_examples", "other_prompts")
@@ -31,9 +31,14 @@ class ModelConfig:
         num_prompt_tokens: n_p (1 or 4 in the paper; 0 for Adapter and Fine-tuning).
         prompt_source: "generator" (InfoPrompt, IDPG: prompts from the unprompted <s> state),
             "free" (WARP: n_p trainable vectors), or "none" (no prompt slots).
-        generator: "paper" (per-token W_up_i W_down_i of rank `generator_rank`) or "released"
-            (the authors' code: one shared Linear(D, rank) -> GELU -> Linear(rank, n_p * D)).
+        generator: "paper" (per-token W_up_i W_down_i of rank `generator_rank`), "released"
+            (the authors' code: one shared Linear(D, rank) -> GELU -> Linear(rank, n_p * D)) or
+            "idpg" (IDPG's PHM bottleneck, `idpg.IdpgGenerator`).
         generator_rank: r (paper: 64; released code: 32).
+        idpg_hidden: m, the IDPG generator's bottleneck width (IDPG paper: 256).
+        idpg_phm_n: n, Kronecker terms of each IDPG PHM layer (IDPG paper: 16).
+        idpg_layers: "input" (S-IDPG: prompts at the input only) or "all" (M-IDPG: prompts
+            written over the prompt slots before every encoder layer).
         generator_bias: adds a bias to both generator projections (off in the paper).
         generator_activation: "none" (paper) or "gelu" between the two projections.
         prompt_init_scale: standard deviation of the generated prompt entries at init.
@@ -58,6 +63,9 @@ class ModelConfig:
     prompt_source: str = "generator"
     generator: str = "paper"
     generator_rank: int = 64
+    idpg_hidden: int = 256
+    idpg_phm_n: int = 16
+    idpg_layers: str = "input"
     generator_bias: bool = False
     generator_activation: str = "none"
     prompt_init_scale: float = 0.05
@@ -74,7 +82,8 @@ class ModelConfig:
     def __post_init__(self):
         choices = {
             "prompt_source": ("generator", "free", "none"),
-            "generator": ("paper", "released"),
+            "generator": ("paper", "released", "idpg"),
+            "idpg_layers": idpg.IDPG_LAYERS,
             "generator_activation": ("none", "gelu"),
             "critic": ("bilinear", "scaled_dot"),
             "head_negatives": ("sampled", "all_context"),
@@ -91,6 +100,11 @@ class ModelConfig:
             raise ValueError(
                 "The InfoPrompt critics need prompts: prompt_source='none' requires "
                 "beta = gamma = 0."
+            )
+        if self.idpg_layers != "input" and self.generator != "idpg":
+            raise ValueError(
+                f"idpg_layers={self.idpg_layers!r} is IDPG's option; generator={self.generator!r}"
+                " has prompts at the input only: set method=idpg or idpg_layers='input'."
             )
         if self.num_candidates < 2:
             raise ValueError(f"num_candidates={self.num_candidates}: InfoNCE needs K >= 2.")
@@ -246,7 +260,22 @@ class InfoPromptModel(nn.Module):
     def setup(self):
         cfg, d = self.config, self.encoder_config.hidden_size
         self.encoder = families.build_encoder(self.encoder_config, self.dtype)
-        if cfg.prompt_source == "generator":
+        if cfg.idpg_layers == "all" and not isinstance(self.encoder, encoder_lib.Encoder):
+            raise ValueError(
+                f"model.idpg_layers='all' (M-IDPG) inserts prompts at every layer of the "
+                f"RoBERTa and BERT encoders only, not {type(self.encoder_config).__name__}: "
+                "use model.idpg_layers='input' (S-IDPG) with this encoder."
+            )
+        if cfg.generator == "idpg":
+            self.prompt_generator = idpg.IdpgGenerator(
+                d,
+                cfg.num_prompt_tokens,
+                cfg.idpg_hidden,
+                cfg.idpg_phm_n,
+                self.encoder_config.num_hidden_layers if cfg.idpg_layers == "all" else 1,
+                cfg.prompt_init_scale,
+            )
+        elif cfg.prompt_source == "generator":
             self.prompt_generator = PromptGenerator(cfg, d)
         elif cfg.prompt_source == "free":
             self.prompt = self.param(
@@ -264,6 +293,7 @@ class InfoPromptModel(nn.Module):
         return encoder_lib.embedding_lookup(table, token_ids).astype(jnp.float32)
 
     def _encode(self, **inputs) -> jax.Array:
+        # (M-IDPG adds `layer_hook`, which the encoder calls before each later layer.)
         positions = families.position_ids_from_mask(self.encoder_config, inputs["attention_mask"])
         return self.encoder(position_ids=positions, **inputs).astype(jnp.float32)
 
@@ -298,13 +328,33 @@ class InfoPromptModel(nn.Module):
         embeds_BxLxD = self.word_embeddings(batch["input_ids"])
         rows_Bx1 = jnp.arange(embeds_BxLxD.shape[0])[:, None]
         embeds_BxLxD = embeds_BxLxD.at[rows_Bx1, batch["prompt_positions"]].set(prompts_BxNxD)
+        hook_kwargs = {}
+        if self.config.idpg_layers == "all":
+            hook_kwargs = {"layer_hook": self._layer_prompt_writer(batch["prompt_positions"])}
         h_Bx1xD = self._encode(
             inputs_embeds=embeds_BxLxD.astype(self.dtype),
             attention_mask=batch["attention_mask"],
             token_type_ids=batch["token_type_ids"],
             output_rows=batch["mask_position"][:, None],
+            **hook_kwargs,
         )
         return h_Bx1xD[:, 0]
+
+    def _layer_prompt_writer(self, prompt_positions_BxN: jax.Array):
+        """M-IDPG: `hook(layer, h)` writes the layer's prompts over the prompt slots of h.
+
+        The prompts of layer l come from the previous layer's output at the first token (<s>),
+        as the input layer's come from the unprompted pass's.
+        """
+        rows_Bx1 = jnp.arange(prompt_positions_BxN.shape[0])[:, None]
+
+        def write(layer: int, h_BxLxD: jax.Array) -> jax.Array:
+            prompts_BxNxD = self.prompt_generator(h_BxLxD[:, 0], layer)
+            return h_BxLxD.at[rows_Bx1, prompt_positions_BxN].set(
+                prompts_BxNxD.astype(h_BxLxD.dtype)
+            )
+
+        return write
 
     def __call__(self, batch: Batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         """The forward pass.

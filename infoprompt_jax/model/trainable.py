@@ -6,6 +6,7 @@ rule that matches a leaf decides, and a leaf no rule matches is an error rather 
 default.
 """
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,3 +90,52 @@ def merge_params(trainable: Params, frozen: Params) -> dict[str, Any]:
             raise ValueError(f"Parameter {path!r} is both trainable and frozen.")
         flat[path] = leaf
     return unflatten(flat)
+
+
+# Groups of `trainable_param_counts`, by parameter path (first match wins).
+PARAM_GROUPS = (
+    ("generator", r"^(prompt_generator/|prompt$)"),
+    ("head", r"^task_head/"),
+    ("critics", r"^(head_critic|representation_critic)/"),
+    ("adapters", r"^encoder/.*/adapter/"),
+    ("encoder", r"^encoder/"),
+)
+
+
+def _size(leaf: Any) -> int:
+    """Entries of an array or a ShapeDtypeStruct."""
+    return int(math.prod(leaf.shape))
+
+
+def trainable_param_counts(trainable: Params, frozen: Params) -> dict[str, int]:
+    """Trainable parameters per group, and the trainable and total counts.
+
+    Works on arrays and on `jax.eval_shape` trees alike (only shapes are read).
+
+    Args:
+        trainable: the trainable tree (`split_params`' first part); for a stacked run, one run's.
+        frozen: the frozen tree.
+
+    Returns:
+        `{"generator", "head", "critics", "adapters", "encoder": trainable count of the group,
+        "trainable": their sum, "total": trainable + frozen}`.
+    """
+    counts = dict.fromkeys((name for name, _ in PARAM_GROUPS), 0)
+    for path, leaf in flatten(trainable).items():
+        group = next((name for name, pattern in PARAM_GROUPS if re.search(pattern, path)), None)
+        if group is None:
+            raise ValueError(f"Trainable parameter {path!r} is in no group of PARAM_GROUPS.")
+        counts[group] += _size(leaf)
+    counts["trainable"] = sum(counts[name] for name, _ in PARAM_GROUPS)
+    counts["total"] = counts["trainable"] + sum(_size(x) for x in flatten(frozen).values())
+    return counts
+
+
+def describe_trainable(counts: Mapping[str, int]) -> str:
+    """One log line, PEFT's `print_trainable_parameters` style, from `trainable_param_counts`."""
+    groups = ", ".join(f"{name} {counts[name]:,}" for name, _ in PARAM_GROUPS if counts[name])
+    share = 100.0 * counts["trainable"] / counts["total"] if counts["total"] else 0.0
+    return (
+        f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} || "
+        f"trainable%: {share:.4f} ({groups or 'none'})"
+    )

@@ -5,6 +5,7 @@ Training, evaluation, export, prediction, the benchmark and the analysis tools a
 """
 
 import dataclasses
+import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from infoprompt_jax.data import sources as data_lib
 from infoprompt_jax.data import tasks, templates
 from infoprompt_jax.model import encoder as encoder_lib
-from infoprompt_jax.model import methods, model_init, models, pretrained
+from infoprompt_jax.model import idpg, methods, model_init, models, pretrained
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -142,6 +143,20 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return config
 
 
+def _check_idpg_fits(config: ml_collections.ConfigDict, model_dir: pathlib.Path) -> None:
+    """Refuses IDPG PHM factors that do not divide the encoder width, before it loads."""
+    if config.method != "idpg":
+        return
+    hidden_size = json.loads((model_dir / "config.json").read_text()).get("hidden_size")
+    if hidden_size is not None:  # Other widths' names are checked when the generator is built.
+        idpg.check_shapes(
+            hidden_size,
+            config.prompt.num_tokens,
+            config.model.get("idpg_hidden", 256),
+            config.model.get("idpg_phm_n", 16),
+        )
+
+
 def build_components(
     config: ml_collections.ConfigDict, task: tasks.TaskSpec | None = None
 ) -> Components:
@@ -161,6 +176,7 @@ def build_components(
             f"{encoder_lib.ATTENTION_KINDS} (fused: cuDNN attention on a GPU)."
         )
     model_dir = pretrained.resolve_model_dir(config.model.name)
+    _check_idpg_fits(config, model_dir)
     mlm_transform = pretrained.load_mlm_transform(model_dir)
     method = methods.resolve(config, task.num_labels, has_mlm_transform=mlm_transform is not None)
     encoder, encoder_params = pretrained.load_pretrained(

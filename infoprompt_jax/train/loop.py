@@ -146,7 +146,9 @@ def train(stack: stack_setup.Stack, timer: phase_timer.PhaseTimer) -> list[dict[
     progress.close()
     preemption.restore()
     train_seconds = time.perf_counter() - start_time
-    return run_slots.finish(slots, stack.states, timer, preemption.raised, train_seconds)
+    return run_slots.finish(
+        slots, stack.states, stack.frozen, timer, preemption.raised, train_seconds
+    )
 
 
 def train_batches(stack: stack_setup.Stack, step: int) -> dict[str, jax.Array]:

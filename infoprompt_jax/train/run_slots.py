@@ -21,7 +21,7 @@ from etils import epath
 from infoprompt_jax.data import metrics as metrics_lib
 from infoprompt_jax.model import methods, models
 from infoprompt_jax.train import components as components_lib
-from infoprompt_jax.train import phase_timer, stacking, steps
+from infoprompt_jax.train import phase_timer, run_state, stacking, steps
 from infoprompt_jax.workdir import checkpointing, metric_logging
 from infoprompt_jax.workdir import summary as summary_lib
 
@@ -157,7 +157,9 @@ def log_train_metrics(writer, progress, step: int, interval: list) -> None:
     progress.update(step, fetched[-1])
 
 
-def finish(slots, states, timer: phase_timer.PhaseTimer, preempted: bool, train_seconds: float):
+def finish(
+    slots, states, frozen, timer: phase_timer.PhaseTimer, preempted: bool, train_seconds: float
+):
     """Closes each run's files and returns its summary, written for the runs that finished."""
     peak_mb = phase_timer.peak_device_memory_mb()  # The process's, shared (None on a CPU).
     step_R = np.asarray(jax.device_get(states.step))
@@ -176,6 +178,8 @@ def finish(slots, states, timer: phase_timer.PhaseTimer, preempted: bool, train_
             # The process's seconds, shared out: summed over a grid they add up to its wall time.
             "seconds": timer.as_dict(scale=1.0 / len(slots)),
             "peak_device_mem_mb": peak_mb,
+            # Counted on the run's own state: a stacked row has only the critics it uses.
+            "trainable_params": run_state.param_counts(slot.abstract_state.trainable, frozen),
         }
         if len(slots) > 1:
             summary["stacked_runs"] = len(slots)

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.train import components as components_lib
@@ -32,9 +33,16 @@ def initial_state(
 def build_state(components: components_lib.Components, optimizer, mesh, sample_batch: Arrays):
     """(state, frozen) at step 0, placed on the mesh."""
     state, frozen = initial_state(components, optimizer, sample_batch)
+    logging.info(trainable_lib.describe_trainable(param_counts(state.trainable, frozen)))
     state = jax.device_put(state, steps.state_shardings(mesh, state))
     frozen = jax.device_put(frozen, sharding.param_shardings(mesh, frozen))
     return state, frozen
+
+
+def param_counts(trainable: Any, frozen: Any) -> dict[str, int]:
+    """Trainable parameters per group, trainable and total (`trainable_param_counts`); for
+    the run summary's `trainable_params`."""
+    return trainable_lib.trainable_param_counts(trainable, frozen)
 
 
 def abstract_like(tree: Any) -> Any:
