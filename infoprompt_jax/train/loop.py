@@ -16,10 +16,10 @@ from absl import logging
 from etils import epath
 
 from infoprompt_jax import config_validation
-from infoprompt_jax.data import metrics as metrics_lib
 from infoprompt_jax.train import (
     batching,
     device_memory,
+    evaluation,
     phase_timer,
     prompt_trajectory,
     run_state,
@@ -38,19 +38,10 @@ Arrays = dict[str, np.ndarray]
 def evaluate(
     eval_fn, trainable, frozen, components: components_lib.Components, arrays: Arrays, mesh
 ) -> dict[str, float]:
-    """The task's dev metrics, as `eval_<name>` keys."""
-    config = components.config
-    logits = batching.predict_logits(
-        eval_fn,
-        trainable,
-        frozen,
-        arrays,
-        config.train.eval_batch_size,
-        mesh,
-        batching.run_lengths(config),
+    """The task's dev metrics, as `eval_<name>` keys (a one-off `evaluation.Evaluator`)."""
+    return evaluation.Evaluator(eval_fn, arrays, components.config, mesh, components.task).metrics(
+        trainable, frozen
     )
-    scores = metrics_lib.compute_metrics(components.task, logits.argmax(-1), arrays["label"])
-    return {f"eval_{name}": value for name, value in scores.items()}
 
 
 def train_and_evaluate(
@@ -112,19 +103,9 @@ def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> d
         workdir_files.write_config(workdir_path, config)
     lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
-    if unprompted_cache.uses_cached_unprompted_pass(components):
-        logging.info(
-            "Caching the unprompted pass of %d train and %d dev examples.",
-            num_train,
-            len(dev_arrays["label"]),
-        )
-        train_arrays = unprompted_cache.cache_unprompted_pass(
-            components.model, frozen, train_arrays, batch_size, mesh, lengths
-        )
-        dev_arrays = unprompted_cache.cache_unprompted_pass(
-            components.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
-        )
-        jax.block_until_ready(train_arrays)
+    (train_arrays,), dev_arrays = unprompted_cache.with_cached_unprompted_pass(
+        components, frozen, [train_arrays], dev_arrays, mesh
+    )
     timer.stop("unprompted_cache")
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
@@ -132,6 +113,7 @@ def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> d
             components.model, optimizer, components.method.loss_weights, mesh, state, frozen
         )
     )
+    evaluator = evaluation.Evaluator(eval_fn, dev_arrays, config, mesh, task)
     logging.info("Compiling the train step (the first step takes longest).")
     progress = progress_lib.Progress(total_steps, steps_per_epoch, batch_size, int(record["step"]))
     preemption = checkpointing.PreemptionFlag()
@@ -168,9 +150,7 @@ def _train(config, workdir_path: epath.Path, timer: phase_timer.PhaseTimer) -> d
         if is_eval_step(config.train, done, steps_per_epoch, total_steps):
             stop_if_diverged()
             with timer.phase("eval"):
-                eval_scores = evaluate(
-                    eval_fn, state.trainable, frozen, components, dev_arrays, mesh
-                )
+                eval_scores = evaluator.metrics(state.trainable, frozen)
             if record["best_score"] is None or eval_scores[main_metric] > record["best_score"]:
                 record.update(best_step=done, best_score=eval_scores[main_metric])
             writer.write(done, {"epoch": epoch + 1, **eval_scores})

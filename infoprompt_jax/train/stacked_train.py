@@ -35,11 +35,11 @@ from absl import logging
 from etils import epath
 
 from infoprompt_jax import config_validation
-from infoprompt_jax.data import metrics as metrics_lib
 from infoprompt_jax.model import methods, models
 from infoprompt_jax.train import (
     batching,
     device_memory,
+    evaluation,
     phase_timer,
     prompt_trajectory,
     run_state,
@@ -338,15 +338,11 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             workdir_files.write_config(slot.workdir, slot.components.config)
     lengths = batching.run_lengths(config)
     timer.start("unprompted_cache")
-    if unprompted_cache.uses_cached_unprompted_pass(shared):
-        cached = unprompted_cache.cache_unprompted_passes(
-            shared.model, frozen, [slot.train_arrays for slot in slots], batch_size, mesh, lengths
-        )
-        for slot, arrays in zip(slots, cached):
-            slot.train_arrays = arrays
-        dev_arrays = unprompted_cache.cache_unprompted_pass(
-            shared.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
-        )
+    cached_trains, dev_arrays = unprompted_cache.with_cached_unprompted_pass(
+        shared, frozen, [slot.train_arrays for slot in slots], dev_arrays, mesh
+    )
+    for slot, arrays in zip(slots, cached_trains):
+        slot.train_arrays = arrays
     timer.stop("unprompted_cache")
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
@@ -361,6 +357,7 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
             per_run_weights=per_run_weights,
         )
     )
+    evaluator = evaluation.Evaluator(eval_fn, dev_arrays, config, mesh, task)
     replicated = sharding.replicated(mesh)
     betas = jax.device_put(np.asarray([w.beta for w in run_weights], np.float32), replicated)
     gammas = jax.device_put(np.asarray([w.gamma for w in run_weights], np.float32), replicated)
@@ -412,22 +409,11 @@ def _train_stack(configs, workdirs, timer: phase_timer.PhaseTimer) -> list[dict[
         if train.is_eval_step(config.train, done, steps_per_epoch, total_steps):
             fail_diverged(states, slots, last_saved, config.optim.lr)
             with timer.phase("eval"):
-                logits_NxRxC = batching.predict_logits(
-                    eval_fn,
-                    states.trainable,
-                    frozen,
-                    dev_arrays,
-                    config.train.eval_batch_size,
-                    mesh,
-                    lengths,
-                )
+                runs_scores = evaluator.stacked_metrics(states.trainable, frozen)
                 for i, slot in enumerate(slots):
                     if not slot.active:
                         continue
-                    scores = metrics_lib.compute_metrics(
-                        task, logits_NxRxC[:, i].argmax(-1), dev_arrays["label"]
-                    )
-                    slot.eval_scores = {f"eval_{name}": value for name, value in scores.items()}
+                    slot.eval_scores = runs_scores[i]
                     record = slot.record
                     if (
                         record["best_score"] is None
