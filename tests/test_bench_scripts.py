@@ -80,23 +80,26 @@ def test_bench_end_to_end_table_speedups_and_phases():
             "run": "torch",
             "wall_s": 200.0,
             "seconds": {"train": 100.0, "jax_setup": 5.0},
+            "cpu_s": 300.0,
             "eval_accuracy": 0.8,
         },
         {
             "run": "default",
             "wall_s": 80.0,
             "seconds": {"train": 40.0, "eval": 30.0},
+            "cpu_s": 100.0,
             "eval_accuracy": 0.81,
         },
     ]
     lines = bench_end_to_end.table(results).splitlines()
     torch_row, default_row = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
     phases = bench_end_to_end.PHASES
-    assert torch_row[0] == "torch" and torch_row[-1] == "1.00x"
+    assert torch_row[0] == "torch" and torch_row[-3] == "1.00x" and torch_row[-1] == "1.00x"
     assert torch_row[2 + phases.index("data")] == "5.0"  # JAX-only setup shown as data.
-    assert torch_row[-3] == "95.0"  # Wall seconds outside every phase.
-    assert default_row[1] == "80.0" and default_row[-1] == "2.50x"
-    assert default_row[2 + phases.index("eval")] == "30.0" and default_row[-2] == "0.8100"
+    assert torch_row[-5] == "95.0"  # Wall seconds outside every phase.
+    assert default_row[1] == "80.0" and default_row[-3] == "2.50x"
+    assert default_row[2 + phases.index("eval")] == "30.0" and default_row[-4] == "0.8100"
+    assert default_row[-2:] == ["100.0", "3.00x"]
 
 
 def test_torch_end_to_end_trains_and_evaluates_every_epoch(tiny_roberta_dir, tmp_path):

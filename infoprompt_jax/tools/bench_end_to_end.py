@@ -15,13 +15,15 @@ under `--glue_dir`, the same `--few_shot` subset, every dev example evaluated af
 
 The JAX runs start with the persistent compilation cache off, so each pays its compiles as a
 first run does. It prints a table: wall seconds of each process, its phases (`summary.json`'s
-`seconds`), its final dev metric, and its speed-up over PyTorch; `--results_json` also writes
+`seconds`), its final dev metric, its speed-up over PyTorch, and the same for CPU seconds
+(user + system of the process, which move less than wall seconds on a busy machine); `--results_json` also writes
 them as JSON.
 """
 
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,16 +82,23 @@ def checkout(commit: str, into: pathlib.Path) -> pathlib.Path:
     return into
 
 
-def timed(command: list[str], source: pathlib.Path, log: pathlib.Path) -> float:
-    """Runs `command` with `source` first on the path; its wall seconds (raises if it failed)."""
+def child_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], source: pathlib.Path, log: pathlib.Path) -> tuple[float, float]:
+    """Runs `command` with `source` first on the path; its wall and CPU seconds (raises if it
+    failed). CPU seconds move less than wall seconds when other work shares the machine."""
     env = {**os.environ, "PYTHONPATH": str(source)}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), child_cpu_seconds()
     with open(log, "w") as out:
         done = subprocess.run(command, cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, child_cpu_seconds() - cpu_start
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {log}.")
-    return seconds
+    return seconds, cpu
 
 
 def run_one(name: str, work: pathlib.Path, baseline: pathlib.Path | None, index: int) -> dict:
@@ -104,18 +113,26 @@ def run_one(name: str, work: pathlib.Path, baseline: pathlib.Path | None, index:
         summary_path = out / "summary.json"
         command = [sys.executable, "-m", "infoprompt_jax.main", f"--workdir={out}"]
         command += config_flags(source) + ["--compile_cache=off"]
-    wall = timed(command, source, work / f"{name}{index}.log")
+    wall, cpu = timed(command, source, work / f"{name}{index}.log")
     summary = json.loads(summary_path.read_text())
     metric = next(k for k in summary if k.startswith("eval_"))
-    return {"run": name, "wall_s": wall, "seconds": summary["seconds"], metric: summary[metric]}
+    return {
+        "run": name,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "seconds": summary["seconds"],
+        metric: summary[metric],
+    }
 
 
 def table(results: list[dict]) -> str:
     """A markdown table: wall seconds, phases, the final metric, and the speed-up over torch."""
     torch_walls = [r["wall_s"] for r in results if r["run"] == "torch"]
     torch_wall = min(torch_walls) if torch_walls else None
+    torch_cpus = [r["cpu_s"] for r in results if r["run"] == "torch" and "cpu_s" in r]
+    torch_cpu = min(torch_cpus) if torch_cpus else None
     metric = next(k for k in results[0] if k.startswith("eval_"))
-    header = ["run", "wall s", *PHASES, "other", metric, "vs torch"]
+    header = ["run", "wall s", *PHASES, "other", metric, "vs torch", "cpu s", "cpu vs torch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         phases = [r["seconds"].get(p, 0.0) for p in PHASES]
@@ -124,6 +141,11 @@ def table(results: list[dict]) -> str:
         speedup = f"{torch_wall / r['wall_s']:.2f}x" if torch_wall else ""
         cells = [r["run"], f"{r['wall_s']:.1f}", *(f"{p:.1f}" for p in phases)]
         cells += [f"{r['wall_s'] - sum(phases):.1f}", f"{r[metric]:.4f}", speedup]
+        cpu = r.get("cpu_s")
+        cells += [
+            f"{cpu:.1f}" if cpu else "",
+            f"{torch_cpu / cpu:.2f}x" if cpu and torch_cpu else "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
