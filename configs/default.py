@@ -23,8 +23,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Shorter lengths a batch is cut to when its rows fit (only padding is cut): each length,
     # and max_len, compiles the steps once. () keeps every batch at max_len.
     config.length_buckets = (32, 64)
-    # Precompute the unprompted pass once per example (the encoder is frozen and deterministic).
-    config.cache_unprompted = False
+    # Precompute the unprompted pass once per example, train and dev (the encoder is frozen and
+    # deterministic): InfoPrompt and IDPG then run one encoder pass per eval batch, not two. A
+    # run whose cache would not fit the host's memory says so and goes without it.
+    config.cache_unprompted = True
     # Save the prompt of the first example every this many steps (0: never); for the landscape.
     config.log_prompt_every = 0
 
@@ -121,6 +123,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Global batch size (split over all devices).
     config.train.batch_size = 8
     config.train.eval_batch_size = 32
+    # Lengths dev batches are cut to (shortest rows first), then max_len. An eval length compiles
+    # a forward pass only, so evaluation affords finer buckets than training.
+    config.train.eval_length_buckets = (16, 24, 32, 48, 64, 96)
     # Evaluate on the dev split every this many epochs (and after the last one).
     config.train.eval_every_epochs = 1
     # Evaluate every this many steps instead (0: per eval_every_epochs); for learning curves.

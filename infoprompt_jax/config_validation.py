@@ -11,6 +11,7 @@ from absl import logging
 
 from infoprompt_jax.data import sources, tasks
 from infoprompt_jax.model import encoder, idpg, methods, models
+from infoprompt_jax.train import batching, evaluation
 
 # (field, lowest allowed value, what the value means): every value must be an int >= lowest.
 _INT_RANGES = (
@@ -81,6 +82,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if not value >= 0:
             raise ValueError(f"config.{field}={value!r}: give a loss weight >= 0.")
+    # Both bucket lists, checked here rather than at the first batch (evaluation.eval_lengths).
+    evaluation.eval_lengths(config)
+    batching.run_lengths(config)
     negatives = config.loss.representation_negatives
     if negatives != "unprompted" and config.train.batch_size < 2:
         raise ValueError(

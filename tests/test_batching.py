@@ -73,6 +73,7 @@ def run_metrics(model_dir, data_dir, workdir, buckets, cache_unprompted=False) -
     config = sentiment_fixture.tiny_config(model_dir)
     config.data.dir = str(data_dir)
     config.length_buckets = buckets
+    config.train.eval_length_buckets = buckets
     config.cache_unprompted = cache_unprompted
     train.train_and_evaluate(config, str(workdir))
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

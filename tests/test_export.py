@@ -17,8 +17,8 @@ from infoprompt_jax import export, predict
 from infoprompt_jax.data import readers, tasks
 from infoprompt_jax.model import pretrained
 from infoprompt_jax.model import trainable as trainable_lib
-from infoprompt_jax.train import batching, run_state, sharding
 from infoprompt_jax.train import components as components_lib
+from infoprompt_jax.train import evaluation, run_state, sharding
 from infoprompt_jax.train import loop as train
 from infoprompt_jax.workdir import checkpointing, workdir_files
 
@@ -37,16 +37,16 @@ def write_sst2_data(directory, num_train: int):
 
 @contextlib.contextmanager
 def recorded_eval_logits():
-    """Yields a list that collects every `batching.predict_logits` result while the block runs:
-    the training loop's own dev evaluations, the reference an export must reproduce."""
-    logits, predict_logits = [], batching.predict_logits
+    """Yields a list that collects every `evaluation.Evaluator.logits` result while the block
+    runs: the training loop's own dev evaluations, the reference an export must reproduce."""
+    logits, evaluator_logits = [], evaluation.Evaluator.logits
 
-    def recording_predict_logits(*args):
-        logits.append(predict_logits(*args))
+    def recording_logits(self, *args):
+        logits.append(evaluator_logits(self, *args))
         return logits[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(batching, "predict_logits", recording_predict_logits)
+        patch.setattr(evaluation.Evaluator, "logits", recording_logits)
         yield logits
 
 
@@ -75,7 +75,7 @@ def trained(tiny_roberta_dir, tmp_path_factory):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(saved) == [2, 4] and len(eval_logits) == 2, (
         "train_and_evaluate should save at steps 2 and 4 through checkpointing.save and evaluate "
-        "twice through batching.predict_logits; update this recording if the loop changed."
+        "twice through evaluation.Evaluator.logits; update this recording if the loop changed."
     )
     return workdir, data_dir, saved, eval_logits[-1]
 

@@ -104,6 +104,15 @@ def test_bad_config_values_are_refused_before_any_work(override, message):
     assert str(error.value) == message
 
 
+def test_bad_eval_length_buckets_are_refused_before_any_work():
+    config = sentiment_fixture.tiny_config("/nonexistent/model")
+    config.train.eval_length_buckets = (0, 8)
+    with pytest.raises(
+        ValueError, match=r"^config.train.eval_length_buckets=\(0, 8\): every bucket"
+    ):
+        config_validation.validate(config)
+
+
 def test_in_batch_negatives_need_a_batch_of_two():
     config = sentiment_fixture.tiny_config("/nonexistent/model")
     config.loss.representation_negatives = "other_prompts"

@@ -5,6 +5,7 @@
 - `optimizer`, `steps`, `run_state`: AdamW, the pure train/eval steps and the state they carry.
 - `stacking`: the steps mapped over a leading axis of runs (seeds, loss-weight rows).
 - `unprompted_cache`: the frozen encoder's unprompted pass, computed once per example.
+- `evaluation`: the dev set placed on the devices once, and its metrics per evaluation.
 - `stack_rules`: which runs may train together; `stack_setup`: a stack built, resumed, compiled.
 - `loop`: the training loop (a separate run is a stack of one); `schedule`: when it logs,
   evaluates and saves; `run_slots`: each run's workdir, resume, checkpoints and summary.

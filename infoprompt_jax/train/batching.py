@@ -37,16 +37,18 @@ SEQUENCE_KEYS = (
 _MASK_KEYS = ("attention_mask", "unprompted_attention_mask")
 
 
-def bucket_lengths(max_len: int, buckets: Sequence[int]) -> tuple[int, ...]:
+def bucket_lengths(
+    max_len: int, buckets: Sequence[int], field: str = "config.length_buckets"
+) -> tuple[int, ...]:
     """The sorted lengths a batch may be cut to: the `buckets` below `max_len`, then `max_len`.
 
     Raises:
-        ValueError: a bucket that is not a positive integer (it names `config.length_buckets`).
+        ValueError: a bucket that is not a positive integer (it names the config `field`).
     """
     for length in buckets:
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
             raise ValueError(
-                f"config.length_buckets={tuple(buckets)!r}: every bucket must be a "
+                f"{field}={tuple(buckets)!r}: every bucket must be a "
                 "positive integer, e.g. (32, 64); () uses max_len for every batch."
             )
     return tuple(sorted({int(n) for n in buckets if n < max_len})) + (max_len,)

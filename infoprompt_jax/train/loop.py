@@ -176,18 +176,8 @@ def log_interval(slots, progress, done: int, interval: list) -> None:
 
 def evaluate(stack: stack_setup.Stack, done: int, epoch: int) -> None:
     """Every run's dev metrics on the same dev batches, recorded in its workdir."""
-    config = stack.shared.config
-    logits_NxRxC = batching.predict_logits(
-        stack.eval_fn,
-        stack.states.trainable,
-        stack.frozen,
-        stack.dev_arrays,
-        config.train.eval_batch_size,
-        stack.mesh,
-        stack.lengths,
-    )
-    labels = stack.dev_arrays["label"]
-    run_slots.record_eval(stack.slots, logits_NxRxC, labels, stack.shared.task, done, epoch)
+    runs_scores = stack.evaluator.stacked_metrics(stack.states.trainable, stack.frozen)
+    run_slots.record_eval(stack.slots, runs_scores, stack.shared.task, done, epoch)
 
 
 def record_trajectories(stack: stack_setup.Stack, done: int) -> None:

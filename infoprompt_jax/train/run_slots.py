@@ -18,7 +18,6 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from infoprompt_jax.data import metrics as metrics_lib
 from infoprompt_jax.model import methods, models
 from infoprompt_jax.train import components as components_lib
 from infoprompt_jax.train import phase_timer, run_state, stacking, steps
@@ -122,14 +121,13 @@ def resume(slots: list[RunSlot], run_states: list[Any]) -> int:
     return start_step
 
 
-def record_eval(slots: Sequence[RunSlot], logits_NxRxC, labels, task, done: int, epoch: int):
-    """Scores each active run's dev logits, keeps its best, and writes the scores."""
+def record_eval(slots: Sequence[RunSlot], runs_scores, task, done: int, epoch: int) -> None:
+    """Keeps each active run's dev scores and its best, and writes the scores."""
     main_metric = f"eval_{task.main_metric}"
-    for i, slot in enumerate(slots):
+    for slot, scores in zip(slots, runs_scores):
         if not slot.active:
             continue
-        scores = metrics_lib.compute_metrics(task, logits_NxRxC[:, i].argmax(-1), labels)
-        slot.eval_scores = {f"eval_{name}": value for name, value in scores.items()}
+        slot.eval_scores = scores
         best = slot.record["best_score"]
         if best is None or slot.eval_scores[main_metric] > best:
             slot.record.update(best_step=done, best_score=slot.eval_scores[main_metric])

@@ -17,6 +17,7 @@ from etils import epath
 
 from infoprompt_jax.train import (
     batching,
+    evaluation,
     phase_timer,
     prompt_trajectory,
     run_slots,
@@ -43,8 +44,7 @@ class Stack:
     states: Any  # steps.TrainState with a leading run axis
     frozen: Any
     train_fn: Any
-    eval_fn: Any
-    dev_arrays: Arrays
+    evaluator: evaluation.Evaluator
     mesh: Any
     spread: bool
     lengths: tuple[int, ...]
@@ -88,7 +88,11 @@ def build_stack(
             workdir_files.write_config(slot.workdir, slot.components.config)
     lengths = batching.run_lengths(config)
     with timer.phase("unprompted_cache"):
-        dev_arrays = cache_unprompted(shared, slots, frozen, dev_arrays, mesh, lengths)
+        trains, dev_arrays = unprompted_cache.with_cached_unprompted_pass(
+            shared, frozen, [slot.train_arrays for slot in slots], dev_arrays, mesh
+        )
+        for slot, arrays in zip(slots, trains):
+            slot.train_arrays = arrays
     weights = [slot.components.method.loss_weights for slot in slots]
     train_fn, eval_fn = (
         phase_timer.CompileTimed(fn, timer)
@@ -108,14 +112,14 @@ def build_stack(
         jax.device_put(np.asarray([getattr(w, name) for w in weights], np.float32), replicated)
         for name in ("beta", "gamma")
     )
+    evaluator = evaluation.Evaluator(eval_fn, dev_arrays, config, mesh, shared.task)
     stack = Stack(
         shared,
         slots,
         states,
         frozen,
         train_fn,
-        eval_fn,
-        dev_arrays,
+        evaluator,
         mesh,
         spread,
         lengths,
@@ -172,34 +176,6 @@ def open_slots(runs, samples, workdirs, trains, shared, union_abstract, mesh):
         writer = metric_logging.MetricWriter(workdir)
         slots.append(run_slots.RunSlot(run, own_abstract, workdir, arrays, writer, manager))
     return slots
-
-
-def cache_unprompted(shared, slots, frozen, dev_arrays: Arrays, mesh, lengths) -> Arrays:
-    """The unprompted pass of every run's train examples and the dev set, computed once, when
-    the method reads it and `cache_unprompted` is on; returns the dev arrays."""
-    if not unprompted_cache.uses_cached_unprompted_pass(shared):
-        return dev_arrays
-    config = shared.config
-    logging.info(
-        "Caching the unprompted pass of %d train and %d dev examples.",
-        sum(len(slot.train_arrays["label"]) for slot in slots),
-        len(dev_arrays["label"]),
-    )
-    cached = unprompted_cache.cache_unprompted_passes(
-        shared.model,
-        frozen,
-        [slot.train_arrays for slot in slots],
-        config.train.batch_size,
-        mesh,
-        lengths,
-    )
-    for slot, arrays in zip(slots, cached):
-        slot.train_arrays = arrays
-    dev_arrays = unprompted_cache.cache_unprompted_pass(
-        shared.model, frozen, dev_arrays, config.train.eval_batch_size, mesh, lengths
-    )
-    jax.block_until_ready(dev_arrays)
-    return dev_arrays
 
 
 def start_trajectories(stack: Stack) -> None:

@@ -24,6 +24,8 @@ from infoprompt_jax.workdir import workdir_files
 # differ on resume. (The mesh too: the sharded step computes the unsharded one, tested to float
 # tolerance, and a preempted pod slice may come back with another shape.)
 REPORTING_FIELDS = (
+    # Cached or recomputed, the unprompted pass gives the same numbers (tested to float rounding).
+    "cache_unprompted",
     "log_prompt_every",
     "mesh.data",
     "mesh.fsdp",
@@ -31,6 +33,7 @@ REPORTING_FIELDS = (
     "train.eval_batch_size",
     "train.eval_every_epochs",
     "train.eval_every_steps",
+    "train.eval_length_buckets",
     "train.keep_checkpoints",
     "train.log_every_steps",
 )
