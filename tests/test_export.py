@@ -42,8 +42,10 @@ def recorded_eval_logits():
     logits, evaluator_logits = [], evaluation.Evaluator.logits
 
     def recording_logits(self, *args):
-        logits.append(evaluator_logits(self, *args))
-        return logits[-1]
+        outputs = evaluator_logits(self, *args)
+        # A separate run trains as a stack of one: its logits are [N, 1, C].
+        logits.append(outputs[:, 0] if outputs.ndim == 3 else outputs)
+        return outputs
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation.Evaluator, "logits", recording_logits)

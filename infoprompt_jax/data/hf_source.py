@@ -11,6 +11,7 @@ task's config, split and columns before anything is read, and never touches the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,11 @@ def read_split(task: TaskSpec, split: str, hf_path: str | None) -> tuple[Any, li
         _check_local_copy(datasets, task, local, hub_split)
         dataset_id = str(local)
     where = dataset_id + (f"/{task.hf_name}" if task.hf_name else "")
+    # A local copy gets a cache of its own, keyed by its path and files: `datasets` identifies
+    # local files by name and time, and served one copy's rows for another of the same name.
+    local_read = {"cache_dir": _local_cache_dir(datasets, local)} if local.is_dir() else {}
     try:
-        ds = datasets.load_dataset(dataset_id, task.hf_name, split=hub_split)
+        ds = datasets.load_dataset(dataset_id, task.hf_name, split=hub_split, **local_read)
     except Exception as err:  # Offline, not cached, unknown or blocked: all look alike.
         if local.is_dir():
             raise ValueError(
@@ -116,3 +120,14 @@ def _check_columns(task: TaskSpec, columns: Sequence[str], where: str) -> None:
 
 def _one_line(err: Exception) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _local_cache_dir(datasets, local: Path) -> str:
+    """A `datasets` cache folder for one local copy as it is now: its resolved path and each
+    file's name, size and modification time pick the folder, so a changed copy is read anew."""
+    fingerprint = hashlib.sha256(str(local.resolve()).encode())
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        stat = path.stat()
+        fingerprint.update(f"{path.relative_to(local)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    cache_root = Path(datasets.config.HF_DATASETS_CACHE) / "local_copies"
+    return str(cache_root / fingerprint.hexdigest()[:16])
