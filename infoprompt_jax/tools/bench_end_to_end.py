@@ -14,7 +14,7 @@ under `--glue_dir`, the same `--few_shot` subset, every dev example evaluated af
 - `torch`: `python -m infoprompt_jax.tools.torch_end_to_end`, the PyTorch eager run.
 
 The JAX runs start with the persistent compilation cache off, so each pays its compiles as a
-first run does. It prints a table: wall seconds of each process, its phases (`summary.json`'s
+first run does. It prints a table: wall seconds of each process, its phases (the run summary's
 `seconds`), its final dev metric, its speed-up over PyTorch, and the same for CPU seconds
 (user + system of the process, which move less than wall seconds on a busy machine); `--results_json` also writes
 them as JSON.
@@ -30,6 +30,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+from infoprompt_jax.workdir import summary as summary_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "The encoder checkpoint directory.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", None, "GLUE root: the task's files in GLUE_DIR/NAME.")
@@ -110,7 +112,7 @@ def run_one(name: str, work: pathlib.Path, baseline: pathlib.Path | None, index:
         command = [sys.executable, "-m", "infoprompt_jax.tools.torch_end_to_end"]
         command += config_flags(REPO) + [f"--output={summary_path}"]
     else:
-        summary_path = out / "summary.json"
+        summary_path = summary_lib.path(out)
         command = [sys.executable, "-m", "infoprompt_jax.main", f"--workdir={out}"]
         command += config_flags(source) + ["--compile_cache=off"]
     wall, cpu = timed(command, source, work / f"{name}{index}.log")

@@ -3,7 +3,7 @@
 ```bash
 python -m infoprompt_jax.tools.torch_end_to_end --config=configs/sst2.py \
     --config.model.name=DIR --config.data.source=local --config.data.dir=GLUE/SST-2 \
-    --config.data.few_shot=256 --config.train.num_epochs=10 --output=torch_summary.json
+    --config.data.few_shot=256 --config.train.num_epochs=10 --output=torch_run.json
 ```
 
 trains the config's method with `torch_reference.TorchReferenceStep` (the Hugging Face encoder,
