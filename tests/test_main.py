@@ -24,8 +24,9 @@ def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
     assert loggers <= OWN_MODULES, loggers
     messages = [line.split("] ", 1)[1] for line in lines]
     assert messages[0].startswith("Persistent compilation cache: ")
-    assert messages[2:4] == [
+    assert messages[2:5] == [
         f"Loading the {tiny_roberta_dir} encoder and the sst2 data.",
+        "Caching the unprompted pass of 32 examples: 0.0 MB.",  # 16 train and 16 dev.
         "Compiling the train step (the first step takes longest).",
     ]
     assert [m for m in messages if m.startswith("Saved checkpoint")] == [
@@ -44,8 +45,9 @@ def test_a_tiny_run_logs_our_lines_only(tiny_roberta_dir, tmp_path):
         rf"Outputs in {re.escape(str(workdir))}: .*",
         messages[-1],
     )
-    # Cache, devices, start, saves, evals, progress, end.
-    assert len(lines) == 1 + 1 + 2 + 2 + 2 + 8 + 1
+    # Compile cache, devices, start (3 lines: the unprompted cache's size), saves, evals,
+    # progress, end.
+    assert len(lines) == 1 + 1 + 3 + 2 + 2 + 8 + 1
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
