@@ -178,7 +178,7 @@ def test_a_workdir_refuses_another_config_even_when_finished(finished_run, tmp_p
     assert error.startswith(f"Error: {workdir} holds a run of another config (")
     assert "optim.lr: 0.001 -> 0.0003; seed: 0 -> 3)" in error
     assert "A workdir is one run: give this config a new --workdir" in error
-    assert "Only reporting fields may change on resume: log_prompt_every" in error
+    assert "Only reporting fields may change on resume: cache_unprompted, log_prompt_every" in error
 
 
 def test_reporting_fields_may_change_on_resume(finished_run, tmp_path):
