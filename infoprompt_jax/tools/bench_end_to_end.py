@@ -31,20 +31,8 @@ import time
 
 from absl import app, flags
 
+from infoprompt_jax import cli
 from infoprompt_jax.workdir import summary as summary_lib
-
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The encoder checkpoint directory.")
-_GLUE_DIR = flags.DEFINE_string("glue_dir", None, "GLUE root: the task's files in GLUE_DIR/NAME.")
-_TASK = flags.DEFINE_enum("task", "sst2", ["sst2", "rte"], "The task (configs/TASK.py).")
-_FEW_SHOT = flags.DEFINE_integer("few_shot", 256, "Training examples drawn with the seed.")
-_NUM_EPOCHS = flags.DEFINE_integer("num_epochs", 10, "Epochs; the dev set is evaluated after each.")
-_BASELINE = flags.DEFINE_string(
-    "baseline_commit", "2a93c38", "The commit whose defaults are the baseline ('' to skip)."
-)
-_RUNS = flags.DEFINE_list("runs", ["torch", "baseline", "default"], "Which runs, in order.")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "How many times to run the list, alternating.")
-_WORK = flags.DEFINE_string("work_dir", "", "Where workdirs go (default: a temporary directory).")
-_RESULTS = flags.DEFINE_string("results_json", "", "Also write the results here as JSON.")
 
 GLUE_NAMES = {"sst2": "SST-2", "rte": "RTE"}
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -65,12 +53,12 @@ PHASES = (
 def config_flags(config_dir: pathlib.Path) -> list[str]:
     """The run's config flags: the task's config, the local data and the subset."""
     return [
-        f"--config={config_dir / 'configs' / (_TASK.value + '.py')}",
-        f"--config.model.name={_MODEL_DIR.value}",
+        f"--config={config_dir / 'configs' / (flags.FLAGS.task + '.py')}",
+        f"--config.model.name={flags.FLAGS.model_dir}",
         "--config.data.source=local",
-        f"--config.data.dir={pathlib.Path(_GLUE_DIR.value) / GLUE_NAMES[_TASK.value]}",
-        f"--config.data.few_shot={_FEW_SHOT.value}",
-        f"--config.train.num_epochs={_NUM_EPOCHS.value}",
+        f"--config.data.dir={pathlib.Path(flags.FLAGS.glue_dir) / GLUE_NAMES[flags.FLAGS.task]}",
+        f"--config.data.few_shot={flags.FLAGS.few_shot}",
+        f"--config.train.num_epochs={flags.FLAGS.num_epochs}",
     ]
 
 
@@ -152,29 +140,70 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    unknown = sorted(set(_RUNS.value) - set(RUNS))
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string(
+        "model_dir", None, "The encoder checkpoint directory.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "glue_dir", None, "GLUE root: the task's files in GLUE_DIR/NAME.", flag_values=flag_values
+    )
+    flags.DEFINE_enum(
+        "task", "sst2", ["sst2", "rte"], "The task (configs/TASK.py).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "few_shot", 256, "Training examples drawn with the seed.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "num_epochs", 10, "Epochs; the dev set is evaluated after each.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "baseline_commit",
+        "2a93c38",
+        "The commit whose defaults are the baseline ('' to skip).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "runs", ["torch", "baseline", "default"], "Which runs, in order.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "rounds", 1, "How many times to run the list, alternating.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "work_dir",
+        "",
+        "Where workdirs go (default: a temporary directory).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "results_json", "", "Also write the results here as JSON.", flag_values=flag_values
+    )
+    flags.mark_flags_as_required(["model_dir", "glue_dir"], flag_values=flag_values)
+
+
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    unknown = sorted(set(flag_values.runs) - set(RUNS))
     if unknown:
         raise ValueError(f"--runs names {unknown}; choose from {', '.join(RUNS)}.")
-    work = pathlib.Path(_WORK.value or tempfile.mkdtemp(prefix="bench_e2e_"))
+    work = pathlib.Path(flag_values.work_dir or tempfile.mkdtemp(prefix="bench_e2e_"))
     work.mkdir(parents=True, exist_ok=True)
     baseline = None
-    if "baseline" in _RUNS.value:
-        if not _BASELINE.value:
+    if "baseline" in flag_values.runs:
+        if not flag_values.baseline_commit:
             raise ValueError("--runs has baseline but --baseline_commit is empty; name a commit.")
-        baseline = checkout(_BASELINE.value, work / "baseline_source")
+        baseline = checkout(flag_values.baseline_commit, work / "baseline_source")
     results = []
-    for index in range(_ROUNDS.value):
-        for name in _RUNS.value:
+    for index in range(flag_values.rounds):
+        for name in flag_values.runs:
             print(f"round {index + 1}: {name} ...", file=sys.stderr, flush=True)
             results.append(run_one(name, work, baseline, index))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(table(results))
-    if _RESULTS.value:
-        pathlib.Path(_RESULTS.value).write_text(json.dumps(results, indent=2) + "\n")
+    if flag_values.results_json:
+        pathlib.Path(flag_values.results_json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["model_dir", "glue_dir"])
-    app.run(main)
+    cli.run_command(define_flags, main)

@@ -18,15 +18,10 @@ import numpy as np
 from absl import app, flags
 
 from configs import default
+from infoprompt_jax import cli
 from infoprompt_jax.model import methods, models, pretrained
 from infoprompt_jax.model import trainable as trainable_lib
 from infoprompt_jax.tools import random_encoder
-
-_SHAPE = flags.DEFINE_string("shape", "", "A published shape: roberta-base | roberta-large.")
-_MODEL_DIR = flags.DEFINE_string("model_dir", "", "A checkpoint directory with config.json.")
-_MLM_HEAD = flags.DEFINE_bool("mlm_head", None, "Whether the head has an MLM transform.")
-_NUM_TOKENS = flags.DEFINE_integer("num_tokens", 4, "n_p (config.prompt.num_tokens).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 2, "C, the task's labels.")
 
 # (row, method, config overrides): the paper's rows that differ in what trains.
 ROWS = (
@@ -102,26 +97,43 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    if bool(_SHAPE.value) == bool(_MODEL_DIR.value):
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags in `flag_values` (every command: `cli.run_command`)."""
+    flags.DEFINE_string(
+        "shape", "", "A published shape: roberta-base | roberta-large.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "model_dir", "", "A checkpoint directory with config.json.", flag_values=flag_values
+    )
+    flags.DEFINE_bool(
+        "mlm_head", None, "Whether the head has an MLM transform.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "num_tokens", 4, "n_p (config.prompt.num_tokens).", flag_values=flag_values
+    )
+    flags.DEFINE_integer("num_classes", 2, "C, the task's labels.", flag_values=flag_values)
+
+
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    shape, model_dir, mlm_head = flag_values.shape, flag_values.model_dir, flag_values.mlm_head
+    if bool(shape) == bool(model_dir):
         raise app.UsageError("Give exactly one of --shape and --model_dir.")
-    if _SHAPE.value:
-        if _SHAPE.value not in random_encoder.SHAPES:
-            raise app.UsageError(
-                f"--shape={_SHAPE.value!r}; known: {sorted(random_encoder.SHAPES)}."
-            )
+    if shape:
+        if shape not in random_encoder.SHAPES:
+            raise app.UsageError(f"--shape={shape!r}; known: {sorted(random_encoder.SHAPES)}.")
         hf = {
             "model_type": "roberta",
             **random_encoder.ROBERTA_COMMON,
-            **random_encoder.SHAPES[_SHAPE.value],
+            **random_encoder.SHAPES[shape],
         }
-        mlm = True if _MLM_HEAD.value is None else _MLM_HEAD.value
+        mlm = True if mlm_head is None else mlm_head
     else:
-        hf = json.loads((pathlib.Path(_MODEL_DIR.value) / "config.json").read_text())
-        mlm = bool(_MLM_HEAD.value)
-    print(markdown_table(hf, mlm, _NUM_TOKENS.value, _NUM_CLASSES.value))
+        hf = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+        mlm = bool(mlm_head)
+    print(markdown_table(hf, mlm, flag_values.num_tokens, flag_values.num_classes))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command(define_flags, main)
