@@ -32,22 +32,14 @@ import time
 from absl import app, flags
 
 from infoprompt_jax import cli
+from infoprompt_jax.train import phase_timer
 from infoprompt_jax.workdir import summary as summary_lib
 
 GLUE_NAMES = {"sst2": "SST-2", "rte": "RTE"}
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNS = ("torch", "baseline", "default")
-PHASES = (
-    "startup",
-    "encoder_load",
-    "data",
-    "init",
-    "compile",
-    "unprompted_cache",
-    "train",
-    "eval",
-    "checkpoint",
-)
+# The phases of a run's summary, in the order the table shows them.
+PHASES = phase_timer.PHASES
 
 
 def config_flags(config_dir: pathlib.Path) -> list[str]:
