@@ -478,3 +478,34 @@ def test_cmi_refuses_a_negative_fit_count(infoprompt_run, tmp_path):
         commands.run_in_process(
             cmi, [f"--workdirs={infoprompt_run}", f"--output={tmp_path}", "--fit_examples=-1"]
         )
+
+
+
+def test_pairs_in_length_buckets_equal_the_pairs_at_max_len(restored_infoprompt, monkeypatch):
+    components, params = restored_infoprompt
+    widths = []  # The padded length of every batch the pairs pass sees.
+    pairs_fn = cmi._pairs_fn
+    monkeypatch.setattr(
+        cmi,
+        "_pairs_fn",
+        lambda model, params, batch, prompts: (
+            widths.append(batch["input_ids"].shape[1]) or pairs_fn(model, params, batch, prompts)
+        ),
+    )
+    arrays = runs.encode_examples(components, "train")
+    lengths = batching.bucket_lengths(components.config.max_len, (16, 24))
+    # Every batch is cut: no row reaches the longest bucket below max_len.
+    assert batching.row_lengths(arrays).max() <= 24 < components.config.max_len
+    random_prompt = cmi.random_prompt(runs.word_embedding_table(params), 1, seed=0)
+    for prompt in (None, random_prompt):  # The run's own prompts, then a fixed one.
+        widths.clear()
+        full = cmi.prompt_representation_pairs(components.model, params, arrays, BATCH, prompt)
+        assert set(widths) == {components.config.max_len}
+        widths.clear()
+        cut = cmi.prompt_representation_pairs(
+            components.model, params, arrays, BATCH, prompt, lengths
+        )
+        assert set(widths) <= {16, 24} and widths
+        for at_max_len, bucketed in zip(full, cut):
+            assert bucketed.shape == at_max_len.shape == (len(arrays["label"]), at_max_len.shape[1])
+            np.testing.assert_allclose(bucketed, at_max_len, rtol=RTOL, atol=1e-5)

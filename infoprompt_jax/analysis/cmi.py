@@ -50,7 +50,7 @@ from absl import app, flags
 from infoprompt_jax import cli
 from infoprompt_jax.analysis import mi_estimator, plotting, prompt_eval, runs
 from infoprompt_jax.model import losses, models
-from infoprompt_jax.train import batching
+from infoprompt_jax.train import batching, sharding
 from infoprompt_jax.workdir import workdir_files
 
 DEFAULT_PHRASES = "it is equivalent to;has the same meaning"
@@ -169,27 +169,38 @@ def prompt_representation_pairs(
     arrays: dict[str, np.ndarray],
     batch_size: int,
     prompt_NxD: np.ndarray | None = None,
+    lengths: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(P_bar `[N, D]`, Z `[N, D]`): each example's mean prompt and prompted representation."""
-    padded, count = batching.pad_to_multiple(arrays, batch_size)
-    means, states = [], []
-    for start in range(0, len(padded["input_ids"]), batch_size):
-        batch = {name: value[start : start + batch_size] for name, value in padded.items()}
-        prompts = None
-        if prompt_NxD is not None:
-            prompts = np.broadcast_to(
-                np.asarray(prompt_NxD, np.float32), (batch_size,) + np.shape(prompt_NxD)
-            )
-        mean_BxD, z_BxD = _pairs_fn(model, params, batch, prompts)
-        means.append(np.asarray(mean_BxD))
-        states.append(np.asarray(z_BxD))
-    return np.concatenate(means)[:count], np.concatenate(states)[:count]
+    """(P_bar `[N, D]`, Z `[N, D]`): each example's mean prompt and prompted representation.
+
+    With bucket `lengths` (the run's: `batching.run_lengths`), examples are batched shortest
+    first and each batch is cut to the shortest bucket that holds it: the 2048 fit examples of
+    a short-sentence task then cost a fraction of their `max_len` padding.
+    """
+    prompts = None
+    if prompt_NxD is not None:
+        prompts = np.broadcast_to(
+            np.asarray(prompt_NxD, np.float32), (batch_size,) + np.shape(prompt_NxD)
+        )
+    return batching.map_in_batches(
+        lambda batch: _pairs_fn(model, params, batch, prompts),
+        arrays,
+        batch_size,
+        sharding.make_mesh(devices=jax.local_devices()[:1]),  # Unsharded, as the analysis's other passes.
+        lengths,
+    )
 
 
-def held_out_cmi(model, params, train_arrays, dev_arrays, batch_size, seed, prompt_NxD=None):
+def held_out_cmi(
+    model, params, train_arrays, dev_arrays, batch_size, seed, prompt_NxD=None, lengths=()
+):
     """`mi_estimator.held_out_estimate` of I(P_bar; Z), fitted on train, evaluated on dev."""
-    train_pairs = prompt_representation_pairs(model, params, train_arrays, batch_size, prompt_NxD)
-    dev_pairs = prompt_representation_pairs(model, params, dev_arrays, batch_size, prompt_NxD)
+    train_pairs = prompt_representation_pairs(
+        model, params, train_arrays, batch_size, prompt_NxD, lengths
+    )
+    dev_pairs = prompt_representation_pairs(
+        model, params, dev_arrays, batch_size, prompt_NxD, lengths
+    )
     estimate = mi_estimator.held_out_estimate(
         *train_pairs, *dev_pairs, num_candidates=HELD_OUT_CANDIDATES, seed=seed
     )
@@ -216,7 +227,14 @@ def estimate_source(
         results[(name, "trained")] = Result(values, cap)
     if "held_out" in estimators:
         results[(name, "held_out")] = held_out_cmi(
-            components.model, params, train_arrays, dev_arrays, batch_size, seed, prompt_NxD
+            components.model,
+            params,
+            train_arrays,
+            dev_arrays,
+            batch_size,
+            seed,
+            prompt_NxD,
+            batching.run_lengths(components.config),
         )
     return results
 
