@@ -480,7 +480,6 @@ def test_cmi_refuses_a_negative_fit_count(infoprompt_run, tmp_path):
         )
 
 
-
 def test_pairs_in_length_buckets_equal_the_pairs_at_max_len(restored_infoprompt, monkeypatch):
     components, params = restored_infoprompt
     widths = []  # The padded length of every batch the pairs pass sees.

@@ -182,11 +182,12 @@ def prompt_representation_pairs(
         prompts = np.broadcast_to(
             np.asarray(prompt_NxD, np.float32), (batch_size,) + np.shape(prompt_NxD)
         )
+    one_device = sharding.make_mesh(devices=jax.local_devices()[:1])  # As the other passes.
     return batching.map_in_batches(
         lambda batch: _pairs_fn(model, params, batch, prompts),
         arrays,
         batch_size,
-        sharding.make_mesh(devices=jax.local_devices()[:1]),  # Unsharded, as the analysis's other passes.
+        one_device,
         lengths,
     )
 
